@@ -1,0 +1,495 @@
+"""Gate: the WSGI application, its URL map, its handlers and its one error renderer."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import os
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.exceptions import HTTPException, UnsupportedMediaType
+from werkzeug.routing import Map, MapAdapter, Rule
+from werkzeug.wrappers import Request, Response
+
+from procgate.commands import (
+    DEFAULT_KILL_GRACE,
+    DEFAULT_MAX_OUTPUT,
+    SHELL,
+    Command,
+    child_env,
+    make_command,
+    resolve_program,
+)
+from procgate.errors import (
+    ConfigError,
+    Forbidden,
+    InvalidRequest,
+    ProcgateError,
+    RunnerBusy,
+    RunnerClosed,
+    UnknownCommand,
+)
+from procgate.jobs import Job, JobStatus, Spec, job_to_json, new_job_id
+from procgate.runners import Runner, ThreadRunner
+from procgate.stores import JobStore, MemoryStore
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+logger = logging.getLogger("procgate")
+
+_JOB_FIELDS = frozenset({"args", "stdin", "stdin_encoding", "env", "timeout", "wait"})
+_RUN_FIELDS = _JOB_FIELDS | {"shell"}
+_MAX_LIST = 1000
+
+
+class Gate:
+    """A WSGI application that runs registered commands as jobs.
+
+    Everything lives on the instance (commands, store, runner, URL map), so two Gates in one
+    process never see each other. Options are keyword-only; each default is the safe one.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: JobStore | None = None,
+        runner: Runner | None = None,
+        max_body: int = 1 << 20,  # 1 MiB: a job request is small; uploads come later
+        max_wait: float = 300.0,  # longest a request may hold a server thread waiting
+        allow_programs: Iterable[str] = (),  # /run stays off unless given programs...
+        allow_any_program: bool = False,  # ...or told to run anything (trusted callers only)
+        allow_shell: bool = False,  # /run with "shell": true also needs this
+        run_timeout: float | None = 600.0,  # seconds a /run job may take
+        run_max_output: int = DEFAULT_MAX_OUTPUT,
+    ) -> None:
+        self.store: JobStore = store if store is not None else MemoryStore()
+        self.runner: Runner = runner if runner is not None else ThreadRunner()
+        self.max_body = max_body
+        self.max_wait = max_wait
+        self.commands: dict[str, Command] = {}
+        path = child_env()["PATH"]
+        self.allowed_programs: dict[str, str] = {}  # real path -> absolute path as given
+        for program in allow_programs:
+            found = resolve_program(program, path)
+            if found is None:
+                raise ConfigError(f"allow_programs: program {program!r} not found")
+            self.allowed_programs[_real(found)] = found
+        self.allow_any_program = allow_any_program
+        self.allow_shell = allow_shell
+        self.run_timeout = run_timeout
+        self.run_max_output = run_max_output
+        self.url_map = Map(
+            [
+                Rule("/health", endpoint="health", methods=["GET"]),
+                Rule("/commands", endpoint="commands", methods=["GET"]),
+                Rule("/commands/<name>", endpoint="command", methods=["GET", "POST"]),
+                Rule("/run", endpoint="run", methods=["POST"]),
+                Rule("/jobs", endpoint="jobs", methods=["GET"]),
+                Rule("/jobs/<job_id>", endpoint="job", methods=["GET", "DELETE"]),
+                Rule(
+                    "/jobs/<job_id>/<any(stdout, stderr):stream>",
+                    endpoint="output",
+                    methods=["GET"],
+                ),
+            ]
+        )
+        self.runner.open(self.store)
+
+    def register(
+        self,
+        name: str,
+        argv: Sequence[str] | str,
+        *,
+        timeout: float | None = 600.0,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        env: Mapping[str, str] | None = None,
+        allow_env: Iterable[str] = (),
+        cwd: str | None = None,
+        shell: bool = False,
+        description: str = "",
+        kill_grace: float = DEFAULT_KILL_GRACE,
+    ) -> Command:
+        """Make ``POST /commands/<name>`` run ``argv`` plus the request's args.
+
+        The program is resolved now: a missing one raises ``ConfigError`` at startup, not a
+        500 later. ``timeout`` (seconds, None for none) is the most a request may ask for;
+        ``max_output`` is bytes kept per stream; ``env`` is added to the child's minimal
+        environment and ``allow_env`` lists the keys a request may set. With ``shell=True``,
+        ``argv`` is a script for ``/bin/sh -c`` and request args are its ``$1``, ``$2``...
+        """
+        if name in self.commands:
+            raise ConfigError(f"command {name!r} is already registered")
+        command = make_command(
+            name,
+            argv,
+            timeout=timeout,
+            max_output=max_output,
+            env=env,
+            allow_env=allow_env,
+            cwd=cwd,
+            shell=shell,
+            description=description,
+            kill_grace=kill_grace,
+        )
+        self.commands[name] = command
+        return command
+
+    def close(self) -> None:
+        """Stop the runner (cancelling its jobs), then the store."""
+        self.runner.close()
+        self.store.close()
+
+    # -- WSGI ---------------------------------------------------------------------------
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self.wsgi_app(environ, start_response)
+
+    def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ)
+        request.max_content_length = self.max_body
+        response = self.dispatch(request)
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        """Route a request to its ``on_<endpoint>`` handler; every error becomes JSON."""
+        adapter = self.url_map.bind_to_environ(request.environ)
+        try:
+            endpoint, values = adapter.match()
+            handler = getattr(self, f"on_{endpoint}")
+            response: Response = handler(request, adapter, **values)
+        except (HTTPException, ProcgateError) as exc:
+            response = self.error_response(exc, request)
+        except Exception:
+            logger.exception("unhandled error on %s %s", request.method, request.path)
+            response = self.error_response(ProcgateError("internal server error"), request)
+        return response
+
+    def error_response(self, exc: HTTPException | ProcgateError, request: Request) -> Response:
+        """The one place error bodies are made: ``{"error": {"code", "message"}}``.
+
+        werkzeug's own HTTP errors keep their headers (``Allow``, ``Location``,
+        ``Retry-After``); only the HTML body is replaced.
+        """
+        if isinstance(exc, ProcgateError):
+            response = _json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                response.headers["Retry-After"] = str(retry_after)
+            return response
+        original = exc.get_response(request.environ)
+        code = _snake((exc.name or "error").lower())
+        response = _json(
+            {"error": {"code": code, "message": exc.description or exc.name}},
+            original.status_code,
+        )
+        for key, value in original.headers.items():
+            if key.lower() not in ("content-type", "content-length"):
+                response.headers[key] = value
+        return response
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def on_health(self, request: Request, adapter: MapAdapter) -> Response:
+        return _json({"status": "ok"})
+
+    def on_commands(self, request: Request, adapter: MapAdapter) -> Response:
+        return _json({"commands": [c.to_json() for c in self.commands.values()]})
+
+    def on_command(self, request: Request, adapter: MapAdapter, name: str) -> Response:
+        command = self.commands.get(name)
+        if command is None:
+            raise UnknownCommand(f"no command named {name!r}")
+        if request.method == "GET":
+            return _json(command.to_json())
+        body = _json_body(request, _JOB_FIELDS)
+        args = _string_list(body.get("args", []), "args")
+        spec = command.spec(
+            args,
+            env=_env(body.get("env")),
+            stdin=_stdin(body),
+            timeout=_timeout(body.get("timeout")),
+        )
+        job = Job(id=new_job_id(), command=name, args=tuple(args), spec=spec)
+        return self._launch(job, self._wait(request, body), adapter)
+
+    def on_run(self, request: Request, adapter: MapAdapter) -> Response:
+        if not (self.allowed_programs or self.allow_any_program or self.allow_shell):
+            raise Forbidden(
+                "raw mode is off: build the Gate with allow_programs=[...], "
+                "allow_any_program=True or allow_shell=True to enable POST /run",
+                code="run_disabled",
+            )
+        body = _json_body(request, _RUN_FIELDS)
+        shell = body.get("shell", False)
+        if not isinstance(shell, bool):
+            raise InvalidRequest("shell must be true or false")
+        raw = body.get("args")
+        env = _env(body.get("env"))
+        if env and not (self.allow_any_program or shell):
+            raise Forbidden(
+                "env may be set in raw mode only when any program is allowed",
+                code="env_not_allowed",
+            )
+        if shell:
+            if not self.allow_shell:
+                raise Forbidden("shell mode is off on this server", code="shell_not_allowed")
+            if not isinstance(raw, str) or not raw.strip():
+                raise InvalidRequest("with shell, args must be a non-empty command string")
+            _check_text(raw, "args")
+            args: list[str] = [raw]
+            argv: tuple[str, ...] = (SHELL, "-c", raw)
+        else:
+            args = _split(raw)
+            argv = (self._allowed_program(args[0]), *args[1:])
+        timeout = _timeout(body.get("timeout"))
+        if timeout is not None and self.run_timeout is not None and timeout > self.run_timeout:
+            raise InvalidRequest(
+                f"timeout {timeout:g} exceeds the limit of {self.run_timeout:g} s",
+                code="invalid_timeout",
+            )
+        spec = Spec(
+            argv=argv,
+            env=child_env(env),
+            stdin=_stdin(body),
+            timeout=timeout if timeout is not None else self.run_timeout,
+            max_output=self.run_max_output,
+            kill_grace=DEFAULT_KILL_GRACE,
+        )
+        job = Job(id=new_job_id(), command=None, args=tuple(args), spec=spec)
+        return self._launch(job, self._wait(request, body), adapter)
+
+    def on_jobs(self, request: Request, adapter: MapAdapter) -> Response:
+        status = request.args.get("status")
+        try:
+            wanted = JobStatus(status) if status is not None else None
+        except ValueError:
+            raise InvalidRequest(
+                f"unknown status {status!r}: expected one of "
+                + ", ".join(s.value for s in JobStatus)
+            ) from None
+        limit = _int_arg(request, "limit", 100, 1, _MAX_LIST)
+        page = self.store.list(
+            status=wanted,
+            command=request.args.get("command"),
+            limit=limit,
+            cursor=request.args.get("cursor"),
+        )
+        return _json(
+            {"jobs": [self._job_json(job, adapter) for job in page.jobs], "next": page.next}
+        )
+
+    def on_job(self, request: Request, adapter: MapAdapter, job_id: str) -> Response:
+        wait = self._wait(request, {})
+        if request.method == "DELETE":
+            job = self.store.get(job_id)
+            if job.status.finished and self.store.delete(job_id):
+                return Response(status=204)
+            job = self.store.cancel(job_id)
+            if wait:
+                job = self.store.wait(job_id, wait)
+            return _json(self._job_json(job, adapter), 202)
+        job = self.store.wait(job_id, wait) if wait else self.store.get(job_id)
+        return _json(self._job_json(job, adapter))
+
+    def on_output(
+        self, request: Request, adapter: MapAdapter, job_id: str, stream: str
+    ) -> Response:
+        job = self.store.get(job_id)
+        truncated = job.stdout_truncated if stream == "stdout" else job.stderr_truncated
+        response = Response(
+            job.stdout if stream == "stdout" else job.stderr,
+            mimetype="application/octet-stream",
+        )
+        response.headers["X-Job-Status"] = job.status.value
+        response.headers["X-Output-Truncated"] = "true" if truncated else "false"
+        return response
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _launch(self, job: Job, wait: float, adapter: MapAdapter) -> Response:
+        """Store the job, hand it to the runner, and answer 200 (finished) or 202."""
+        self.store.create(job)
+        try:
+            self.runner.submit(job.id)
+        except (RunnerBusy, RunnerClosed):
+            self.store.cancel(job.id)  # never ran: leave no trace of it
+            self.store.delete(job.id)
+            raise
+        current = self.store.wait(job.id, wait) if wait else self.store.get(job.id)
+        finished = bool(wait) and current.status.finished
+        response = _json(self._job_json(current, adapter), 200 if finished else 202)
+        if not finished:
+            response.headers["Location"] = self._job_url(job.id, adapter)
+        return response
+
+    def _wait(self, request: Request, body: Mapping[str, Any]) -> float:
+        """Seconds to wait from the body's or the query's ``wait``, capped by ``max_wait``."""
+        if "wait" in body:
+            value: Any = body["wait"]
+        elif "wait" in request.args:
+            text = request.args["wait"].strip().lower()
+            value = {"true": True, "false": False, "": False}.get(text, text)
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise InvalidRequest("wait must be true, false or seconds") from None
+        else:
+            return 0.0
+        if isinstance(value, bool):
+            return self.max_wait if value else 0.0
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise InvalidRequest("wait must be true, false or a number of seconds >= 0")
+        return min(float(value), self.max_wait)
+
+    def _allowed_program(self, program: str) -> str:
+        path = child_env()["PATH"]
+        found = resolve_program(program, path)
+        if self.allow_any_program:
+            if found is None:
+                raise InvalidRequest(f"program {program!r} not found", code="program_not_found")
+            return found
+        allowed = self.allowed_programs.get(_real(found)) if found is not None else None
+        if allowed is None:
+            raise Forbidden(f"program {program!r} is not allowed", code="program_not_allowed")
+        return found if found is not None else allowed
+
+    def _job_url(self, job_id: str, adapter: MapAdapter) -> str:
+        return adapter.build("job", {"job_id": job_id}, force_external=True)
+
+    def _job_json(self, job: Job, adapter: MapAdapter) -> dict[str, Any]:
+        return job_to_json(job, self._job_url(job.id, adapter))
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+        status=status,
+        mimetype="application/json",
+    )
+
+
+def _json_body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
+    """The request's JSON object; an empty body is ``{}``. Unknown fields are refused."""
+    data = request.get_data(cache=False)
+    if not data.strip():
+        return {}
+    if not (request.mimetype == "application/json" or request.mimetype.endswith("+json")):
+        raise UnsupportedMediaType("send a JSON body with Content-Type: application/json")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object", code="invalid_json")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: "
+            + ", ".join(sorted(allowed)),
+            code="unknown_field",
+        )
+    return body
+
+
+def _string_list(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidRequest(f"{name} must be a list of strings")
+    for item in value:
+        _check_text(item, name)
+    return value
+
+
+def _check_text(text: str, name: str) -> None:
+    """Refuse what cannot reach a child: NUL bytes and text that is not encodable UTF-8."""
+    if "\0" in text:
+        raise InvalidRequest(f"{name} must not contain NUL bytes")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{name} must be valid Unicode (no lone surrogates)") from None
+
+
+def _split(raw: Any) -> list[str]:
+    if isinstance(raw, str):
+        try:
+            raw = shlex.split(raw)
+        except ValueError as exc:
+            raise InvalidRequest(f"args cannot be split: {exc}") from None
+    args = _string_list(raw, "args")
+    if not args:
+        raise InvalidRequest("args must name a program")
+    return args
+
+
+def _env(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidRequest("env must be an object of strings")
+    for key, item in value.items():
+        if not key or "=" in key:
+            raise InvalidRequest(f"invalid env key {key!r}")
+        _check_text(key, "env")
+        _check_text(item, "env")
+    return value
+
+
+def _stdin(body: Mapping[str, Any]) -> bytes:
+    value = body.get("stdin")
+    encoding = body.get("stdin_encoding", "utf-8")
+    if value is None:
+        return b""
+    if not isinstance(value, str):
+        raise InvalidRequest("stdin must be a string")
+    if encoding == "utf-8":
+        _check_text(value.replace("\0", ""), "stdin")  # NUL is a fine byte on stdin
+        return value.encode("utf-8")
+    if encoding == "base64":
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("stdin is not valid base64") from None
+    raise InvalidRequest("stdin_encoding must be 'utf-8' or 'base64'")
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise InvalidRequest("timeout must be a positive number of seconds", code="invalid_timeout")
+    return float(value)
+
+
+def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.args.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def _snake(text: str) -> str:
+    return "_".join(text.replace("-", " ").split())

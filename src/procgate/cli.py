@@ -1,0 +1,80 @@
+"""The ``procgate`` command: ``serve`` a config file with gunicorn, or ``check`` it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from procgate.config import Config, read_config
+from procgate.errors import ConfigError
+
+#: Threads per worker process when neither the flag nor the config says: a thread is held
+#: for the whole of a request that waits for its job, so there are many.
+DEFAULT_THREADS = 32
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="procgate", description=__doc__)
+    commands = parser.add_subparsers(dest="action", required=True)
+    serve = commands.add_parser("serve", help="serve a config file over HTTP (gunicorn)")
+    serve.add_argument("--config", required=True, help="path of the TOML config file")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve.add_argument(
+        "--threads", type=int, help=f"threads per worker (default {DEFAULT_THREADS})"
+    )
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    check = commands.add_parser("check", help="validate a config file and list its commands")
+    check.add_argument("--config", required=True, help="path of the TOML config file")
+    options = parser.parse_args(argv)
+    try:
+        config = read_config(options.config)
+        if options.action == "check":
+            return _check(config)
+        return _serve(config, options)
+    except ConfigError as exc:
+        print(f"procgate: error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def _check(config: Config) -> int:
+    gate = config.build()
+    try:
+        print(f"{config.path}: OK, {len(gate.commands)} command(s)")
+        for command in gate.commands.values():
+            limit = f"{command.timeout:g} s" if command.timeout is not None else "no timeout"
+            print(f"  {command.name:<20} {' '.join(command.argv)}  ({limit})")
+    finally:
+        gate.close()
+    return 0
+
+
+def _serve(config: Config, options: argparse.Namespace) -> int:
+    try:
+        from procgate._server import Server
+    except ImportError:
+        raise ConfigError("procgate serve needs gunicorn: pip install 'procgate[server]'") from None
+    host = options.host or config.server.host
+    port = options.port if options.port is not None else config.server.port
+    workers = options.workers or config.server.workers or 1
+    threads = options.threads or config.server.threads or DEFAULT_THREADS
+    if workers < 1 or threads < 1:
+        raise ConfigError("--workers and --threads must be at least 1")
+    if workers > 1 and config.store_url.startswith("memory:"):
+        raise ConfigError(
+            "the memory store lives in one process: serve it with --workers 1 (and threads)"
+        )
+    config.build().close()  # fail here, with a clear message, not in every worker
+    settings: dict[str, Any] = {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "errorlog": "-",
+        "loglevel": os.environ.get("PROCGATE_LOG_LEVEL", "info"),
+    }
+    Server(config.path, settings).run()
+    return 0

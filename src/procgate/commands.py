@@ -1,0 +1,189 @@
+"""Command records: what may run, under which policy, and how a request becomes argv."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from procgate.errors import ConfigError, Forbidden, InvalidRequest
+from procgate.jobs import Spec
+
+#: Output kept per stream unless a command says otherwise: 10 MiB.
+DEFAULT_MAX_OUTPUT = 10 << 20
+
+#: Seconds a command may run unless it says otherwise; ``None`` means no limit.
+DEFAULT_TIMEOUT: float | None = 600.0
+
+#: Seconds between SIGTERM and SIGKILL when a job times out or is cancelled.
+DEFAULT_KILL_GRACE = 5.0
+
+#: Where children look for programs when the server has no PATH of its own.
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+#: The shell used by commands configured with ``shell=True`` and by ``/run`` with shell.
+SHELL = "/bin/sh"
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A registered command and its policy; build one with ``Gate.register``.
+
+    ``argv`` is the base argv with ``argv[0]`` resolved to an absolute path; request args
+    are appended to it. For a ``shell`` command, argv is ``[SHELL, "-c", script, name]`` and
+    request args become the script's ``$1``, ``$2``... so they are never parsed as shell.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    timeout: float | None = DEFAULT_TIMEOUT
+    max_output: int = DEFAULT_MAX_OUTPUT
+    env: Mapping[str, str] = field(default_factory=dict)
+    allow_env: frozenset[str] = frozenset()
+    cwd: str | None = None
+    shell: bool = False
+    description: str = ""
+    kill_grace: float = DEFAULT_KILL_GRACE
+
+    def spec(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        stdin: bytes,
+        timeout: float | None,
+    ) -> Spec:
+        """The Spec for one request; ``Forbidden`` for an env key the command does not allow.
+
+        The request ``timeout`` may shorten the command's but never lengthen it.
+        """
+        refused = sorted(set(env) - self.allow_env)
+        if refused:
+            raise Forbidden(
+                f"command {self.name!r} does not allow setting env {', '.join(refused)}",
+                code="env_not_allowed",
+            )
+        if timeout is not None and self.timeout is not None and timeout > self.timeout:
+            raise InvalidRequest(
+                f"timeout {timeout:g} exceeds the command's limit of {self.timeout:g} s",
+                code="invalid_timeout",
+            )
+        return Spec(
+            argv=(*self.argv, *args),
+            env=child_env(self.env, env),
+            cwd=self.cwd,
+            stdin=stdin,
+            timeout=timeout if timeout is not None else self.timeout,
+            max_output=self.max_output,
+            kill_grace=self.kill_grace,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``GET /commands`` shows: configured env values are left out (secrets)."""
+        return {
+            "name": self.name,
+            "argv": list(self.argv),
+            "timeout": self.timeout,
+            "max_output": self.max_output,
+            "shell": self.shell,
+            "allow_env": sorted(self.allow_env),
+            "cwd": self.cwd,
+            "description": self.description,
+        }
+
+
+def make_command(
+    name: str,
+    argv: Sequence[str] | str,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+    env: Mapping[str, str] | None = None,
+    allow_env: Iterable[str] = (),
+    cwd: str | None = None,
+    shell: bool = False,
+    description: str = "",
+    kill_grace: float = DEFAULT_KILL_GRACE,
+) -> Command:
+    """Validate a command's policy and resolve its program now: a bad one fails at startup."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"command name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+    env = dict(env or {})
+    _check_env(env, f"command {name!r}")
+    if shell:
+        if not isinstance(argv, str) or not argv.strip():
+            raise ConfigError(f"command {name!r}: a shell command takes a script string")
+        base: tuple[str, ...] = (SHELL, "-c", argv, name)
+    else:
+        if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ConfigError(f"command {name!r}: argv must be a non-empty list of strings")
+        program = resolve_program(argv[0], child_env(env, {})["PATH"])
+        if program is None:
+            raise ConfigError(f"command {name!r}: program {argv[0]!r} not found")
+        base = (program, *argv[1:])
+    if any("\0" in part for part in base):
+        raise ConfigError(f"command {name!r}: argv contains a NUL byte")
+    if timeout is not None and not (_positive(timeout)):
+        raise ConfigError(f"command {name!r}: timeout must be a positive number of seconds")
+    if not isinstance(max_output, int) or max_output < 0:
+        raise ConfigError(f"command {name!r}: max_output must be a byte count >= 0")
+    if not _positive(kill_grace):
+        raise ConfigError(f"command {name!r}: kill_grace must be a positive number of seconds")
+    if cwd is not None and not os.path.isdir(cwd):
+        raise ConfigError(f"command {name!r}: cwd {cwd!r} is not a directory")
+    return Command(
+        name=name,
+        argv=base,
+        timeout=float(timeout) if timeout is not None else None,
+        max_output=max_output,
+        env=env,
+        allow_env=frozenset(allow_env),
+        cwd=cwd,
+        shell=shell,
+        description=description,
+        kill_grace=float(kill_grace),
+    )
+
+
+def child_env(*layers: Mapping[str, str]) -> dict[str, str]:
+    """A minimal environment: PATH and LANG from the server, then each layer on top."""
+    env = {
+        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+        "LANG": os.environ.get("LANG") or "C.UTF-8",
+    }
+    for layer in layers:
+        env.update(layer)
+    return env
+
+
+def resolve_program(program: str, path: str) -> str | None:
+    """The absolute path of a program name or path; None if it is not an executable file.
+
+    Symlinks are kept: multi-call programs (busybox, python3) look at the name they were
+    started by.
+    """
+    found = shutil.which(program, path=path)
+    return os.path.abspath(found) if found is not None else None
+
+
+def _check_env(env: Mapping[str, str], where: str) -> None:
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError(f"{where}: env keys and values must be strings")
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise ConfigError(f"{where}: invalid env entry {key!r}")
+
+
+def _positive(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )

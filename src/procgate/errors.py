@@ -1,0 +1,69 @@
+"""The exception hierarchy: each class carries its HTTP status and JSON error code."""
+
+from __future__ import annotations
+
+
+class ProcgateError(Exception):
+    """Base of every procgate error; ``Gate.error_response`` renders it as JSON."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(ProcgateError):
+    """A command or config file is invalid: raised at startup, never during a request."""
+
+    code = "config_error"
+
+
+class InvalidRequest(ProcgateError):
+    """The request body or query is malformed; the message names the offending field."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class Forbidden(ProcgateError):
+    """The request is well formed but asks for something this Gate does not allow."""
+
+    status = 403
+    code = "forbidden"
+
+
+class UnknownCommand(ProcgateError):
+    """No command of that name was registered."""
+
+    status = 404
+    code = "unknown_command"
+
+
+class JobNotFound(ProcgateError):
+    """No job with that id is in the store (never created, deleted or evicted)."""
+
+    status = 404
+    code = "job_not_found"
+
+
+class RunnerBusy(ProcgateError):
+    """The runner's queue is full; the client should retry after ``retry_after`` seconds."""
+
+    status = 429
+    code = "runner_busy"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RunnerClosed(ProcgateError):
+    """The runner is shutting down and accepts no new jobs."""
+
+    status = 503
+    code = "runner_closed"
+    retry_after = 5

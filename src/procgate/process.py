@@ -1,0 +1,270 @@
+"""Start, drain, time out, kill and reap one child process.
+
+This is the only module that touches ``subprocess`` and signals. A child always runs in a
+session of its own, so one signal to its process group reaches everything it started; the
+child is always reaped, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from procgate.jobs import JobStatus, Outcome, Spec
+
+#: Bytes read from a pipe at a time.
+CHUNK = 64 << 10
+
+#: How often (seconds) a running child is checked for cancellation and its deadline.
+POLL_INTERVAL = 0.05
+
+#: How long (seconds) output pipes may stay open after the main process exited, before the
+#: rest of its process group is killed: a job ends when its main process ends.
+LINGER = 1.0
+
+OutputCallback = Callable[[str, bytes], None]
+CancelCheck = Callable[[], bool]
+
+
+def execute(
+    spec: Spec,
+    *,
+    on_output: OutputCallback,
+    cancelled: CancelCheck,
+    poll_interval: float = POLL_INTERVAL,
+) -> Outcome:
+    """Run ``spec`` to completion and say how it ended.
+
+    ``on_output(stream, data)`` receives the kept bytes of ``"stdout"`` and ``"stderr"`` as
+    they arrive, at most ``spec.max_output`` bytes per stream; the rest is read and
+    discarded so the child never blocks on a full pipe. ``cancelled()`` is asked at most
+    every ``poll_interval`` seconds. A timeout or a cancel sends SIGTERM to the whole
+    process group, then SIGKILL after ``spec.kill_grace`` seconds.
+    """
+    try:
+        proc = subprocess.Popen(
+            list(spec.argv),
+            stdin=subprocess.PIPE if spec.stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(spec.env),
+            cwd=spec.cwd,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return Outcome(JobStatus.ERROR, error=f"could not start {spec.argv[0]}: {exc}")
+    return _Supervisor(proc, spec, on_output, cancelled, poll_interval).run()
+
+
+def start_python(module: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start ``python -m module FD``, FD being one end of a new socket pair; return the other.
+
+    The helper inherits this interpreter and its ``sys.path`` (so a source checkout works),
+    and stays in the server's process group: it dies with the server.
+    """
+    ours, theirs = socket.socketpair()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, str(theirs.fileno())],
+            stdin=subprocess.DEVNULL,
+            pass_fds=[theirs.fileno()],
+            env=env,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return proc, ours
+
+
+def reap(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for a helper to exit, then SIGKILL it; always reap."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def signal_group(pgid: int, signum: int) -> bool:
+    """Signal a whole process group; False when nothing of it is left (ESRCH)."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member changed its uid: nothing more we may do to it
+        return False
+    return True
+
+
+class _Supervisor:
+    """The loop around one child: pipes, deadline, cancel, escalation, reaping."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        spec: Spec,
+        on_output: OutputCallback,
+        cancelled: CancelCheck,
+        poll_interval: float,
+    ) -> None:
+        self.proc = proc
+        self.spec = spec
+        self.on_output = on_output
+        self.cancelled = cancelled
+        self.poll_interval = poll_interval
+        self.kept = {"stdout": 0, "stderr": 0}
+        self.truncated = {"stdout": False, "stderr": False}
+        self.stdin_view = memoryview(spec.stdin)
+        self.reason: JobStatus | None = None  # TIMED_OUT or CANCELLED once decided
+        self.kill_at: float | None = None  # when SIGTERM escalates to SIGKILL
+        self.exited_at: float | None = None  # when the main process was seen gone
+        self.swept_at: float | None = None  # when leftovers of the group were SIGKILLed
+
+    def run(self) -> Outcome:
+        selector = selectors.DefaultSelector()
+        proc = self.proc
+        try:
+            for pipe, stream in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+                if pipe is not None:
+                    selector.register(pipe, selectors.EVENT_READ, stream)
+            if proc.stdin is not None:
+                os.set_blocking(proc.stdin.fileno(), False)
+                selector.register(proc.stdin, selectors.EVENT_WRITE, "stdin")
+            self._loop(selector)
+        finally:
+            self._finalise(selector)
+        return self._outcome()
+
+    def _loop(self, selector: selectors.BaseSelector) -> None:
+        start = time.monotonic()
+        deadline = start + self.spec.timeout if self.spec.timeout is not None else None
+        next_check = start
+        while True:
+            returncode = self.proc.poll()
+            if returncode is not None and not selector.get_map():
+                return
+            now = time.monotonic()
+            if self.reason is None and deadline is not None and now >= deadline:
+                self._terminate(JobStatus.TIMED_OUT, now)
+            if self.reason is None and now >= next_check:
+                next_check = now + self.poll_interval
+                if self.cancelled():
+                    self._terminate(JobStatus.CANCELLED, now)
+            if self.kill_at is not None and now >= self.kill_at:
+                signal_group(self.proc.pid, signal.SIGKILL)
+                self.kill_at = None
+            if returncode is not None and self._leftovers_done(now):
+                return
+            wait = self.poll_interval
+            if deadline is not None and self.reason is None:
+                wait = min(wait, max(0.0, deadline - now))
+            if selector.get_map():
+                for key, _ in selector.select(wait):
+                    self._pump(selector, key)
+            else:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(wait)
+
+    def _pump(self, selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        stream = key.data
+        if stream == "stdin":
+            self._feed(selector, key)
+            return
+        data = os.read(key.fd, CHUNK)
+        if not data:
+            selector.unregister(key.fileobj)
+            return
+        room = self.spec.max_output - self.kept[stream]
+        if len(data) > room:
+            self.truncated[stream] = True
+            data = data[: max(0, room)]
+        if data:
+            self.kept[stream] += len(data)
+            self.on_output(stream, data)
+
+    def _feed(self, selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        try:
+            written = os.write(key.fd, self.stdin_view[:CHUNK])
+        except BlockingIOError:
+            return
+        except OSError as exc:  # the child closed its stdin: what it did not read is dropped
+            if exc.errno not in (errno.EPIPE, errno.EBADF):
+                raise
+            written = len(self.stdin_view)
+        self.stdin_view = self.stdin_view[written:]
+        if not self.stdin_view:
+            selector.unregister(key.fileobj)
+            if self.proc.stdin is not None:  # EOF tells the child there is no more input
+                self.proc.stdin.close()
+
+    def _terminate(self, reason: JobStatus, now: float) -> None:
+        """SIGTERM the group now; SIGKILL it after the grace period."""
+        self.reason = reason
+        signal_group(self.proc.pid, signal.SIGTERM)
+        self.kill_at = now + self.spec.kill_grace
+
+    def _leftovers_done(self, now: float) -> bool:
+        """The main process is gone but something still holds its pipes.
+
+        Give them ``LINGER`` seconds to finish writing, then SIGKILL the group; if a pipe
+        is still open ``LINGER`` seconds after that (a grandchild escaped into a session of
+        its own), stop reading it.
+        """
+        if self.exited_at is None:
+            self.exited_at = now
+        elif self.swept_at is None and now - self.exited_at >= LINGER:
+            signal_group(self.proc.pid, signal.SIGKILL)
+            self.swept_at = now
+        elif self.swept_at is not None and now - self.swept_at >= LINGER:
+            return True
+        return False
+
+    def _finalise(self, selector: selectors.BaseSelector) -> None:
+        """Whatever happened above, kill what is left and reap the child."""
+        selector.close()
+        if self.proc.poll() is None:
+            signal_group(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+    def _outcome(self) -> Outcome:
+        returncode = self.proc.returncode
+        if self.reason is JobStatus.TIMED_OUT:
+            error: str | None = f"timed out after {self.spec.timeout:g} s"
+            status = JobStatus.TIMED_OUT
+        elif self.reason is JobStatus.CANCELLED:
+            error, status = "cancelled", JobStatus.CANCELLED
+        elif returncode == 0:
+            error, status = None, JobStatus.SUCCEEDED
+        else:
+            status = JobStatus.FAILED
+            error = _describe_signal(-returncode) if returncode < 0 else None
+        return Outcome(
+            status,
+            returncode=returncode,
+            error=error,
+            stdout_truncated=self.truncated["stdout"],
+            stderr_truncated=self.truncated["stderr"],
+        )
+
+
+def _describe_signal(signum: int) -> str:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return f"killed by {name}"

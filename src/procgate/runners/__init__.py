@@ -1,0 +1,52 @@
+"""The Runner protocol, and the table of runner kinds a config file can name."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from procgate.errors import ConfigError
+from procgate.runners.process import ProcessRunner
+from procgate.runners.sync import SyncRunner
+from procgate.runners.thread import ThreadRunner
+from procgate.stores import JobStore
+
+__all__ = ["ProcessRunner", "Runner", "SyncRunner", "ThreadRunner", "by_kind"]
+
+
+class Runner(Protocol):
+    """Decides where and when a stored job runs. The Gate never touches a process."""
+
+    kind: str
+
+    def open(self, store: JobStore) -> None:
+        """Bind to the store the jobs live in; called once, by the Gate."""
+        ...
+
+    def submit(self, job_id: str) -> None:
+        """Arrange for a queued job to run.
+
+        Cheap and non-blocking, except for SyncRunner. ``RunnerBusy`` when saturated,
+        ``RunnerClosed`` after ``close``.
+        """
+        ...
+
+    def close(self) -> None:
+        """Cancel queued jobs, stop running ones, and release threads and processes."""
+        ...
+
+
+_KINDS: dict[str, type[SyncRunner | ThreadRunner]] = {
+    "sync": SyncRunner,
+    "thread": ThreadRunner,
+    "process": ProcessRunner,
+}
+
+
+def by_kind(kind: str) -> type[SyncRunner | ThreadRunner]:
+    """The runner class for a config file's ``[runner] kind``."""
+    try:
+        return _KINDS[kind]
+    except KeyError:
+        raise ConfigError(
+            f"unknown runner kind {kind!r}: expected one of {', '.join(_KINDS)}"
+        ) from None

@@ -1,0 +1,104 @@
+"""ThreadRunner: a fixed pool of threads behind a bounded queue."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+from procgate.errors import ConfigError, RunnerBusy, RunnerClosed
+from procgate.runners.sync import run_job
+from procgate.stores import JobStore
+
+#: Seconds ``close`` waits for running jobs to stop before giving up on them.
+CLOSE_TIMEOUT = 30.0
+
+
+class ThreadRunner:
+    """Runs jobs on ``max_workers`` threads; up to ``max_queue`` more wait their turn.
+
+    A full queue makes ``submit`` raise ``RunnerBusy`` (HTTP 429 with Retry-After) instead
+    of letting a flood of requests pile up without bound. A thread mostly waits on its
+    child's pipes, so a pool larger than the core count is fine.
+    """
+
+    kind = "thread"
+
+    def __init__(self, *, max_workers: int = 8, max_queue: int = 1000) -> None:
+        if max_workers < 1 or max_queue < 1:
+            raise ConfigError("max_workers and max_queue must be at least 1")
+        self.max_workers = max_workers
+        self.max_queue = max_queue
+        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=max_queue)
+        self._halt = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._store: JobStore | None = None
+        self._lock = threading.Lock()
+        self._idle = threading.Semaphore(0)
+
+    def open(self, store: JobStore) -> None:
+        self._store = store
+
+    def submit(self, job_id: str) -> None:
+        if self._halt.is_set():
+            raise RunnerClosed("the runner is shutting down")
+        try:
+            self._queue.put_nowait(job_id)
+        except queue.Full:
+            raise RunnerBusy(
+                f"all {self.max_workers} workers are busy and {self.max_queue} jobs wait"
+            ) from None
+        self._grow()
+
+    def close(self) -> None:
+        """Cancel queued jobs, stop running ones (SIGTERM, grace, SIGKILL), join threads."""
+        self._halt.set()
+        store = self._store
+        while True:
+            try:
+                job_id = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job_id is not None and store is not None:
+                with contextlib.suppress(Exception):
+                    store.cancel(job_id)
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._queue.put(None)
+        for thread in threads:
+            thread.join(CLOSE_TIMEOUT)
+
+    def _grow(self) -> None:
+        """Start threads on demand, up to ``max_workers``: an idle Gate costs nothing.
+
+        Each idle thread holds one count of ``_idle`` (the scheme of the standard
+        library's ThreadPoolExecutor): a new job takes one, or starts a thread.
+        """
+        if self._idle.acquire(blocking=False):
+            return
+        with self._lock:
+            if len(self._threads) < self.max_workers and not self._halt.is_set():
+                thread = threading.Thread(
+                    target=self._work, name=f"procgate-worker-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+
+    def _work(self) -> None:
+        store = self._store
+        if store is None:
+            raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
+        with self._slot() as execute:
+            while True:
+                job_id = self._queue.get()
+                if job_id is None:
+                    return
+                execute(store, job_id)
+                self._idle.release()
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[Callable[[JobStore, str], None]]:
+        """What one pool thread runs its jobs with, for as long as the thread lives."""
+        yield lambda store, job_id: run_job(store, job_id, self._halt)
