@@ -1,0 +1,171 @@
+"""Runner behaviour beyond the HTTP contract: pools, queues, shutdown, worker death."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from procgate import ConfigError, JobStatus, MemoryStore, ProcessRunner, SyncRunner, ThreadRunner
+from procgate.commands import child_env
+from procgate.errors import RunnerBusy, RunnerClosed
+from procgate.jobs import Job, Spec, new_job_id
+from procgate.runners import by_kind
+from tests.conftest import wait_for, zombie_children
+
+
+def submit(store: MemoryStore, runner: object, *argv: str, timeout: float | None = None) -> str:
+    job = Job(
+        id=new_job_id(),
+        command="t",
+        args=(),
+        spec=Spec(argv=argv, env=child_env(), timeout=timeout, kill_grace=0.5),
+    )
+    store.create(job)
+    runner.submit(job.id)  # type: ignore[attr-defined]
+    return job.id
+
+
+def test_by_kind() -> None:
+    """Config kinds map to runner classes; an unknown kind is a ConfigError."""
+    assert by_kind("sync") is SyncRunner
+    assert by_kind("thread") is ThreadRunner
+    assert by_kind("process") is ProcessRunner
+    with pytest.raises(ConfigError):
+        by_kind("celery-please")
+
+
+def test_thread_runner_starts_threads_on_demand() -> None:
+    """An idle ThreadRunner has no threads; it never grows past max_workers."""
+    store, runner = MemoryStore(), ThreadRunner(max_workers=3)
+    runner.open(store)
+    try:
+        assert runner._threads == []
+        ids = [submit(store, runner, "/bin/sleep", "0.2") for _ in range(6)]
+        for job_id in ids:
+            assert store.wait(job_id, 10).status is JobStatus.SUCCEEDED
+        assert len(runner._threads) == 3
+    finally:
+        runner.close()
+
+
+def test_sequential_jobs_reuse_one_thread() -> None:
+    """Jobs one after another reuse an idle thread instead of starting new ones."""
+    store, runner = MemoryStore(), ThreadRunner(max_workers=8)
+    runner.open(store)
+    try:
+        for _ in range(5):
+            job_id = submit(store, runner, "/bin/true")
+            assert store.wait(job_id, 10).status is JobStatus.SUCCEEDED
+        assert len(runner._threads) == 1
+    finally:
+        runner.close()
+
+
+@pytest.mark.parametrize("runner_class", [ThreadRunner, ProcessRunner])
+def test_close_cancels_queued_and_stops_running(runner_class: type[ThreadRunner]) -> None:
+    """close() cancels what waits and stops what runs, and leaves no children behind."""
+    store, runner = MemoryStore(), runner_class(max_workers=1)
+    runner.open(store)
+    running = submit(store, runner, "/bin/sleep", "100")
+    queued = submit(store, runner, "/bin/sleep", "100")
+    wait_for(lambda: store.get(running).status is JobStatus.RUNNING)
+    runner.close()
+    assert store.get(queued).status is JobStatus.CANCELLED
+    stopped = store.get(running)
+    assert stopped.status is JobStatus.CANCELLED
+    assert stopped.error == "cancelled: the server shut down"
+    with pytest.raises(RunnerClosed):
+        runner.submit(new_job_id())
+    assert zombie_children() == []
+
+
+def test_full_queue_raises_runner_busy() -> None:
+    """Beyond max_workers running and max_queue waiting, submit raises RunnerBusy."""
+    store, runner = MemoryStore(), ThreadRunner(max_workers=1, max_queue=2)
+    runner.open(store)
+    try:
+        first = submit(store, runner, "/bin/sleep", "100")
+        wait_for(lambda: store.get(first).status is JobStatus.RUNNING)
+        submit(store, runner, "/bin/sleep", "100")
+        submit(store, runner, "/bin/sleep", "100")
+        with pytest.raises(RunnerBusy):
+            submit(store, runner, "/bin/sleep", "100")
+    finally:
+        runner.close()
+
+
+def test_process_runner_runs_in_worker_processes() -> None:
+    """ProcessRunner's children are started by a worker, not by the server process."""
+    store, runner = MemoryStore(), ProcessRunner(max_workers=2)
+    runner.open(store)
+    try:
+        job_id = submit(store, runner, "/bin/sh", "-c", "echo $PPID")
+        job = store.wait(job_id, 20)
+        assert job.status is JobStatus.SUCCEEDED
+        assert int(job.stdout) != os.getpid()
+    finally:
+        runner.close()
+
+
+def test_process_runner_survives_a_dead_worker() -> None:
+    """A worker killed mid-job makes that job error; the next job gets a new worker."""
+    store, runner = MemoryStore(), ProcessRunner(max_workers=1)
+    runner.open(store)
+    try:
+        job_id = submit(store, runner, "/bin/sh", "-c", "echo $PPID; sleep 100")
+        wait_for(lambda: store.get(job_id).stdout, timeout=20)
+        worker_pid = int(store.get(job_id).stdout)
+        os.kill(worker_pid, signal.SIGKILL)
+        job = store.wait(job_id, 10)
+        assert job.status is JobStatus.ERROR
+        assert job.error == "the worker process running it died"
+        again = submit(store, runner, "/bin/echo", "again")
+        assert store.wait(again, 20).stdout == b"again\n"
+    finally:
+        runner.close()
+
+
+def test_process_runner_streams_large_output() -> None:
+    """Output crosses the worker boundary intact and capped."""
+    store, runner = MemoryStore(), ProcessRunner(max_workers=1)
+    runner.open(store)
+    try:
+        job_id = submit(
+            store,
+            runner,
+            "/bin/sh",
+            "-c",
+            "head -c 3000000 /dev/urandom | od -An | head -c 2500000",
+        )
+        job = store.wait(job_id, 30)
+        assert job.status is JobStatus.SUCCEEDED
+        assert len(job.stdout) == 2_500_000
+    finally:
+        runner.close()
+
+
+def test_process_runner_timeout_in_worker() -> None:
+    """Timeouts are enforced inside the worker."""
+    store, runner = MemoryStore(), ProcessRunner(max_workers=1)
+    runner.open(store)
+    try:
+        job_id = submit(store, runner, "/bin/sleep", "100", timeout=0.3)
+        assert store.wait(job_id, 20).status is JobStatus.TIMED_OUT
+    finally:
+        runner.close()
+
+
+def test_sync_runner_needs_open() -> None:
+    """A runner used before the Gate opened it says so."""
+    with pytest.raises(RuntimeError):
+        SyncRunner().submit("x")
+
+
+def test_invalid_pool_sizes() -> None:
+    """Pool sizes below one are configuration errors."""
+    with pytest.raises(ConfigError):
+        ThreadRunner(max_workers=0)
+    with pytest.raises(ConfigError):
+        ThreadRunner(max_queue=0)

@@ -1,0 +1,611 @@
+"""The HTTP contract, through werkzeug's test Client, once per runner kind."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from typing import Any
+
+import pytest
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client
+from werkzeug.wrappers import Response
+
+from procgate import Gate, JobStore, MemoryStore, ThreadRunner
+from tests.conftest import live_pids_in_group, register_defaults, wait_for
+
+JOB_KEYS = {
+    "id",
+    "url",
+    "command",
+    "args",
+    "status",
+    "returncode",
+    "stdout",
+    "stderr",
+    "stdout_truncated",
+    "stderr_truncated",
+    "encoding",
+    "error",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration",
+}
+
+
+def run(client: Client, name: str, **body: Any) -> Any:
+    """POST a job with wait=true and return the finished job."""
+    response = client.post(f"/commands/{name}", json={"wait": True, **body})
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def error_code(response: Any) -> str:
+    assert response.mimetype == "application/json"
+    return str(response.json["error"]["code"])
+
+
+def start_background(client: Client, runner_kind: str, name: str, **body: Any) -> str:
+    """Start a long job and return its id, once it is running, for any runner kind.
+
+    A SyncRunner runs the job inside the POST, so the POST goes to a thread of its own.
+    """
+    if runner_kind == "sync":
+        thread = threading.Thread(
+            target=lambda: client.post(f"/commands/{name}", json=body), daemon=True
+        )
+        thread.start()
+        found: list[str] = []
+
+        def running() -> bool:
+            jobs = client.get("/jobs?status=running").json["jobs"]
+            found.extend(job["id"] for job in jobs)
+            return bool(jobs)
+
+        wait_for(running)
+        return found[0]
+    response = client.post(f"/commands/{name}", json=body)
+    assert response.status_code == 202
+    job_id = str(response.json["id"])
+    wait_for(lambda: client.get(f"/jobs/{job_id}").json["status"] == "running")
+    return job_id
+
+
+# -- basics ------------------------------------------------------------------------------
+
+
+def test_health(client: Client) -> None:
+    """GET /health answers ok in JSON."""
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}
+
+
+def test_list_commands(client: Client) -> None:
+    """GET /commands lists registered commands with resolved argv and policy."""
+    commands = {c["name"]: c for c in client.get("/commands").json["commands"]}
+    assert commands["echo"]["argv"][0].endswith("/echo")
+    assert commands["sleep"]["timeout"] == 60
+    assert commands["env"]["allow_env"] == ["FOO"]
+    assert "CONFIGURED" not in json.dumps(commands["env"])  # env values may be secrets
+    assert client.get("/commands/echo").json["name"] == "echo"
+
+
+def test_sync_echo(client: Client) -> None:
+    """wait=true returns 200 with the finished job and every field present."""
+    job = run(client, "echo", args=["hello"])
+    assert set(job) == JOB_KEYS
+    assert job["status"] == "succeeded"
+    assert job["returncode"] == 0
+    assert job["stdout"] == "hello\n"
+    assert job["stderr"] == ""
+    assert job["encoding"] == "utf-8"
+    assert job["command"] == "echo"
+    assert job["args"] == ["hello"]
+    assert job["error"] is None
+    assert job["stdout_truncated"] is False
+    assert job["created_at"].endswith("Z")
+    assert job["finished_at"].endswith("Z")
+    assert isinstance(job["duration"], float)
+    assert job["url"] == f"http://localhost/jobs/{job['id']}"
+
+
+def test_wait_in_query_string(client: Client) -> None:
+    """?wait=true on the POST works like the body field."""
+    response = client.post("/commands/echo?wait=true", json={"args": ["q"]})
+    assert response.status_code == 200
+    assert response.json["stdout"] == "q\n"
+
+
+def test_empty_body_runs_the_bare_command(client: Client) -> None:
+    """A POST with no body runs the command with no args."""
+    response = client.post("/commands/echo?wait=1")
+    assert response.status_code == 200
+    assert response.json["stdout"] == "\n"
+
+
+def test_async_job_then_poll(client: Client, runner_kind: str) -> None:
+    """Without wait: 202, a Location header, then GET ?wait= returns the finished job."""
+    response = client.post("/commands/echo", json={"args": ["later"]})
+    assert response.status_code == 202
+    job = response.json
+    assert set(job) == JOB_KEYS
+    assert response.headers["Location"] == job["url"]
+    expected = {"succeeded"} if runner_kind == "sync" else {"queued", "running", "succeeded"}
+    assert job["status"] in expected
+    polled = client.get(f"/jobs/{job['id']}?wait=10")
+    assert polled.status_code == 200
+    assert polled.json["status"] == "succeeded"
+    assert polled.json["stdout"] == "later\n"
+
+
+def test_wait_seconds_returns_202_when_not_done(client: Client, runner_kind: str) -> None:
+    """wait=N that runs out answers 202 with the job still running."""
+    if runner_kind == "sync":  # a SyncRunner finishes inside the POST: nothing to time out
+        response = client.post("/commands/sleep", json={"args": ["0.2"], "wait": 0.05})
+        assert response.json["status"] == "succeeded"
+        return
+    response = client.post("/commands/sleep", json={"args": ["5"], "wait": 0.2})
+    assert response.status_code == 202
+    assert response.json["status"] in ("queued", "running")
+    assert "Location" in response.headers
+    assert client.delete(f"/jobs/{response.json['id']}?wait=10").json["status"] == "cancelled"
+
+
+def test_failed_command(client: Client) -> None:
+    """A non-zero exit is status failed with its returncode."""
+    job = run(client, "false")
+    assert (job["status"], job["returncode"]) == ("failed", 1)
+
+
+def test_binary_output_is_base64(client: Client) -> None:
+    """Output that is not UTF-8 comes back base64 with encoding=base64."""
+    job = run(client, "sh", args=["printf '\\377\\376'; printf ok >&2"])
+    assert job["encoding"] == "base64"
+    assert base64.b64decode(job["stdout"]) == b"\xff\xfe"
+    assert base64.b64decode(job["stderr"]) == b"ok"
+
+
+def test_stdin_text_and_base64(client: Client) -> None:
+    """stdin is fed to the child, as UTF-8 text or as base64 bytes."""
+    assert run(client, "cat", stdin="héllo\n")["stdout"] == "héllo\n"
+    job = run(client, "cat", stdin=base64.b64encode(b"\x00\xff").decode(), stdin_encoding="base64")
+    assert base64.b64decode(job["stdout"]) == b"\x00\xff"
+
+
+def test_env_minimal_configured_and_allowed(client: Client) -> None:
+    """Children see PATH, LANG, configured env and allowed request env, nothing else."""
+    job = run(client, "env", env={"FOO": "bar"})
+    names = {line.split("=", 1)[0] for line in job["stdout"].splitlines()}
+    assert names == {"PATH", "LANG", "CONFIGURED", "FOO"}
+    assert "FOO=bar" in job["stdout"].splitlines()
+
+
+def test_env_not_allowed_is_403(client: Client) -> None:
+    """A request setting an env key the command does not allow is refused."""
+    response = client.post("/commands/env", json={"env": {"LD_PRELOAD": "/x.so"}})
+    assert response.status_code == 403
+    assert error_code(response) == "env_not_allowed"
+    assert client.get("/jobs").json["jobs"] == []
+
+
+def test_timeout_is_timed_out(client: Client) -> None:
+    """A job past its timeout is timed_out with an explanatory error."""
+    job = run(client, "short", args=["30"])
+    assert job["status"] == "timed_out"
+    assert job["error"] == "timed out after 0.5 s"
+
+
+def test_request_timeout_shortens(client: Client) -> None:
+    """A request timeout below the command's applies."""
+    job = run(client, "sleep", args=["30"], timeout=0.3)
+    assert job["status"] == "timed_out"
+
+
+def test_request_timeout_cannot_exceed_command(client: Client) -> None:
+    """A request timeout above the command's limit is a 400, not silently clamped."""
+    response = client.post("/commands/short", json={"args": ["1"], "timeout": 100})
+    assert response.status_code == 400
+    assert error_code(response) == "invalid_timeout"
+
+
+def test_shell_command_args_are_positional(client: Client) -> None:
+    """Args of a shell command are $1..., never parsed by the shell."""
+    job = run(client, "sh", args=['echo "$0"', "x"])
+    assert job["status"] == "succeeded"
+    injected = run(client, "echo", args=["; rm -rf /tmp/nothing", "$(id)"])
+    assert injected["stdout"] == "; rm -rf /tmp/nothing $(id)\n"
+
+
+# -- cancel and delete -------------------------------------------------------------------
+
+
+def test_cancel_running_job_kills_tree(client: Client, runner_kind: str) -> None:
+    """DELETE on a running job answers 202 and the whole process tree dies."""
+    job_id = start_background(client, runner_kind, "sh", args=["echo $$; sleep 100 & sleep 100"])
+    wait_for(lambda: client.get(f"/jobs/{job_id}/stdout").data)
+    pgid = int(client.get(f"/jobs/{job_id}/stdout").data.split()[0])
+    assert live_pids_in_group(pgid)
+    response = client.delete(f"/jobs/{job_id}")
+    assert response.status_code == 202
+    assert response.json["id"] == job_id
+    final = client.get(f"/jobs/{job_id}?wait=10").json
+    assert final["status"] == "cancelled"
+    wait_for(lambda: not live_pids_in_group(pgid), timeout=2)
+
+
+def test_cancel_queued_job() -> None:
+    """A queued job that is cancelled never starts."""
+    gate = register_defaults(Gate(runner=ThreadRunner(max_workers=1, max_queue=5)))
+    client = Client(gate)
+    try:
+        blocker = client.post("/commands/sleep", json={"args": ["30"]}).json["id"]
+        queued = client.post("/commands/echo", json={"args": ["never"]}).json["id"]
+        assert client.get(f"/jobs/{queued}").json["status"] == "queued"
+        response = client.delete(f"/jobs/{queued}")
+        assert response.status_code == 202
+        assert response.json["status"] == "cancelled"
+        assert response.json["started_at"] is None
+        client.delete(f"/jobs/{blocker}?wait=10")
+    finally:
+        gate.close()
+    assert gate.store.get(queued).stdout == b""
+
+
+def test_delete_finished_job(client: Client) -> None:
+    """DELETE on a finished job removes it: 204, then 404."""
+    job = run(client, "echo", args=["x"])
+    response = client.delete(f"/jobs/{job['id']}")
+    assert response.status_code == 204
+    assert response.data == b""
+    assert client.get(f"/jobs/{job['id']}").status_code == 404
+
+
+def test_delete_unknown_job(client: Client) -> None:
+    """DELETE on an unknown id is a JSON 404."""
+    response = client.delete("/jobs/nope")
+    assert response.status_code == 404
+    assert error_code(response) == "job_not_found"
+
+
+# -- listing and output ------------------------------------------------------------------
+
+
+def test_list_jobs_newest_first_with_filters_and_cursor(client: Client) -> None:
+    """GET /jobs is newest first, filters by status and command, pages with a cursor."""
+    ids = [run(client, "echo", args=[str(i)])["id"] for i in range(5)]
+    failed = run(client, "false")["id"]
+    listed = client.get("/jobs").json
+    assert [job["id"] for job in listed["jobs"]] == [failed, *reversed(ids)]
+    assert listed["next"] is None
+    by_status = client.get("/jobs?status=failed").json["jobs"]
+    assert [job["id"] for job in by_status] == [failed]
+    by_command = client.get("/jobs?command=echo").json["jobs"]
+    assert len(by_command) == 5
+    first = client.get("/jobs?limit=2&command=echo").json
+    assert [job["id"] for job in first["jobs"]] == [ids[4], ids[3]]
+    second = client.get(f"/jobs?limit=2&command=echo&cursor={first['next']}").json
+    assert [job["id"] for job in second["jobs"]] == [ids[2], ids[1]]
+    third = client.get(f"/jobs?limit=2&command=echo&cursor={second['next']}").json
+    assert [job["id"] for job in third["jobs"]] == [ids[0]]
+    assert third["next"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("status=bogus", "invalid_request"),
+        ("limit=0", "invalid_request"),
+        ("limit=abc", "invalid_request"),
+        ("limit=100000", "invalid_request"),
+        ("cursor=notanumber", "invalid_cursor"),
+    ],
+)
+def test_list_jobs_bad_query(client: Client, query: str, code: str) -> None:
+    """Bad list parameters get a JSON 400 naming the problem."""
+    response = client.get(f"/jobs?{query}")
+    assert response.status_code == 400
+    assert error_code(response) == code
+
+
+def test_raw_output_endpoints(client: Client) -> None:
+    """GET /jobs/<id>/stdout and /stderr return the raw bytes."""
+    job = run(client, "sh", args=["printf '\\377out'; printf err >&2"])
+    out = client.get(f"/jobs/{job['id']}/stdout")
+    assert out.status_code == 200
+    assert out.mimetype == "application/octet-stream"
+    assert out.data == b"\xffout"
+    assert out.headers["X-Job-Status"] == "succeeded"
+    assert out.headers["X-Output-Truncated"] == "false"
+    assert client.get(f"/jobs/{job['id']}/stderr").data == b"err"
+    assert client.get("/jobs/nope/stdout").status_code == 404
+
+
+def test_output_so_far_while_running(client: Client, runner_kind: str) -> None:
+    """A running job shows the output it has produced so far."""
+    job_id = start_background(client, runner_kind, "sh", args=["echo first; sleep 100"])
+    wait_for(lambda: client.get(f"/jobs/{job_id}").json["stdout"] == "first\n")
+    assert client.get(f"/jobs/{job_id}").json["status"] == "running"
+    client.delete(f"/jobs/{job_id}?wait=10")
+
+
+def test_truncation_flag() -> None:
+    """Output past a command's max_output is dropped and flagged."""
+    gate = Gate(runner=ThreadRunner())
+    gate.register("big", ["head", "-c", "100000", "/dev/zero"], max_output=1000)
+    try:
+        job = Client(gate).post("/commands/big", json={"wait": True}).json
+    finally:
+        gate.close()
+    assert job["status"] == "succeeded"
+    assert job["stdout_truncated"] is True
+    assert len(job["stdout"]) == 1000
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def test_unknown_command_is_json_404(client: Client) -> None:
+    """A name nobody registered gets a JSON 404, never an HTML page."""
+    response = client.post("/commands/nope", json={})
+    assert response.status_code == 404
+    assert error_code(response) == "unknown_command"
+
+
+def test_unknown_route_is_json_404(client: Client) -> None:
+    """werkzeug's routing 404 is rendered as JSON too."""
+    response = client.get("/nowhere")
+    assert response.status_code == 404
+    assert error_code(response) == "not_found"
+
+
+def test_wrong_method_is_json_405_with_allow(client: Client) -> None:
+    """A wrong method is a JSON 405 that keeps the Allow header."""
+    response = client.put("/jobs/abc")
+    assert response.status_code == 405
+    assert error_code(response) == "method_not_allowed"
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "DELETE"}
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b"[" * 100000 + b"]" * 100000, "invalid_json"),
+        (b'{"args": "echo"}', "invalid_request"),
+        (b'{"args": [1, 2]}', "invalid_request"),
+        (b'{"args": ["a\\u0000b"]}', "invalid_request"),
+        (b'{"args": ["\\ud800"]}', "invalid_request"),
+        (b'{"stdin": 5}', "invalid_request"),
+        (b'{"stdin": "x", "stdin_encoding": "rot13"}', "invalid_request"),
+        (b'{"stdin": "***", "stdin_encoding": "base64"}', "invalid_request"),
+        (b'{"env": ["FOO"]}', "invalid_request"),
+        (b'{"env": {"FOO": 1}}', "invalid_request"),
+        (b'{"timeout": -1}', "invalid_timeout"),
+        (b'{"timeout": "10"}', "invalid_timeout"),
+        (b'{"timeout": true}', "invalid_timeout"),
+        (b'{"timeout": 1e999}', "invalid_timeout"),
+        (b'{"timeout": NaN}', "invalid_timeout"),
+        (b'{"wait": "soon"}', "invalid_request"),
+        (b'{"wait": -3}', "invalid_request"),
+        (b'{"argz": []}', "unknown_field"),
+    ],
+)
+def test_bad_bodies_are_json_400(client: Client, body: bytes, code: str) -> None:
+    """Malformed JSON or fields get a 400 with a specific code; nothing is started."""
+    response = client.post("/commands/echo", data=body, content_type="application/json")
+    assert response.status_code == 400, response.json
+    assert error_code(response) == code
+    assert response.json["error"]["message"]
+    assert client.get("/jobs").json["jobs"] == []
+
+
+def test_bad_wait_query_is_400(client: Client) -> None:
+    """?wait= must be true, false or seconds."""
+    response = client.get("/jobs/x?wait=forever")
+    assert response.status_code == 400
+
+
+def test_non_json_content_type_is_415(client: Client) -> None:
+    """A form-encoded body (curl -d without a JSON header) is a JSON 415."""
+    response = client.post("/commands/echo", data={"args": "x"})
+    assert response.status_code == 415
+    assert error_code(response) == "unsupported_media_type"
+
+
+def test_body_over_limit_is_413() -> None:
+    """A body over max_body is refused with a JSON 413 before it is parsed."""
+    gate = Gate(runner=ThreadRunner(), max_body=1000)
+    gate.register("cat", ["cat"])
+    try:
+        response = Client(gate).post("/commands/cat", json={"stdin": "x" * 5000})
+    finally:
+        gate.close()
+    assert response.status_code == 413
+    assert error_code(response) == "request_entity_too_large"
+
+
+def test_runner_saturated_is_429_with_retry_after() -> None:
+    """A full runner queue answers 429 with Retry-After, and keeps no trace of the job."""
+    gate = register_defaults(Gate(runner=ThreadRunner(max_workers=1, max_queue=1)))
+    client = Client(gate)
+    try:
+        first = client.post("/commands/sleep", json={"args": ["30"]}).json["id"]
+        wait_for(lambda: client.get(f"/jobs/{first}").json["status"] == "running")
+        second = client.post("/commands/sleep", json={"args": ["30"]})
+        assert second.status_code == 202
+        third = client.post("/commands/sleep", json={"args": ["30"]})
+        assert third.status_code == 429
+        assert error_code(third) == "runner_busy"
+        assert int(third.headers["Retry-After"]) >= 1
+        assert len(client.get("/jobs").json["jobs"]) == 2
+    finally:
+        gate.close()
+
+
+def test_closed_runner_is_503() -> None:
+    """After close, new jobs get 503 with Retry-After."""
+    gate = register_defaults(Gate(runner=ThreadRunner()))
+    gate.runner.close()
+    response = Client(gate).post("/commands/echo", json={})
+    gate.close()
+    assert response.status_code == 503
+    assert "Retry-After" in response.headers
+
+
+class BrokenStore(MemoryStore):
+    """A store whose reads fail: stands in for a bug."""
+
+    def get(self, job_id: str) -> Any:
+        raise RuntimeError("secret internals")
+
+
+def test_bug_is_generic_json_500_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected exception is a generic JSON 500; the traceback goes to the log only."""
+    store: JobStore = BrokenStore()
+    gate = Gate(store=store, runner=ThreadRunner())
+    try:
+        with caplog.at_level(logging.ERROR, logger="procgate"):
+            response = Client(gate).get("/jobs/abc")
+    finally:
+        gate.close()
+    assert response.status_code == 500
+    assert response.json == {
+        "error": {"code": "internal_error", "message": "internal server error"}
+    }
+    assert "secret internals" not in response.get_data(as_text=True)
+    assert "secret internals" in caplog.text
+
+
+# -- raw mode ----------------------------------------------------------------------------
+
+
+def test_run_is_off_by_default(client: Client) -> None:
+    """POST /run is refused unless raw mode was enabled."""
+    response = client.post("/run", json={"args": ["ls"]})
+    assert response.status_code == 403
+    assert error_code(response) == "run_disabled"
+
+
+@pytest.fixture
+def raw_client(runner_kind: str) -> Any:
+    from tests.conftest import make_runner
+
+    gate = Gate(runner=make_runner(runner_kind), allow_programs=["echo", "/bin/ls"])
+    yield Client(gate)
+    gate.close()
+
+
+def test_run_allowed_program(raw_client: Client) -> None:
+    """An allowed program runs with list or shlex-split string args."""
+    job = raw_client.post("/run", json={"args": ["echo", "a b"], "wait": True}).json
+    assert (job["status"], job["stdout"], job["command"]) == ("succeeded", "a b\n", None)
+    job = raw_client.post("/run", json={"args": "echo 'x y' z", "wait": True}).json
+    assert job["stdout"] == "x y z\n"
+    assert job["args"] == ["echo", "x y", "z"]
+
+
+def test_run_disallowed_program_is_403(raw_client: Client) -> None:
+    """A program outside the allowlist is refused, even by absolute path."""
+    for args in (["cat", "/etc/passwd"], ["/usr/bin/cat"], "sh -c id"):
+        response = raw_client.post("/run", json={"args": args})
+        assert response.status_code == 403
+        assert error_code(response) == "program_not_allowed"
+
+
+def test_run_shell_needs_allow_shell(raw_client: Client) -> None:
+    """shell: true is refused unless the Gate allows shells."""
+    response = raw_client.post("/run", json={"args": "echo hi", "shell": True})
+    assert response.status_code == 403
+    assert error_code(response) == "shell_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"args": []}, {"args": ""}, {"args": "'unclosed"}, {"args": ["echo"], "shell": "yes"}],
+)
+def test_run_bad_args_are_400(raw_client: Client, body: dict[str, Any]) -> None:
+    """Empty or unparseable raw args are a 400."""
+    assert raw_client.post("/run", json=body).status_code == 400
+
+
+def test_run_shell_and_any_program() -> None:
+    """With allow_shell and allow_any_program, shell strings and any program run."""
+    gate = Gate(runner=ThreadRunner(), allow_shell=True, allow_any_program=True)
+    client = Client(gate)
+    try:
+        job = client.post(
+            "/run", json={"args": "echo $((1+2)) | tr 3 x", "shell": True, "wait": True}
+        )
+        assert job.json["stdout"] == "x\n"
+        job = client.post("/run", json={"args": ["printf", "%s", "ok"], "wait": True})
+        assert job.json["stdout"] == "ok"
+        missing = client.post("/run", json={"args": ["no-such-program-xyz"]})
+        assert missing.status_code == 400
+        assert error_code(missing) == "program_not_found"
+    finally:
+        gate.close()
+
+
+# -- mounting and isolation --------------------------------------------------------------
+
+
+def test_urls_respect_mount_prefix(gate: Gate) -> None:
+    """Mounted under a prefix, job url and Location include it."""
+
+    def other(environ: Any, start_response: Any) -> Any:
+        return Response("other")(environ, start_response)
+
+    client = Client(DispatcherMiddleware(other, {"/api/pg": gate}))
+    response = client.post("/api/pg/commands/echo", json={"args": ["hi"]})
+    assert response.status_code == 202
+    job_id = response.json["id"]
+    assert response.headers["Location"] == f"http://localhost/api/pg/jobs/{job_id}"
+    assert response.json["url"] == response.headers["Location"]
+    assert client.get(f"/api/pg/jobs/{job_id}?wait=10").json["status"] == "succeeded"
+    assert client.get("/").get_data(as_text=True) == "other"
+
+
+def test_two_gates_do_not_share_state() -> None:
+    """Commands and jobs of one Gate are invisible to another in the same process."""
+    one, two = Gate(), Gate()
+    try:
+        one.register("echo", ["echo"])
+        job = Client(one).post("/commands/echo", json={"wait": True}).json
+        assert Client(two).get("/commands").json == {"commands": []}
+        assert Client(two).get(f"/jobs/{job['id']}").status_code == 404
+        two.register("echo", ["echo"])  # the same name is fine in another Gate
+    finally:
+        one.close()
+        two.close()
+
+
+def test_many_concurrent_clients(gate: Gate, runner_kind: str) -> None:
+    """Sixteen threads submitting at once all get their own correct results."""
+    results: dict[int, Any] = {}
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            client = Client(gate)
+            for i in range(10):
+                job = client.post("/commands/echo", json={"args": [f"{n}-{i}"], "wait": True})
+                results[n * 100 + i] = job.json
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert len(results) == 160
+    for key, job in results.items():
+        assert job["status"] == "succeeded"
+        assert job["stdout"] == f"{key // 100}-{key % 100}\n"
+    assert len({job["id"] for job in results.values()}) == 160

@@ -1,0 +1,132 @@
+"""Config files: parsing, validation, and the Gate they build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from werkzeug.test import Client
+
+from procgate import ConfigError, Gate, ProcessRunner, create_app
+from procgate.config import read_config
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "procgate.toml"
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "procgate.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_example_config_builds_a_working_gate() -> None:
+    """The shipped example config loads and its commands run."""
+    gate = create_app(str(EXAMPLE))
+    try:
+        assert isinstance(gate, Gate)
+        assert set(gate.commands) >= {"echo", "sleep"}
+        client = Client(gate)
+        job = client.post("/commands/echo", json={"args": ["hello"], "wait": True}).json
+        assert (job["status"], job["stdout"]) == ("succeeded", "hello\n")
+        greet = client.post("/commands/greet", json={"args": ["ann"], "wait": True}).json
+        assert (greet["stdout"], greet["stderr"]) == ("hello, ann\n", "greeted ann\n")
+    finally:
+        gate.close()
+
+
+def test_full_config(tmp_path: Path) -> None:
+    """Every section maps onto Gate, runner, store and command options."""
+    (tmp_path / "bin").mkdir()
+    script = tmp_path / "bin" / "hello.sh"
+    script.write_text('#!/bin/sh\necho "hi from $(pwd)"\n')
+    script.chmod(0o755)
+    (tmp_path / "work").mkdir()
+    path = write(
+        tmp_path,
+        """
+[server]
+host = "127.0.0.1"
+port = 9999
+threads = 4
+[runner]
+kind = "process"
+max_workers = 1
+max_queue = 3
+[store]
+url = "memory://"
+max_jobs = 7
+[gate]
+max_body = 2048
+max_wait = 5
+[run]
+allow_programs = ["echo"]
+timeout = 9
+[commands.hello]
+argv = ["bin/hello.sh"]
+cwd = "work"
+timeout = 3
+max_output = 100
+kill_grace = 0.5
+description = "relative paths"
+""",
+    )
+    config = read_config(path)
+    assert (config.server.port, config.server.threads) == (9999, 4)
+    gate = config.build()
+    try:
+        assert isinstance(gate.runner, ProcessRunner)
+        assert gate.runner.max_queue == 3
+        assert gate.max_body == 2048
+        assert gate.max_wait == 5
+        assert gate.run_timeout == 9
+        hello = gate.commands["hello"]
+        assert hello.argv == (str(script),)
+        assert (hello.timeout, hello.max_output, hello.kill_grace) == (3, 100, 0.5)
+        job = Client(gate).post("/commands/hello", json={"wait": True}).json
+        assert job["stdout"] == f"hi from {tmp_path / 'work'}\n"
+    finally:
+        gate.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server\n", "invalid TOML"),
+        ("[nonsense]\n", "unknown section"),
+        ("[server]\nhots = 1\n", "unknown key(s) hots"),
+        ("[commands.x]\nargs = ['echo']\n", "unknown key(s) args"),
+        ("[commands.x]\ntimeout = 1\n", "needs argv"),
+        ("[commands.x]\nargv = ['no-such-program-xyz']\n", "not found"),
+        ("[commands.x]\nargv = []\n", "non-empty list"),
+        ("[commands.x]\nargv = ['echo']\ntimeout = -1\n", "timeout"),
+        ("[commands.x]\nargv = ['echo']\ncwd = '/no/such/dir'\n", "not a directory"),
+        ("[commands.'bad name']\nargv = ['echo']\n", "command name"),
+        ("[runner]\nkind = 'magic'\n", "unknown runner kind"),
+        ("[runner]\nkind = 'sync'\nmax_workers = 3\n", "[runner]"),
+        ("[store]\nurl = 'postgres://x'\n", "unknown store URL"),
+        ("[run]\nallow_programs = ['no-such-program-xyz']\n", "allow_programs"),
+        ("commands = 3\n", "must be a table"),
+    ],
+)
+def test_config_errors_are_clear(tmp_path: Path, text: str, message: str) -> None:
+    """A bad config fails at load with a ConfigError that says what is wrong."""
+    with pytest.raises(ConfigError) as info:
+        read_config(write(tmp_path, text)).build().close()
+    assert message in info.value.message
+
+
+def test_missing_config_file() -> None:
+    """A config path that does not exist is a ConfigError, not a traceback."""
+    with pytest.raises(ConfigError, match="cannot read config"):
+        read_config("/no/such/procgate.toml")
+
+
+def test_duplicate_registration_is_an_error() -> None:
+    """Registering the same command name twice is refused."""
+    gate = Gate()
+    try:
+        gate.register("echo", ["echo"])
+        with pytest.raises(ConfigError, match="already registered"):
+            gate.register("echo", ["echo"])
+    finally:
+        gate.close()

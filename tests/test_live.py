@@ -1,0 +1,247 @@
+"""Real servers: ``procgate serve`` on a free 127.0.0.1 port, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import live_pids_in_group, wait_for
+
+CONFIG = """
+[runner]
+kind = "thread"
+max_workers = 4
+[commands.echo]
+argv = ["echo"]
+[commands.sleep]
+argv = ["sleep"]
+kill_grace = 1
+[commands.sh]
+shell = true
+argv = 'eval "$1"'
+kill_grace = 1
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running ``procgate serve`` process and how to talk to it."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+            hdrs = {"Content-Type": "application/json"} if body is not None else {}
+            hdrs.update(headers or {})
+            conn.request(method, path, body=data, headers=hdrs)
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        status, _, data = self.request(method, path, body)
+        return status, json.loads(data)
+
+
+def start_server(
+    tmp_path: Path, *extra: str, env: dict[str, str] | None = None, prefix: str = ""
+) -> Server:
+    config = tmp_path / "procgate.toml"
+    config.write_text(CONFIG)
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "procgate",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--threads",
+                "8",
+                *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    server = Server(proc, port, log)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if server.request("GET", f"{prefix}/health")[0] == 200:
+                return server
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(server)
+            raise AssertionError(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
+def stop(server: Server) -> int:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+    try:
+        return server.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+        raise
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    server = start_server(tmp_path)
+    yield server
+    stop(server)
+
+
+def test_quickstart_sync_echo(server: Server) -> None:
+    """The README's curl call: a sync echo answers 200 with the finished job."""
+    status, headers, data = server.request(
+        "POST", "/commands/echo", {"args": ["hello"], "wait": True}
+    )
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    job = json.loads(data)
+    assert (job["status"], job["returncode"], job["stdout"]) == ("succeeded", 0, "hello\n")
+    assert job["url"] == f"http://127.0.0.1:{server.port}/jobs/{job['id']}"
+
+
+def test_async_poll_and_cancel(server: Server) -> None:
+    """An async sleep can be polled, then cancelled, and its process is gone."""
+    status, job = server.json("POST", "/commands/sh", {"args": ["echo $$; sleep 100"]})
+    assert status == 202
+    path = f"/jobs/{job['id']}"
+    wait_for(lambda: server.json("GET", path)[1]["stdout"])
+    pgid = int(server.json("GET", path)[1]["stdout"])
+    status, polled = server.json("GET", f"{path}?wait=0.2")
+    assert (status, polled["status"]) == (200, "running")
+    status, cancelled = server.json("DELETE", f"{path}?wait=10")
+    assert (status, cancelled["status"]) == (202, "cancelled")
+    wait_for(lambda: not live_pids_in_group(pgid), timeout=2)
+    assert server.request("DELETE", path)[0] == 204
+    assert server.request("GET", path)[0] == 404
+
+
+def test_errors_are_json(server: Server) -> None:
+    """Over real HTTP, errors are JSON with the documented codes and headers."""
+    status, body = server.json("POST", "/commands/nope", {})
+    assert (status, body["error"]["code"]) == (404, "unknown_command")
+    status, headers, data = server.request("PATCH", "/jobs/x")
+    assert status == 405
+    assert "DELETE" in headers["Allow"]
+    assert json.loads(data)["error"]["code"] == "method_not_allowed"
+    status, _, data = server.request(
+        "POST",
+        "/commands/echo",
+        b"args=x",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert status == 415
+    assert json.loads(data)["error"]["code"] == "unsupported_media_type"
+    status, _, data = server.request("POST", "/commands/echo", b"{oops")
+    assert status == 400
+    assert json.loads(data)["error"]["code"] == "invalid_json"
+    status, _, data = server.request("POST", "/commands/echo", b"x" * (2 << 20))
+    assert status == 413
+    assert json.loads(data)["error"]["code"] == "request_entity_too_large"
+
+
+def test_served_under_a_prefix(tmp_path: Path) -> None:
+    """With SCRIPT_NAME set, gunicorn mounts the Gate under it and URLs carry it."""
+    server = start_server(tmp_path, env={"SCRIPT_NAME": "/pg"}, prefix="/pg")
+    try:
+        status, headers, data = server.request("POST", "/pg/commands/echo", {"args": ["p"]})
+        assert status == 202
+        job = json.loads(data)
+        assert headers["Location"] == f"http://127.0.0.1:{server.port}/pg/jobs/{job['id']}"
+        status, polled = server.json("GET", f"/pg/jobs/{job['id']}?wait=10")
+        assert polled["stdout"] == "p\n"
+    finally:
+        stop(server)
+
+
+def test_shutdown_stops_running_jobs(tmp_path: Path) -> None:
+    """SIGTERM to the server stops it promptly and kills its running children."""
+    server = start_server(tmp_path)
+    try:
+        _, job = server.json("POST", "/commands/sh", {"args": ["echo $$; sleep 100"]})
+        wait_for(lambda: server.json("GET", f"/jobs/{job['id']}")[1]["stdout"])
+        pgid = int(server.json("GET", f"/jobs/{job['id']}")[1]["stdout"])
+        started = time.monotonic()
+        assert stop(server) == 0
+        assert time.monotonic() - started < 15
+        wait_for(lambda: not live_pids_in_group(pgid), timeout=2)
+    finally:
+        stop(server)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "procgate", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_lists_commands() -> None:
+    """procgate check validates the example config and lists its commands."""
+    example = Path(__file__).parent.parent / "examples" / "procgate.toml"
+    result = run_cli("check", "--config", str(example))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+    assert "echo" in result.stdout
+    assert "/echo" in result.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    """A bad config or flag combination exits 2 with a message, not a traceback."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[commands.x]\nargv = ['no-such-program-xyz']\n")
+    for args in (
+        ("check", "--config", str(bad)),
+        ("serve", "--config", str(bad)),
+        ("check", "--config", str(tmp_path / "missing.toml")),
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 2
+        assert result.stderr.startswith("procgate: error:")
+        assert "Traceback" not in result.stderr
+    good = tmp_path / "good.toml"
+    good.write_text("[commands.echo]\nargv = ['echo']\n")
+    result = run_cli("serve", "--config", str(good), "--workers", "2")
+    assert result.returncode == 2
+    assert "memory store" in result.stderr

@@ -1,0 +1,244 @@
+"""process.execute: spawning, draining, capping, timeouts, cancels, group kills, reaping."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from procgate import process
+from procgate.commands import child_env
+from procgate.jobs import JobStatus, Outcome, Spec
+from tests.conftest import live_pids_in_group, wait_for, zombie_children
+
+
+class Capture:
+    """Collects what execute reports, and can be told to cancel."""
+
+    def __init__(self) -> None:
+        self.out: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        self.cancel = threading.Event()
+
+    def on_output(self, stream: str, data: bytes) -> None:
+        self.out[stream].extend(data)
+
+    def run(self, argv: list[str], **spec: object) -> Outcome:
+        return process.execute(
+            Spec(argv=tuple(argv), env=child_env(), **spec),  # type: ignore[arg-type]
+            on_output=self.on_output,
+            cancelled=self.cancel.is_set,
+        )
+
+    @property
+    def stdout(self) -> bytes:
+        return bytes(self.out["stdout"])
+
+    @property
+    def stderr(self) -> bytes:
+        return bytes(self.out["stderr"])
+
+
+def test_success_captures_both_streams() -> None:
+    """Exit 0 is succeeded, with stdout and stderr captured separately."""
+    cap = Capture()
+    outcome = cap.run(["/bin/sh", "-c", "echo out; echo err >&2"])
+    assert outcome == Outcome(JobStatus.SUCCEEDED, returncode=0)
+    assert (cap.stdout, cap.stderr) == (b"out\n", b"err\n")
+
+
+def test_nonzero_exit_is_failed() -> None:
+    """A non-zero exit code is failed, with the code kept."""
+    outcome = Capture().run(["/bin/sh", "-c", "exit 3"])
+    assert (outcome.status, outcome.returncode, outcome.error) == (JobStatus.FAILED, 3, None)
+
+
+def test_death_by_signal_is_failed_and_named() -> None:
+    """A child killed by a signal is failed, with a negative code and the signal named."""
+    outcome = Capture().run(["/bin/sh", "-c", "kill -SEGV $$"])
+    assert outcome.status is JobStatus.FAILED
+    assert outcome.returncode == -11
+    assert outcome.error == "killed by SIGSEGV"
+
+
+def test_missing_program_is_error() -> None:
+    """A program that cannot be started is an error outcome, not an exception."""
+    outcome = Capture().run(["/nonexistent/program"])
+    assert outcome.status is JobStatus.ERROR
+    assert outcome.error is not None
+    assert "/nonexistent/program" in outcome.error
+
+
+def test_bad_cwd_is_error() -> None:
+    """A working directory that does not exist is an error outcome."""
+    outcome = Capture().run(["/bin/pwd"], cwd="/nonexistent-dir")
+    assert outcome.status is JobStatus.ERROR
+
+
+def test_cwd_and_minimal_env(tmp_path: Path) -> None:
+    """The child runs in the given cwd with exactly the environment it was given."""
+    cap = Capture()
+    outcome = process.execute(
+        Spec(argv=("/usr/bin/env",), env={"PATH": "/usr/bin:/bin", "ONLY": "this"}, cwd="/"),
+        on_output=cap.on_output,
+        cancelled=cap.cancel.is_set,
+    )
+    assert outcome.status is JobStatus.SUCCEEDED
+    assert sorted(cap.stdout.decode().splitlines()) == ["ONLY=this", "PATH=/usr/bin:/bin"]
+    cap2 = Capture()
+    cap2.run(["/bin/pwd"], cwd=str(tmp_path))
+    assert cap2.stdout == f"{tmp_path}\n".encode()
+
+
+def test_stdin_large_is_fed_without_deadlock() -> None:
+    """Stdin larger than a pipe buffer is fed while output is drained."""
+    data = os.urandom(3 << 20)
+    cap = Capture()
+    outcome = cap.run(["/bin/cat"], stdin=data)
+    assert outcome.status is JobStatus.SUCCEEDED
+    assert cap.stdout == data
+
+
+def test_stdin_is_devnull_by_default() -> None:
+    """Without stdin the child reads end-of-file at once instead of hanging."""
+    cap = Capture()
+    outcome = cap.run(["/bin/cat"], timeout=5)
+    assert outcome.status is JobStatus.SUCCEEDED
+    assert cap.stdout == b""
+
+
+def test_child_closing_stdin_early_is_fine() -> None:
+    """A child that ignores its stdin does not break or block the job."""
+    cap = Capture()
+    outcome = cap.run(["/bin/true"], stdin=b"x" * (1 << 20))
+    assert outcome.status is JobStatus.SUCCEEDED
+
+
+def test_binary_output_is_kept_as_bytes() -> None:
+    """Output is bytes, untouched, even when it is not UTF-8."""
+    cap = Capture()
+    cap.run([sys.executable, "-c", "import sys; sys.stdout.buffer.write(bytes(range(256)))"])
+    assert cap.stdout == bytes(range(256))
+
+
+def test_output_cap_truncates_without_blocking_the_child() -> None:
+    """Past max_output the rest is drained and dropped; the child still runs to the end."""
+    cap = Capture()
+    script = "head -c 20000000 /dev/zero; echo done >&2"
+    outcome = cap.run(["/bin/sh", "-c", script], max_output=1000, timeout=30)
+    assert outcome.status is JobStatus.SUCCEEDED
+    assert outcome.stdout_truncated
+    assert not outcome.stderr_truncated
+    assert cap.stdout == b"\0" * 1000
+    assert cap.stderr == b"done\n"
+
+
+def test_both_streams_large_do_not_deadlock() -> None:
+    """Both pipes are drained concurrently, so a child filling both never blocks."""
+    code = (
+        "import sys\n"
+        "for _ in range(200):\n"
+        "    sys.stdout.write('o' * 10000); sys.stderr.write('e' * 10000)\n"
+    )
+    cap = Capture()
+    outcome = cap.run([sys.executable, "-c", code], timeout=30)
+    assert outcome.status is JobStatus.SUCCEEDED
+    assert cap.stdout == b"o" * 2_000_000
+    assert cap.stderr == b"e" * 2_000_000
+
+
+def test_timeout_kills_the_whole_tree() -> None:
+    """A timeout SIGTERMs the process group: background children die too."""
+    cap = Capture()
+    started = time.monotonic()
+    outcome = cap.run(
+        ["/bin/sh", "-c", "echo $$; sleep 100 & sleep 100"], timeout=0.5, kill_grace=2
+    )
+    assert time.monotonic() - started < 5
+    assert outcome.status is JobStatus.TIMED_OUT
+    assert outcome.error == "timed out after 0.5 s"
+    pgid = int(cap.stdout.split()[0])
+    wait_for(lambda: not live_pids_in_group(pgid), timeout=2)
+
+
+def test_sigterm_ignored_escalates_to_sigkill() -> None:
+    """A child that ignores SIGTERM is SIGKILLed after the grace period."""
+    cap = Capture()
+    script = "trap '' TERM; echo $$; sleep 100 & while :; do sleep 0.1; done"
+    started = time.monotonic()
+    outcome = cap.run(["/bin/sh", "-c", script], timeout=0.3, kill_grace=0.5)
+    elapsed = time.monotonic() - started
+    assert outcome.status is JobStatus.TIMED_OUT
+    assert outcome.returncode == -9
+    assert 0.7 < elapsed < 5
+    wait_for(lambda: not live_pids_in_group(int(cap.stdout.split()[0])), timeout=2)
+
+
+def test_cancel_kills_the_whole_tree() -> None:
+    """A cancel request is noticed within a poll interval and kills the group."""
+    cap = Capture()
+    result: list[Outcome] = []
+    thread = threading.Thread(
+        target=lambda: result.append(cap.run(["/bin/sh", "-c", "echo $$; sleep 100 & sleep 100"]))
+    )
+    thread.start()
+    wait_for(lambda: cap.stdout)
+    pgid = int(cap.stdout.split()[0])
+    asked = time.monotonic()
+    cap.cancel.set()
+    thread.join(10)
+    assert time.monotonic() - asked < 1
+    assert result[0].status is JobStatus.CANCELLED
+    wait_for(lambda: not live_pids_in_group(pgid), timeout=1)
+
+
+def test_leftovers_are_killed_after_main_process_exits() -> None:
+    """A background child holding the pipes does not keep the job alive for long."""
+    cap = Capture()
+    started = time.monotonic()
+    outcome = cap.run(["/bin/sh", "-c", "echo $$; sleep 100 & echo main done"])
+    assert time.monotonic() - started < 4
+    assert outcome.status is JobStatus.SUCCEEDED
+    assert cap.stdout.endswith(b"main done\n")
+    wait_for(lambda: not live_pids_in_group(int(cap.stdout.split()[0])), timeout=2)
+
+
+def test_output_after_main_exit_is_still_collected() -> None:
+    """Whatever a finished child's pipes still hold is read before the job ends."""
+    cap = Capture()
+    cap.run(["/bin/sh", "-c", "(sleep 0.2; echo late) & echo early"])
+    assert cap.stdout == b"early\nlate\n"
+
+
+def test_child_closing_its_pipes_is_still_timed_out() -> None:
+    """A child that closes stdout and stderr is still watched until it exits."""
+    cap = Capture()
+    outcome = cap.run(["/bin/sh", "-c", "exec >&- 2>&-; sleep 100"], timeout=0.3)
+    assert outcome.status is JobStatus.TIMED_OUT
+
+
+def test_children_are_always_reaped() -> None:
+    """Hundreds of jobs leave no zombie children behind."""
+    for _ in range(300):
+        Capture().run(["/bin/true"])
+    assert zombie_children() == []
+
+
+def test_output_callback_failure_still_reaps() -> None:
+    """If recording output fails, the child is killed and reaped, and the error surfaces."""
+
+    def broken(stream: str, data: bytes) -> None:
+        raise RuntimeError("store is down")
+
+    spec = Spec(argv=("/bin/sh", "-c", "echo $$; sleep 100"), env=child_env())
+    with pytest.raises(RuntimeError, match="store is down"):
+        process.execute(spec, on_output=broken, cancelled=lambda: False)
+    assert zombie_children() == []
+
+
+def test_signal_group_reports_a_missing_group() -> None:
+    """Signalling a group that no longer exists is not an error."""
+    assert process.signal_group(2**22 + 12345, 0) is False

@@ -1,0 +1,47 @@
+"""The public API is an explicit, sorted list; a change to it is deliberate."""
+
+from __future__ import annotations
+
+import procgate
+
+
+def test_all_is_pinned() -> None:
+    """procgate.__all__ lists exactly the public names, sorted, all importable."""
+    assert procgate.__all__ == [
+        "Command",
+        "ConfigError",
+        "Forbidden",
+        "Gate",
+        "InvalidRequest",
+        "Job",
+        "JobNotFound",
+        "JobStatus",
+        "JobStore",
+        "MemoryStore",
+        "ProcessRunner",
+        "ProcgateError",
+        "Runner",
+        "RunnerBusy",
+        "RunnerClosed",
+        "SyncRunner",
+        "ThreadRunner",
+        "UnknownCommand",
+        "create_app",
+        "open_store",
+    ]
+    assert procgate.__all__ == sorted(procgate.__all__, key=str)
+    for name in procgate.__all__:
+        assert getattr(procgate, name) is not None
+
+
+def test_statuses_are_the_documented_words() -> None:
+    """Job statuses serialise to the words of the HTTP contract."""
+    assert [s.value for s in procgate.JobStatus] == [
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "timed_out",
+        "cancelled",
+        "error",
+    ]
