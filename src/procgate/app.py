@@ -19,6 +19,7 @@ from werkzeug.wrappers import Request, Response
 from procgate.commands import (
     DEFAULT_KILL_GRACE,
     DEFAULT_MAX_OUTPUT,
+    DEFAULT_TIMEOUT,
     SHELL,
     Command,
     child_env,
@@ -68,6 +69,12 @@ class Gate:
         run_timeout: float | None = 600.0,  # seconds a /run job may take
         run_max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
+        if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
+            raise ConfigError("max_body must be a positive number of bytes")
+        if not _is_number(max_wait) or max_wait < 0:
+            raise ConfigError("max_wait must be a number of seconds >= 0")
+        if run_timeout is not None and (not _is_number(run_timeout) or run_timeout <= 0):
+            raise ConfigError("run_timeout must be a positive number of seconds")
         self.store: JobStore = store if store is not None else MemoryStore()
         self.runner: Runner = runner if runner is not None else ThreadRunner()
         self.max_body = max_body
@@ -106,7 +113,7 @@ class Gate:
         name: str,
         argv: Sequence[str] | str,
         *,
-        timeout: float | None = 600.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
         max_output: int = DEFAULT_MAX_OUTPUT,
         env: Mapping[str, str] | None = None,
         allow_env: Iterable[str] = (),
@@ -344,7 +351,7 @@ class Gate:
             return 0.0
         if isinstance(value, bool):
             return self.max_wait if value else 0.0
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if not _is_number(value) or value < 0:
             raise InvalidRequest("wait must be true, false or a number of seconds >= 0")
         return min(float(value), self.max_wait)
 
@@ -464,12 +471,7 @@ def _stdin(body: Mapping[str, Any]) -> bytes:
 def _timeout(value: Any) -> float | None:
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if not _is_number(value) or value <= 0:
         raise InvalidRequest("timeout must be a positive number of seconds", code="invalid_timeout")
     return float(value)
 
@@ -485,6 +487,10 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
     if not low <= value <= high:
         raise InvalidRequest(f"{name} must be between {low} and {high}")
     return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _real(path: str) -> str:
