@@ -64,36 +64,25 @@ def wait_for(
         time.sleep(interval)
 
 
-def live_pids_in_group(pgid: int) -> list[int]:
-    """Processes of a process group that are still alive (zombies count as gone)."""
-    alive = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as file:
-                stat = file.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state not in ("Z", "X"):
-            alive.append(int(entry))
-    return alive
-
-
-def zombie_children() -> list[int]:
-    """Direct children of this process that exited but were never reaped."""
-    me = os.getpid()
-    zombies = []
+def _processes() -> Iterator[tuple[int, str, int, int]]:
+    """(pid, state, ppid, pgid) of every process, read from /proc."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as file:
                 fields = file.read().rsplit(")", 1)[1].split()
-        except OSError:
+        except OSError:  # it exited while we looked
             continue
-        if fields[0] == "Z" and int(fields[1]) == me:
-            zombies.append(int(entry))
-    return zombies
+        yield int(entry), fields[0], int(fields[1]), int(fields[2])
+
+
+def live_pids_in_group(pgid: int) -> list[int]:
+    """Processes of a process group that are still alive (zombies count as gone)."""
+    return [pid for pid, state, _, group in _processes() if group == pgid and state not in "ZX"]
+
+
+def zombie_children() -> list[int]:
+    """Direct children of this process that exited but were never reaped."""
+    me = os.getpid()
+    return [pid for pid, state, ppid, _ in _processes() if state == "Z" and ppid == me]
