@@ -130,6 +130,7 @@ class _Supervisor:
         self.kill_at: float | None = None  # when SIGTERM escalates to SIGKILL
         self.exited_at: float | None = None  # when the main process was seen gone
         self.swept_at: float | None = None  # when leftovers of the group were SIGKILLed
+        self.pidfd: int | None = None  # readable once the child exits (Linux >= 5.3)
 
     def run(self) -> Outcome:
         selector = selectors.DefaultSelector()
@@ -141,6 +142,9 @@ class _Supervisor:
             if proc.stdin is not None:
                 os.set_blocking(proc.stdin.fileno(), False)
                 selector.register(proc.stdin, selectors.EVENT_WRITE, "stdin")
+            self.pidfd = _pidfd(proc.pid)
+            if self.pidfd is not None:
+                selector.register(self.pidfd, selectors.EVENT_READ, "exit")
             self._loop(selector)
         finally:
             self._finalise(selector)
@@ -152,6 +156,9 @@ class _Supervisor:
         next_check = start
         while True:
             returncode = self.proc.poll()
+            if returncode is not None and self.pidfd is not None:
+                selector.unregister(self.pidfd)
+                self._close_pidfd()
             if returncode is not None and not selector.get_map():
                 return
             now = time.monotonic()
@@ -180,6 +187,10 @@ class _Supervisor:
         stream = key.data
         if stream == "stdin":
             self._feed(selector, key)
+            return
+        if stream == "exit":  # the child exited: the next poll() reaps it
+            selector.unregister(key.fileobj)
+            self._close_pidfd()
             return
         data = os.read(key.fd, CHUNK)
         if not data:
@@ -230,9 +241,15 @@ class _Supervisor:
             return True
         return False
 
+    def _close_pidfd(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
     def _finalise(self, selector: selectors.BaseSelector) -> None:
         """Whatever happened above, kill what is left and reap the child."""
         selector.close()
+        self._close_pidfd()
         if self.proc.poll() is None:
             signal_group(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
@@ -260,6 +277,22 @@ class _Supervisor:
             stdout_truncated=self.truncated["stdout"],
             stderr_truncated=self.truncated["stderr"],
         )
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` exits, where the OS has them.
+
+    Waiting on it in the selector wakes the loop the moment the child exits; without it a
+    child that closed its pipes is polled with ``wait(timeout)``, which sleeps in steps of
+    up to 50 ms and cost about 1 ms per short job.
+    """
+    open_pidfd = getattr(os, "pidfd_open", None)
+    if open_pidfd is None:
+        return None
+    try:
+        return int(open_pidfd(pid))
+    except OSError:  # kernel older than 5.3, or seccomp said no
+        return None
 
 
 def _describe_signal(signum: int) -> str:
