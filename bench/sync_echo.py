@@ -1,0 +1,577 @@
+"""Sync echo jobs through procgate, against the cost of spawning ``echo`` directly.
+
+Run it with ``python bench/sync_echo.py`` (``--help`` for the options). In one bounded run
+it measures, each ``--rounds`` times, interleaved so that every round sees the same noise:
+
+* the spawn limit: ``subprocess.run(["echo", "hello"])`` in a loop on 1 and on 2 threads;
+* ``POST /commands/echo`` with ``{"args": ["hello"], "wait": true}`` against ``procgate
+  serve`` with the thread runner, then with the process runner, at concurrency 1 and 8;
+
+and prints a markdown table of medians. The load client is ``wrk`` when it is installed
+(it costs the server far less CPU than a Python client on a 2-core machine), otherwise
+a Python ``http.client`` client in a separate process. Either way every response is
+checked (HTTP 200, ``status`` succeeded, ``stdout`` ``"hello\\n"``), and a Python client
+fully decodes a sample of responses after each server starts.
+
+Loopback only: the servers bind 127.0.0.1 and every request goes there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+HOST = "127.0.0.1"
+PATH = "/commands/echo"
+BODY = b'{"args": ["hello"], "wait": true}'
+HEADERS = {"Content-Type": "application/json"}
+CONCURRENCIES = (1, 8)
+MAX_WORKERS = 8
+#: Seconds a server may take to answer ``GET /health`` after it is started.
+START_DEADLINE = 30.0
+#: Seconds a server may take to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 15.0
+#: Seconds of Python-client traffic (concurrency 8, every response decoded) after a
+#: server starts: it starts the runner's threads or worker processes, and checks bodies.
+WARMUP = 1.0
+#: The total this script should stay under by default; the process runner is left out
+#: when the projected run would exceed it.
+BUDGET = 170.0
+
+CONFIG = """\
+[runner]
+kind = "{kind}"
+max_workers = {max_workers}
+
+[store]
+url = "memory://"
+
+[commands.echo]
+argv = ["echo"]
+timeout = 60
+"""
+
+# wrk: POST the body, check every response, and print one JSON line when done. Each wrk
+# thread has its own Lua state, so the counters are summed over the threads in done().
+WRK_SCRIPT = r"""
+wrk.method = "POST"
+wrk.body = '{"args": ["hello"], "wait": true}'
+wrk.headers["Content-Type"] = "application/json"
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  responses = 0
+  non200 = 0
+  bad = 0
+end
+
+function response(status, headers, body)
+  responses = responses + 1
+  if status ~= 200 then
+    non200 = non200 + 1
+  elseif not (string.find(body, '"status":"succeeded"', 1, true)
+              and string.find(body, '"stdout":"hello\\n"', 1, true)) then
+    bad = bad + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local total = {responses = 0, non200 = 0, bad = 0}
+  for _, thread in ipairs(threads) do
+    for key, _ in pairs(total) do
+      total[key] = total[key] + thread:get(key)
+    end
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'PROCGATE_BENCH {"responses":%d,"non200":%d,"bad":%d,"duration_us":%d,' ..
+    '"p50_us":%d,"p99_us":%d,"connect":%d,"read":%d,"write":%d,"timeout":%d}\n',
+    total.responses, total.non200, total.bad, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+@dataclass
+class Sample:
+    """One measurement: successful jobs, errors, wall time and latency percentiles."""
+
+    ok: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Row:
+    label: str
+    short: str
+    samples: list[Sample] = field(default_factory=list)
+    skipped: str = ""
+
+
+# -- measurements ----------------------------------------------------------------------
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    """p50 and p99 (nearest rank) of latencies in seconds, in milliseconds."""
+    if not latencies:
+        return float("nan"), float("nan")
+    ordered = sorted(latencies)
+
+    def rank(q: float) -> float:
+        index = min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))
+        return ordered[index] * 1000.0
+
+    return rank(0.50), rank(0.99)
+
+
+def closed_loop(
+    threads: int,
+    duration: float,
+    one: Callable[[list[Any]], bool],
+    make: Callable[[], Any] | None = None,
+) -> Sample:
+    """Run ``one(state)`` on ``threads`` threads until ``duration`` is up; it says if it was ok.
+
+    ``state`` is a one-item list holding what ``make()`` gave the thread (a connection,
+    say), so that ``one`` can replace it; whatever it holds at the end is closed.
+    """
+    lock = threading.Lock()
+    latencies: list[float] = []
+    counts = {"ok": 0, "errors": 0}
+    start = time.perf_counter()
+    deadline = start + duration
+
+    def loop() -> None:
+        state = [make()] if make is not None else [None]
+        mine: list[float] = []
+        ok = errors = 0
+        try:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                if one(state):
+                    ok += 1
+                    mine.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+        finally:
+            if state[0] is not None:
+                state[0].close()
+        with lock:
+            latencies.extend(mine)
+            counts["ok"] += ok
+            counts["errors"] += errors
+
+    pool = [threading.Thread(target=loop) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    seconds = time.perf_counter() - start
+    p50, p99 = percentiles(latencies)
+    return Sample(counts["ok"], counts["errors"], seconds, p50, p99)
+
+
+def spawn_echo(state: list[Any]) -> bool:
+    done = subprocess.run(["echo", "hello"], capture_output=True, check=False)  # noqa: S607
+    return done.returncode == 0 and done.stdout == b"hello\n"
+
+
+def measure_spawn(threads: int, duration: float) -> Sample:
+    return closed_loop(threads, duration, spawn_echo)
+
+
+def python_client(port: int, concurrency: int, duration: float) -> dict[str, Any]:
+    """Keep-alive ``http.client`` connections on ``concurrency`` threads; every body decoded.
+
+    Runs in a process of its own (see ``measure_python``), so its GIL is not the server's
+    and not the spawn loop's. Returns plain data, to cross the process boundary.
+    """
+
+    def connect() -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(HOST, port, timeout=30)
+
+    problems: list[str] = []
+
+    def one(state: list[Any]) -> bool:
+        conn = state[0]
+        try:
+            conn.request("POST", PATH, BODY, HEADERS)
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            state[0] = connect()
+            problems.append(f"{type(exc).__name__}: {exc}")
+            return False
+        if response.status != 200:
+            problems.append(f"HTTP {response.status}: {data[:200]!r}")
+            return False
+        try:
+            job = json.loads(data)
+        except ValueError:
+            problems.append(f"not JSON: {data[:200]!r}")
+            return False
+        if job.get("status") != "succeeded" or job.get("stdout") != "hello\n":
+            problems.append(f"wrong job: {data[:300]!r}")
+            return False
+        return True
+
+    sample = closed_loop(concurrency, duration, one, make=connect)
+    return {**sample.__dict__, "problems": problems[:5]}
+
+
+def measure_python(port: int, concurrency: int, duration: float) -> tuple[Sample, list[str]]:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        result = pool.submit(python_client, port, concurrency, duration).result()
+    problems = result.pop("problems")
+    return Sample(**result), problems
+
+
+def measure_wrk(
+    wrk: str, script: str, port: int, concurrency: int, duration: float
+) -> tuple[Sample, list[str]]:
+    seconds = max(1, round(duration))  # wrk takes whole seconds
+    argv = [
+        wrk,
+        "-t1",  # one client thread is plenty, and leaves the CPU to the server
+        f"-c{concurrency}",
+        f"-d{seconds}s",
+        "--timeout",
+        "30s",
+        "-s",
+        script,
+        f"http://{HOST}:{port}{PATH}",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    line = next(
+        (line for line in done.stdout.splitlines() if line.startswith("PROCGATE_BENCH ")), None
+    )
+    if line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
+    result = json.loads(line.split(" ", 1)[1])
+    socket_errors = result["connect"] + result["read"] + result["write"] + result["timeout"]
+    errors = result["non200"] + result["bad"] + socket_errors
+    problems = []
+    if errors:
+        problems.append(
+            f"wrk: {result['non200']} non-200, {result['bad']} wrong bodies, "
+            f"{socket_errors} socket errors/timeouts"
+        )
+    sample = Sample(
+        ok=result["responses"] - result["non200"] - result["bad"],
+        errors=errors,
+        seconds=result["duration_us"] / 1e6,
+        p50_ms=result["p50_us"] / 1000.0,
+        p99_ms=result["p99_us"] / 1000.0,
+    )
+    return sample, problems
+
+
+# -- servers ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def health(port: int) -> bool:
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+@dataclass
+class Server:
+    kind: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: str
+
+    def log_tail(self, lines: int = 20) -> str:
+        with open(self.log_path, errors="replace") as file:
+            return "".join(file.readlines()[-lines:])
+
+
+@contextlib.contextmanager
+def serve(kind: str, workdir: str) -> Iterator[Server]:
+    """``procgate serve`` with runner ``kind`` on a free port, until the block ends."""
+    config = os.path.join(workdir, f"{kind}.toml")
+    with open(config, "w") as file:
+        file.write(CONFIG.format(kind=kind, max_workers=MAX_WORKERS))
+    port = free_port()
+    log_path = os.path.join(workdir, f"{kind}.log")
+    argv = [sys.executable, "-m", "procgate", "serve", "--config", config]
+    argv += ["--host", HOST, "--port", str(port)]
+    env = dict(os.environ, PROCGATE_LOG_LEVEL="warning")
+    with open(log_path, "wb") as log:
+        # A session of its own: the arbiter, its worker and the runner's worker processes
+        # are one process group, which a kill reaches whole.
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    server = Server(kind, port, proc, log_path)
+    try:
+        deadline = time.monotonic() + START_DEADLINE
+        while not health(port):
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"procgate serve ({kind}) exited with {proc.returncode}:\n{server.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"procgate serve ({kind}) not healthy after {START_DEADLINE:g} s:\n"
+                    + server.log_tail()
+                )
+            time.sleep(0.05)
+        yield server
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (gunicorn's graceful stop), wait, then SIGKILL the whole process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(f"server {proc.pid} ignored SIGTERM for {STOP_TIMEOUT:g} s: killing it")
+    # Whatever the arbiter left behind (it normally leaves nothing) goes with the group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    values = [v for v in values if v == v]  # drop NaN
+    return statistics.median(values) if values else float("nan")
+
+
+def table(rows: list[Row], base1: Row, base2: Row) -> str:
+    lines = [
+        "| measurement | jobs/s | p50 ms | p99 ms | errors "
+        "| ratio to spawn 1 thread | ratio to spawn 2 threads |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        if not row.samples:
+            lines.append(f"| {row.label} | {row.skipped or 'skipped'} | | | | | |")
+            continue
+        ratios = []
+        for base in (base1, base2):
+            # Ratios round by round (the same noise), then their median.
+            pairs = zip(row.samples, base.samples, strict=False)
+            ratios.append(median([s.rate / b.rate for s, b in pairs if b.rate > 0]))
+        lines.append(
+            f"| {row.label} | {median([s.rate for s in row.samples]):.0f} "
+            f"| {median([s.p50_ms for s in row.samples]):.2f} "
+            f"| {median([s.p99_ms for s in row.samples]):.2f} "
+            f"| {sum(s.errors for s in row.samples)} "
+            f"| {ratios[0]:.2f} | {ratios[1]:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def procgate_version() -> str:
+    try:
+        import procgate
+    except ImportError:
+        return "not importable"
+    return str(getattr(procgate, "__version__", "unknown"))
+
+
+def wrk_version(wrk: str) -> str:
+    done = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    first = (done.stdout or done.stderr).splitlines()
+    return first[0].split(" [")[0] if first else "wrk"
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Sync echo jobs through procgate vs. spawning echo directly.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per measurement (wrk: whole s)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the table shows medians")
+    parser.add_argument(
+        "--client",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="load client: auto is wrk when installed, else the Python client",
+    )
+    parser.add_argument("--no-process", action="store_true", help="leave out the process runner")
+    parser.add_argument("--output", help="also write the header and table to this file")
+    options = parser.parse_args(argv)
+    if options.duration <= 0 or options.rounds < 1:
+        parser.error("--duration must be positive and --rounds at least 1")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    wrk = shutil.which("wrk") if options.client in ("auto", "wrk") else None
+    if options.client == "wrk" and wrk is None:
+        print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    client = f"{wrk_version(wrk)} (1 thread, Lua-checked bodies)" if wrk else "python"
+    if not wrk:
+        client = "python http.client (keep-alive, 1 thread per connection, own process)"
+
+    kinds = ["thread", "process"]
+    per_measurement = (max(1, round(options.duration)) if wrk else options.duration) + 0.3
+    projected = 2 * (WARMUP + 2) + options.rounds * 6 * per_measurement
+    skipped_process = ""
+    if options.no_process:
+        kinds, skipped_process = ["thread"], "skipped (--no-process)"
+    elif projected > BUDGET:
+        kinds = ["thread"]
+        skipped_process = f"skipped (projected {projected:.0f} s > {BUDGET:.0f} s budget)"
+    if len(kinds) == 1:
+        projected = WARMUP + 2 + options.rounds * 4 * per_measurement
+    print(
+        f"sync_echo: {options.rounds} round(s) x {options.duration:g} s per measurement, "
+        f"client {client}; about {projected:.0f} s"
+    )
+
+    rows = [
+        Row("spawn `echo hello`, 1 thread", "spawn1"),
+        Row("spawn `echo hello`, 2 threads", "spawn2"),
+    ]
+    runner_rows: dict[tuple[str, int], Row] = {}
+    for kind in ("thread", "process"):
+        for concurrency in CONCURRENCIES:
+            row = Row(f"procgate {kind} runner, c={concurrency}", f"{kind}/c{concurrency}")
+            if kind not in kinds:
+                row.skipped = skipped_process
+            runner_rows[kind, concurrency] = row
+            rows.append(row)
+    notes: list[str] = []
+    started = time.monotonic()
+
+    with contextlib.ExitStack() as stack:
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="procgate-bench-"))
+        script = os.path.join(workdir, "echo.lua")
+        with open(script, "w") as file:
+            file.write(WRK_SCRIPT)
+        servers = {}
+        for kind in kinds:
+            servers[kind] = stack.enter_context(serve(kind, workdir))
+            # Warm up (starts the runner's threads or worker processes) and check bodies.
+            sample, problems = measure_python(servers[kind].port, MAX_WORKERS, WARMUP)
+            notes.append(
+                f"{kind} runner check (python client, c={MAX_WORKERS}, every body decoded): "
+                f"{sample.ok} ok, {sample.errors} errors"
+            )
+            notes.extend(f"  {problem}" for problem in problems)
+
+        for round_number in range(1, options.rounds + 1):
+            rows[0].samples.append(measure_spawn(1, options.duration))
+            rows[1].samples.append(measure_spawn(2, options.duration))
+            for kind in kinds:
+                for concurrency in CONCURRENCIES:
+                    port = servers[kind].port
+                    if wrk:
+                        sample, problems = measure_wrk(
+                            wrk, script, port, concurrency, options.duration
+                        )
+                    else:
+                        sample, problems = measure_python(port, concurrency, options.duration)
+                    runner_rows[kind, concurrency].samples.append(sample)
+                    notes.extend(
+                        f"round {round_number}, {kind} c={concurrency}: {problem}"
+                        for problem in problems
+                    )
+            summary = ", ".join(
+                f"{row.short} {row.samples[-1].rate:.0f}/s" for row in rows if row.samples
+            )
+            print(f"round {round_number}: {summary}")
+        for kind, server in servers.items():
+            if server.proc.poll() is not None:
+                notes.append(f"{kind} server died during the run:\n{server.log_tail()}")
+            else:
+                logged = server.log_tail()
+                if logged.strip():
+                    notes.append(
+                        f"{kind} server log (last lines):\n{textwrap.indent(logged, '  ')}"
+                    )
+
+    elapsed = time.monotonic() - started
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    header = (
+        f"nproc {cpus}, Python {platform.python_version()}, procgate {procgate_version()}, "
+        f"client: {client}; {options.rounds} round(s) x {options.duration:g} s; "
+        f"servers: procgate serve, 1 gunicorn gthread worker (default threads), "
+        f"runner max_workers={MAX_WORKERS}, memory store"
+    )
+    report = "\n".join(
+        [
+            header,
+            "",
+            table(rows, rows[0], rows[1]),
+            "",
+            "jobs/s, p50 and p99: medians over the rounds; errors: total over the rounds; "
+            "ratios: jobs/s over the spawn loop's in the same round, median over the rounds.",
+        ]
+    )
+    print()
+    print(report)
+    if notes:
+        print()
+        print("\n".join(notes))
+    print(f"\ntotal {elapsed:.0f} s")
+    if options.output:
+        with open(options.output, "w") as file:
+            file.write(report + "\n")
+    return 1 if any(s.errors for row in rows for s in row.samples) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
