@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from werkzeug.test import Client
 from werkzeug.wrappers import Response
 
 from procgate import Gate, JobStore, MemoryStore, ThreadRunner
-from tests.conftest import live_pids_in_group, register_defaults, wait_for
+from tests.conftest import live_pids_in_group, make_runner, register_defaults, wait_for
 
 JOB_KEYS = {
     "id",
@@ -92,6 +93,13 @@ def test_list_commands(client: Client) -> None:
     assert commands["env"]["allow_env"] == ["FOO"]
     assert "CONFIGURED" not in json.dumps(commands["env"])  # env values may be secrets
     assert client.get("/commands/echo").json["name"] == "echo"
+
+
+def test_get_and_head_on_a_command_run_nothing(client: Client) -> None:
+    """GET and HEAD describe a command; only POST starts a job."""
+    assert client.get("/commands/echo").status_code == 200
+    assert client.head("/commands/echo").status_code == 200
+    assert client.get("/jobs").json["jobs"] == []
 
 
 def test_sync_echo(client: Client) -> None:
@@ -256,11 +264,12 @@ def test_cancel_queued_job() -> None:
 
 
 def test_delete_finished_job(client: Client) -> None:
-    """DELETE on a finished job removes it: 204, then 404."""
+    """DELETE on a finished job removes it: 204 with no content, then 404."""
     job = run(client, "echo", args=["x"])
     response = client.delete(f"/jobs/{job['id']}")
     assert response.status_code == 204
     assert response.data == b""
+    assert "Content-Type" not in response.headers
     assert client.get(f"/jobs/{job['id']}").status_code == 404
 
 
@@ -447,14 +456,16 @@ def test_runner_saturated_is_429_with_retry_after() -> None:
         gate.close()
 
 
-def test_closed_runner_is_503() -> None:
-    """After close, new jobs get 503 with Retry-After."""
-    gate = register_defaults(Gate(runner=ThreadRunner()))
+def test_closed_runner_is_503(runner_kind: str) -> None:
+    """After close, new jobs get 503 with Retry-After, and nothing runs."""
+    gate = register_defaults(Gate(runner=make_runner(runner_kind)))
     gate.runner.close()
     response = Client(gate).post("/commands/echo", json={})
     gate.close()
     assert response.status_code == 503
+    assert error_code(response) == "runner_closed"
     assert "Retry-After" in response.headers
+    assert Client(gate).get("/jobs").json["jobs"] == []
 
 
 class BrokenStore(MemoryStore):
@@ -493,8 +504,6 @@ def test_run_is_off_by_default(client: Client) -> None:
 
 @pytest.fixture
 def raw_client(runner_kind: str) -> Any:
-    from tests.conftest import make_runner
-
     gate = Gate(runner=make_runner(runner_kind), allow_programs=["echo", "/bin/ls"])
     yield Client(gate)
     gate.close()
@@ -515,6 +524,25 @@ def test_run_disallowed_program_is_403(raw_client: Client) -> None:
         response = raw_client.post("/run", json={"args": args})
         assert response.status_code == 403
         assert error_code(response) == "program_not_allowed"
+
+
+def test_run_allowlist_is_by_name_not_by_file(tmp_path: Path) -> None:
+    """Another name for an allowed file (a multi-call binary's link) is not allowed."""
+    multi = tmp_path / "multi"
+    multi.write_text('#!/bin/sh\necho "ran as $(basename "$0")"\n')
+    multi.chmod(0o755)
+    (tmp_path / "safe").symlink_to(multi)
+    (tmp_path / "danger").symlink_to(multi)
+    gate = Gate(runner=ThreadRunner(), allow_programs=[str(tmp_path / "safe")])
+    client = Client(gate)
+    try:
+        job = client.post("/run", json={"args": [str(tmp_path / "safe")], "wait": True}).json
+        assert job["stdout"] == "ran as safe\n"
+        refused = client.post("/run", json={"args": [str(tmp_path / "danger")]})
+        assert refused.status_code == 403
+        assert client.post("/run", json={"args": [str(multi)]}).status_code == 403
+    finally:
+        gate.close()
 
 
 def test_run_shell_needs_allow_shell(raw_client: Client) -> None:

@@ -245,3 +245,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     result = run_cli("serve", "--config", str(good), "--workers", "2")
     assert result.returncode == 2
     assert "memory store" in result.stderr
+    for flag in ("--workers", "--threads"):
+        result = run_cli("serve", "--config", str(good), flag, "0")
+        assert result.returncode == 2
+        assert "at least 1" in result.stderr

@@ -15,7 +15,7 @@ from procgate.errors import (
     RunnerClosed,
     UnknownCommand,
 )
-from procgate.jobs import Job, JobStatus
+from procgate.jobs import Job, JobPage, JobStatus, Outcome, Spec
 from procgate.runners import ProcessRunner, Runner, SyncRunner, ThreadRunner
 from procgate.stores import JobStore, MemoryStore, open_store
 
@@ -29,14 +29,17 @@ __all__ = [
     "InvalidRequest",
     "Job",
     "JobNotFound",
+    "JobPage",
     "JobStatus",
     "JobStore",
     "MemoryStore",
+    "Outcome",
     "ProcessRunner",
     "ProcgateError",
     "Runner",
     "RunnerBusy",
     "RunnerClosed",
+    "Spec",
     "SyncRunner",
     "ThreadRunner",
     "UnknownCommand",

@@ -81,12 +81,12 @@ class Gate:
         self.max_wait = max_wait
         self.commands: dict[str, Command] = {}
         path = child_env()["PATH"]
-        self.allowed_programs: dict[str, str] = {}  # real path -> absolute path as given
+        self.allowed_programs: set[str] = set()
         for program in allow_programs:
             found = resolve_program(program, path)
             if found is None:
                 raise ConfigError(f"allow_programs: program {program!r} not found")
-            self.allowed_programs[_real(found)] = found
+            self.allowed_programs.add(_canonical(found))
         self.allow_any_program = allow_any_program
         self.allow_shell = allow_shell
         self.run_timeout = run_timeout
@@ -212,7 +212,7 @@ class Gate:
         command = self.commands.get(name)
         if command is None:
             raise UnknownCommand(f"no command named {name!r}")
-        if request.method == "GET":
+        if request.method != "POST":  # GET, and the HEAD werkzeug adds to it
             return _json(command.to_json())
         body = _json_body(request, _JOB_FIELDS)
         args = _string_list(body.get("args", []), "args")
@@ -296,7 +296,9 @@ class Gate:
         if request.method == "DELETE":
             job = self.store.get(job_id)
             if job.status.finished and self.store.delete(job_id):
-                return Response(status=204)
+                response = Response(status=204)
+                del response.headers["Content-Type"]  # there is no content
+                return response
             job = self.store.cancel(job_id)
             if wait:
                 job = self.store.wait(job_id, wait)
@@ -362,10 +364,9 @@ class Gate:
             if found is None:
                 raise InvalidRequest(f"program {program!r} not found", code="program_not_found")
             return found
-        allowed = self.allowed_programs.get(_real(found)) if found is not None else None
-        if allowed is None:
+        if found is None or _canonical(found) not in self.allowed_programs:
             raise Forbidden(f"program {program!r} is not allowed", code="program_not_allowed")
-        return found if found is not None else allowed
+        return found
 
     def _job_url(self, job_id: str, adapter: MapAdapter) -> str:
         return adapter.build("job", {"job_id": job_id}, force_external=True)
@@ -493,8 +494,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _real(path: str) -> str:
-    return os.path.realpath(path)
+def _canonical(path: str) -> str:
+    """A program's path with its directory's symlinks resolved, but not its own name.
+
+    ``/bin/ls`` and ``/usr/bin/ls`` are the same program on a merged-/usr system; but two
+    names linked to one multi-call binary (busybox) are different programs.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(directory), name)
 
 
 def _snake(text: str) -> str:

@@ -59,8 +59,8 @@ def _serve(config: Config, options: argparse.Namespace) -> int:
         raise ConfigError("procgate serve needs gunicorn: pip install 'procgate[server]'") from None
     host = options.host or config.server.host
     port = options.port if options.port is not None else config.server.port
-    workers = options.workers or config.server.workers or 1
-    threads = options.threads or config.server.threads or DEFAULT_THREADS
+    workers = _first(options.workers, config.server.workers, 1)
+    threads = _first(options.threads, config.server.threads, DEFAULT_THREADS)
     if workers < 1 or threads < 1:
         raise ConfigError("--workers and --threads must be at least 1")
     if workers > 1 and config.store_url.startswith("memory:"):
@@ -78,3 +78,8 @@ def _serve(config: Config, options: argparse.Namespace) -> int:
     }
     Server(config.path, settings).run()
     return 0
+
+
+def _first(*values: int | None) -> int:
+    """The first value that was given: a flag, then the config file, then the default."""
+    return next(value for value in values if value is not None)

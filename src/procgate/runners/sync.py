@@ -7,6 +7,7 @@ import logging
 import threading
 
 from procgate import process
+from procgate.errors import RunnerClosed
 from procgate.jobs import JobStatus, Outcome
 from procgate.stores import JobStore
 
@@ -60,6 +61,8 @@ class SyncRunner:
     def submit(self, job_id: str) -> None:
         if self._store is None:
             raise RuntimeError("SyncRunner.open(store) was not called")
+        if self._halt.is_set():
+            raise RunnerClosed("the runner is shutting down")
         run_job(self._store, job_id, self._halt)
 
     def close(self) -> None:
