@@ -13,7 +13,7 @@ from procgate import Gate
 
 wsgi_app = "examples.gunicorn_app:application"
 bind = "127.0.0.1:8000"
-workers = 1  # the memory:// store lives in one process
+workers = 2  # the SQLite store is shared by worker processes (memory:// needs 1)
 threads = 32  # a request that waits for its job holds a thread
 worker_class = "gthread"
 

@@ -9,8 +9,9 @@ or from anywhere::
     gunicorn --chdir examples --threads 32 -b 127.0.0.1:8000 gunicorn_app:application
 
 Add ``-c examples/gunicorn.conf.py`` so each worker closes its Gate (and stops its running
-jobs) when it exits. Keep one worker process with the ``memory://`` store: the jobs live in
-the worker's memory, and the threads serve the requests that wait for them.
+jobs) when it exits. The example config keeps jobs in SQLite (``./procgate-data``), which
+every worker process shares, so ``--workers`` may be more than one; with the ``memory://``
+store keep one worker process, and threads.
 """
 
 from __future__ import annotations

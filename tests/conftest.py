@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from werkzeug.test import Client
@@ -34,6 +36,12 @@ def register_defaults(gate: Gate) -> Gate:
     gate.register("env", ["env"], env={"CONFIGURED": "yes"}, allow_env=["FOO"])
     gate.register("short", ["sleep"], timeout=0.5, kill_grace=0.5)
     return gate
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own directory: default SQLite stores go there, not the repo."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(params=RUNNER_KINDS)
@@ -86,3 +94,48 @@ def zombie_children() -> list[int]:
     """Direct children of this process that exited but were never reaped."""
     me = os.getpid()
     return [pid for pid, state, ppid, _ in _processes() if state == "Z" and ppid == me]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free 127.0.0.1 port, for the whole session.
+
+    ``.ci/run`` installs redis-server; without it this fixture fails, it never skips.
+    """
+    import shutil
+    import socket
+    import subprocess
+
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("redis-server is not installed: apt-get install -y redis-server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    directory = tmp_path_factory.mktemp("redis")
+    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    proc = subprocess.Popen(
+        [*argv, "--dir", str(directory), "--appendonly", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url)
+        try:
+            wait_for(lambda: _pings(client), timeout=20)
+        finally:
+            client.close()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False

@@ -19,8 +19,11 @@ def write(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-def test_example_config_builds_a_working_gate() -> None:
-    """The shipped example config loads and its commands run."""
+def test_example_config_builds_a_working_gate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped example config loads, its SQLite store is created, its commands run."""
+    monkeypatch.chdir(tmp_path)
     gate = create_app(str(EXAMPLE))
     try:
         assert isinstance(gate, Gate)
@@ -32,6 +35,7 @@ def test_example_config_builds_a_working_gate() -> None:
         assert (greet["stdout"], greet["stderr"]) == ("hello, ann\n", "greeted ann\n")
     finally:
         gate.close()
+    assert (tmp_path / "procgate-data" / "jobs.db").is_file()
 
 
 def test_full_config(tmp_path: Path) -> None:
@@ -104,6 +108,8 @@ description = "relative paths"
         ("[runner]\nkind = 'magic'\n", "unknown runner kind"),
         ("[runner]\nkind = 'sync'\nmax_workers = 3\n", "[runner]"),
         ("[store]\nurl = 'postgres://x'\n", "unknown store URL"),
+        ("[store]\nurl = 'sqlite:///x.db'\nprefix = 'p:'\n", "[store]"),
+        ("[store]\nurl = 'memory://'\nttl = -5\n", "ttl"),
         ("[run]\nallow_programs = ['no-such-program-xyz']\n", "allow_programs"),
         ("commands = 3\n", "must be a table"),
     ],

@@ -30,8 +30,12 @@ def _load(name: str) -> ModuleType:
 
 
 @pytest.fixture
-def gunicorn_app() -> Iterator[ModuleType]:
-    """The gunicorn example; its Gate (``application``) is closed afterwards."""
+def gunicorn_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """The gunicorn example; its Gate (``application``) is closed afterwards.
+
+    It runs in a temporary directory: the example config keeps its SQLite store there.
+    """
+    monkeypatch.chdir(tmp_path)
     module = _load("gunicorn_app")
     yield module
     module.application.close()

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import live_pids_in_group, wait_for
+from tests.servers import Server, start_server
 
 CONFIG = """
 [runner]
@@ -35,93 +31,17 @@ kill_grace = 1
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """A running ``procgate serve`` process and how to talk to it."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    def request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-            hdrs = {"Content-Type": "application/json"} if body is not None else {}
-            hdrs.update(headers or {})
-            conn.request(method, path, body=data, headers=hdrs)
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
-
-    def json(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        status, _, data = self.request(method, path, body)
-        return status, json.loads(data)
-
-
-def start_server(
-    tmp_path: Path, *extra: str, env: dict[str, str] | None = None, prefix: str = ""
-) -> Server:
-    config = tmp_path / "procgate.toml"
-    config.write_text(CONFIG)
-    port = free_port()
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "procgate",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-                "--threads",
-                "8",
-                *extra,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-    server = Server(proc, port, log)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if server.request("GET", f"{prefix}/health")[0] == 200:
-                return server
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(server)
-            raise AssertionError(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.05)
+def start(tmp_path: Path, *extra: str, **options: Any) -> Server:
+    return start_server(tmp_path, CONFIG, *extra, **options)
 
 
 def stop(server: Server) -> int:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-    try:
-        return server.proc.wait(30)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
-        raise
+    return server.stop()
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    server = start_server(tmp_path)
+    server = start(tmp_path)
     yield server
     stop(server)
 
@@ -180,7 +100,7 @@ def test_errors_are_json(server: Server) -> None:
 
 def test_served_under_a_prefix(tmp_path: Path) -> None:
     """With SCRIPT_NAME set, gunicorn mounts the Gate under it and URLs carry it."""
-    server = start_server(tmp_path, env={"SCRIPT_NAME": "/pg"}, prefix="/pg")
+    server = start(tmp_path, env={"SCRIPT_NAME": "/pg"}, prefix="/pg")
     try:
         status, headers, data = server.request("POST", "/pg/commands/echo", {"args": ["p"]})
         assert status == 202
@@ -194,7 +114,7 @@ def test_served_under_a_prefix(tmp_path: Path) -> None:
 
 def test_shutdown_stops_running_jobs(tmp_path: Path) -> None:
     """SIGTERM to the server stops it promptly and kills its running children."""
-    server = start_server(tmp_path)
+    server = start(tmp_path)
     try:
         _, job = server.json("POST", "/commands/sh", {"args": ["echo $$; sleep 100"]})
         wait_for(lambda: server.json("GET", f"/jobs/{job['id']}")[1]["stdout"])
@@ -207,9 +127,10 @@ def test_shutdown_stops_running_jobs(tmp_path: Path) -> None:
         stop(server)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "procgate", *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
@@ -217,10 +138,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_check_lists_commands() -> None:
+def test_check_lists_commands(tmp_path: Path) -> None:
     """procgate check validates the example config and lists its commands."""
     example = Path(__file__).parent.parent / "examples" / "procgate.toml"
-    result = run_cli("check", "--config", str(example))
+    result = run_cli("check", "--config", str(example), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
     assert "echo" in result.stdout
@@ -241,7 +162,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         assert result.stderr.startswith("procgate: error:")
         assert "Traceback" not in result.stderr
     good = tmp_path / "good.toml"
-    good.write_text("[commands.echo]\nargv = ['echo']\n")
+    good.write_text("[store]\nurl = 'memory://'\n[commands.echo]\nargv = ['echo']\n")
     result = run_cli("serve", "--config", str(good), "--workers", "2")
     assert result.returncode == 2
     assert "memory store" in result.stderr

@@ -25,6 +25,7 @@ def test_all_is_pinned() -> None:
         "Runner",
         "RunnerBusy",
         "RunnerClosed",
+        "SQLiteStore",
         "Spec",
         "SyncRunner",
         "ThreadRunner",
@@ -47,4 +48,5 @@ def test_statuses_are_the_documented_words() -> None:
         "timed_out",
         "cancelled",
         "error",
+        "lost",
     ]

@@ -17,7 +17,7 @@ from procgate.errors import (
 )
 from procgate.jobs import Job, JobPage, JobStatus, Outcome, Spec
 from procgate.runners import ProcessRunner, Runner, SyncRunner, ThreadRunner
-from procgate.stores import JobStore, MemoryStore, open_store
+from procgate.stores import JobStore, MemoryStore, SQLiteStore, open_store
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "Runner",
     "RunnerBusy",
     "RunnerClosed",
+    "SQLiteStore",
     "Spec",
     "SyncRunner",
     "ThreadRunner",

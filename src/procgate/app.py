@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import math
@@ -44,7 +45,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("procgate")
 
-_JOB_FIELDS = frozenset({"args", "stdin", "stdin_encoding", "env", "timeout", "wait"})
+_JOB_FIELDS = frozenset(
+    {"args", "stdin", "stdin_encoding", "env", "timeout", "wait", "idempotency_key"}
+)
+_MAX_KEY = 255
 _RUN_FIELDS = _JOB_FIELDS | {"shell"}
 _MAX_LIST = 1000
 
@@ -223,7 +227,7 @@ class Gate:
             timeout=_timeout(body.get("timeout")),
         )
         job = Job(id=new_job_id(), command=name, args=tuple(args), spec=spec)
-        return self._launch(job, self._wait(request, body), adapter)
+        return self._launch(job, body, request, adapter)
 
     def on_run(self, request: Request, adapter: MapAdapter) -> Response:
         if not (self.allowed_programs or self.allow_any_program or self.allow_shell):
@@ -269,7 +273,7 @@ class Gate:
             kill_grace=DEFAULT_KILL_GRACE,
         )
         job = Job(id=new_job_id(), command=None, args=tuple(args), spec=spec)
-        return self._launch(job, self._wait(request, body), adapter)
+        return self._launch(job, body, request, adapter)
 
     def on_jobs(self, request: Request, adapter: MapAdapter) -> Response:
         status = request.args.get("status")
@@ -321,20 +325,34 @@ class Gate:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _launch(self, job: Job, wait: float, adapter: MapAdapter) -> Response:
-        """Store the job, hand it to the runner, and answer 200 (finished) or 202."""
-        self.store.create(job)
-        try:
-            self.runner.submit(job.id)
-        except (RunnerBusy, RunnerClosed):
-            self.store.cancel(job.id)  # never ran: leave no trace of it
-            self.store.delete(job.id)
-            raise
-        current = self.store.wait(job.id, wait) if wait else self.store.get(job.id)
+    def _launch(
+        self, job: Job, body: Mapping[str, Any], request: Request, adapter: MapAdapter
+    ) -> Response:
+        """Store the job, hand it to the runner, and answer 200 (finished) or 202.
+
+        With an ``idempotency_key`` already used for the command, the stored job is
+        answered instead (``Idempotent-Replayed: true``) and nothing new runs.
+        """
+        wait = self._wait(request, body)
+        job = dataclasses.replace(
+            job, owner=self.runner.owner, idempotency_key=_idempotency_key(body)
+        )
+        stored = self.store.create(job)
+        replayed = stored.id != job.id
+        if not replayed:
+            try:
+                self.runner.submit(job.id)
+            except (RunnerBusy, RunnerClosed):
+                self.store.cancel(job.id)  # never ran: leave no trace of it
+                self.store.delete(job.id)
+                raise
+        current = self.store.wait(stored.id, wait) if wait else self.store.get(stored.id)
         finished = bool(wait) and current.status.finished
         response = _json(self._job_json(current, adapter), 200 if finished else 202)
         if not finished:
-            response.headers["Location"] = self._job_url(job.id, adapter)
+            response.headers["Location"] = self._job_url(stored.id, adapter)
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
         return response
 
     def _wait(self, request: Request, body: Mapping[str, Any]) -> float:
@@ -404,6 +422,16 @@ def _json_body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
             code="unknown_field",
         )
     return body
+
+
+def _idempotency_key(body: Mapping[str, Any]) -> str | None:
+    key = body.get("idempotency_key")
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 1 <= len(key) <= _MAX_KEY:
+        raise InvalidRequest(f"idempotency_key must be a string of 1 to {_MAX_KEY} characters")
+    _check_text(key, "idempotency_key")
+    return key
 
 
 def _string_list(value: Any, name: str) -> list[str]:

@@ -26,7 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "--threads", type=int, help=f"threads per worker (default {DEFAULT_THREADS})"
     )
-    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (default: one per core, at least 2; 1 for the memory store)",
+    )
     check = commands.add_parser("check", help="validate a config file and list its commands")
     check.add_argument("--config", required=True, help="path of the TOML config file")
     options = parser.parse_args(argv)
@@ -59,11 +63,12 @@ def _serve(config: Config, options: argparse.Namespace) -> int:
         raise ConfigError("procgate serve needs gunicorn: pip install 'procgate[server]'") from None
     host = options.host or config.server.host
     port = options.port if options.port is not None else config.server.port
-    workers = _first(options.workers, config.server.workers, 1)
+    default_workers = max(2, os.cpu_count() or 1) if config.shared_store else 1
+    workers = _first(options.workers, config.server.workers, default_workers)
     threads = _first(options.threads, config.server.threads, DEFAULT_THREADS)
     if workers < 1 or threads < 1:
         raise ConfigError("--workers and --threads must be at least 1")
-    if workers > 1 and config.store_url.startswith("memory:"):
+    if workers > 1 and not config.shared_store:
         raise ConfigError(
             "the memory store lives in one process: serve it with --workers 1 (and threads)"
         )

@@ -21,11 +21,14 @@ else:  # pragma: no cover - exercised on 3.10 only
 _SECTIONS = {
     "server": {"host", "port", "threads", "workers"},
     "runner": {"kind", "max_workers", "max_queue"},
-    "store": {"url", "max_jobs"},
+    "store": {"url", "max_jobs", "ttl", "prefix"},
     "gate": {"max_body", "max_wait"},
     "run": {"allow_programs", "allow_any_program", "allow_shell", "timeout", "max_output"},
     "commands": None,  # one table per command, checked below
 }
+#: The store of a config file without ``[store] url``: persistent, shared by workers.
+DEFAULT_STORE_URL = "sqlite:///procgate-data/jobs.db"
+
 _COMMAND_KEYS = {
     "argv",
     "timeout",
@@ -62,7 +65,13 @@ class Config:
 
     @property
     def store_url(self) -> str:
-        return str(self.store.get("url", "memory://"))
+        """``[store] url``; by default a SQLite file under ``./procgate-data``."""
+        return str(self.store.get("url", DEFAULT_STORE_URL))
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether several processes can share the store (all but ``memory://``)."""
+        return not self.store_url.startswith("memory:")
 
     def build(self) -> Gate:
         """A new Gate with its own store and runner; ``ConfigError`` if anything is off."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ class JobStatus(str, Enum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     ERROR = "error"
+    LOST = "lost"  # its runner died (killed server, dead worker) before it finished
 
     @property
     def finished(self) -> bool:
@@ -67,7 +69,15 @@ class Job:
     created_at: datetime = field(default_factory=lambda: utcnow())
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    pid: int | None = None
+    owner: str | None = None  # the runner that took the job (see runners.liveness)
+    idempotency_key: str | None = None
+
+    @property
+    def idempotency_scope(self) -> str | None:
+        """What must be unique among stored jobs: the key within its command."""
+        if self.idempotency_key is None:
+            return None
+        return f"{self.command or ''}\n{self.idempotency_key}"
 
     @property
     def duration(self) -> float | None:
@@ -145,3 +155,84 @@ def job_to_json(job: Job, url: str) -> dict[str, Any]:
         "finished_at": format_time(job.finished_at),
         "duration": job.duration,
     }
+
+
+def job_to_record(job: Job) -> dict[str, Any]:
+    """The job without its output as flat, storable values: what SQLite and Redis keep.
+
+    Times are Unix seconds; ``args`` and ``spec`` are JSON (stdin as base64); booleans are
+    0/1; absent values are None.
+    """
+    spec = job.spec
+    return {
+        "id": job.id,
+        "command": job.command,
+        "args": json.dumps(list(job.args)),
+        "spec": json.dumps(
+            {
+                "argv": list(spec.argv),
+                "env": dict(spec.env),
+                "cwd": spec.cwd,
+                "stdin": base64.b64encode(spec.stdin).decode("ascii"),
+                "timeout": spec.timeout,
+                "max_output": spec.max_output,
+                "kill_grace": spec.kill_grace,
+            }
+        ),
+        "status": job.status.value,
+        "returncode": job.returncode,
+        "error": job.error,
+        "stdout_truncated": int(job.stdout_truncated),
+        "stderr_truncated": int(job.stderr_truncated),
+        "created_at": _timestamp(job.created_at),
+        "started_at": _timestamp(job.started_at),
+        "finished_at": _timestamp(job.finished_at),
+        "owner": job.owner,
+        "idempotency_key": job.idempotency_key,
+    }
+
+
+def job_from_record(record: Mapping[str, Any], stdout: bytes = b"", stderr: bytes = b"") -> Job:
+    """The inverse of ``job_to_record``; values may come back as strings (Redis)."""
+    spec = json.loads(record["spec"])
+    returncode = record.get("returncode")
+    return Job(
+        id=str(record["id"]),
+        command=_optional_str(record.get("command")),
+        args=tuple(json.loads(record["args"])),
+        spec=Spec(
+            argv=tuple(spec["argv"]),
+            env=spec["env"],
+            cwd=spec["cwd"],
+            stdin=base64.b64decode(spec["stdin"]),
+            timeout=spec["timeout"],
+            max_output=spec["max_output"],
+            kill_grace=spec["kill_grace"],
+        ),
+        status=JobStatus(record["status"]),
+        returncode=int(returncode) if returncode not in (None, "") else None,
+        stdout=stdout,
+        stderr=stderr,
+        stdout_truncated=bool(int(record.get("stdout_truncated") or 0)),
+        stderr_truncated=bool(int(record.get("stderr_truncated") or 0)),
+        error=_optional_str(record.get("error")),
+        created_at=_datetime(record["created_at"]) or utcnow(),
+        started_at=_datetime(record.get("started_at")),
+        finished_at=_datetime(record.get("finished_at")),
+        owner=_optional_str(record.get("owner")),
+        idempotency_key=_optional_str(record.get("idempotency_key")),
+    )
+
+
+def _timestamp(moment: datetime | None) -> float | None:
+    return moment.timestamp() if moment is not None else None
+
+
+def _datetime(value: Any) -> datetime | None:
+    if value is None or value == "":
+        return None
+    return datetime.fromtimestamp(float(value), timezone.utc)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from procgate import JobNotFound, JobStatus, JobStore, MemoryStore, open_store
 from procgate.errors import ConfigError, InvalidRequest
 from procgate.jobs import Job, Outcome, Spec, new_job_id
+from procgate.stores.redis import RedisStore
+from procgate.stores.sqlite import SQLiteStore
 
-STORE_KINDS = ["memory"]
+STORE_KINDS = ["memory", "sqlite", "redis"]
 
-
-def make_store(kind: str, max_jobs: int = 1000) -> JobStore:
-    """A fresh, empty store of the given kind."""
-    if kind == "memory":
-        return MemoryStore(max_jobs=max_jobs)
-    raise AssertionError(kind)
+MakeStore = Callable[..., JobStore]
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -27,14 +28,53 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store(kind: str) -> Iterator[JobStore]:
-    store = make_store(kind)
-    yield store
-    store.close()
+def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MakeStore]:
+    """Make stores of this kind; each call with the same ``name`` opens the same data.
+
+    Retention passes run on every call here (``evict_interval=0``) so tests see them at
+    once; in production they run at most once a second.
+    """
+    made: list[JobStore] = []
+    prefix = f"test-{uuid.uuid4().hex}:"
+
+    def make(name: str = "jobs", **options: Any) -> JobStore:
+        store: JobStore
+        if kind == "memory":
+            store = MemoryStore(evict_interval=0, **options)
+        elif kind == "sqlite":
+            store = SQLiteStore(str(tmp_path / f"{name}.db"), evict_interval=0, **options)
+        else:
+            url = request.getfixturevalue("redis_url")
+            store = RedisStore(url, prefix=f"{prefix}{name}:", evict_interval=0, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
 
 
-def new_job(command: str = "echo") -> Job:
-    return Job(id=new_job_id(), command=command, args=("a",), spec=Spec(argv=("/bin/echo", "a")))
+@pytest.fixture
+def store(make_store: MakeStore) -> JobStore:
+    return make_store()
+
+
+def new_job(command: str = "echo", key: str | None = None, owner: str | None = None) -> Job:
+    return Job(
+        id=new_job_id(),
+        command=command,
+        args=("a",),
+        spec=Spec(
+            argv=("/bin/echo", "a"),
+            env={"PATH": "/bin"},
+            stdin=b"\x00in",
+            timeout=5.0,
+            max_output=100,
+            kill_grace=0.5,
+        ),
+        idempotency_key=key,
+        owner=owner,
+    )
 
 
 def finished(
@@ -48,11 +88,18 @@ def finished(
 
 
 def test_create_then_get(store: JobStore) -> None:
-    """A created job is queued and readable, with its spec intact."""
-    job = store.create(new_job())
+    """A created job is queued and readable, every field intact."""
+    job = store.create(new_job(owner="host:1:ab", key="k1"))
     got = store.get(job.id)
     assert got.status is JobStatus.QUEUED
     assert got.spec == job.spec
+    assert (got.command, got.args, got.owner, got.idempotency_key) == (
+        "echo",
+        ("a",),
+        "host:1:ab",
+        "k1",
+    )
+    assert abs((got.created_at - job.created_at).total_seconds()) < 0.001
     assert (got.stdout, got.stderr, got.returncode) == (b"", b"", None)
 
 
@@ -194,23 +241,20 @@ def test_list_filters_and_pages(store: JobStore) -> None:
         store.list(cursor="garbage")
 
 
-def test_eviction_drops_oldest_finished_never_active(kind: str) -> None:
+def test_eviction_drops_oldest_finished_never_active(make_store: MakeStore) -> None:
     """Over max_jobs the oldest finished jobs go; queued and running jobs stay."""
-    store = make_store(kind, max_jobs=3)
-    try:
-        queued = store.create(new_job())
-        running = store.create(new_job())
-        store.start(running.id)
-        old = finished(store)
-        newer = [finished(store) for _ in range(3)]
-        ids = {j.id for j in store.list(limit=100).jobs}
-        assert queued.id in ids
-        assert running.id in ids
-        assert old.id not in ids
-        assert newer[-1].id in ids
-        assert len(ids) == 3
-    finally:
-        store.close()
+    store = make_store(max_jobs=3)
+    queued = store.create(new_job())
+    running = store.create(new_job())
+    store.start(running.id)
+    old = finished(store)
+    newer = [finished(store) for _ in range(3)]
+    ids = {j.id for j in store.list(limit=100).jobs}
+    assert queued.id in ids
+    assert running.id in ids
+    assert old.id not in ids
+    assert newer[-1].id in ids
+    assert len(ids) == 3
 
 
 def test_concurrent_writers(store: JobStore) -> None:
@@ -253,3 +297,141 @@ def test_open_store_by_url() -> None:
         open_store("nosuch://x")
     with pytest.raises(ConfigError):
         MemoryStore(max_jobs=0)
+
+
+def test_idempotency_returns_the_existing_job(store: JobStore) -> None:
+    """A second create with the same command and key returns the first job."""
+    first = store.create(new_job(key="deploy-42"))
+    second = store.create(new_job(key="deploy-42"))
+    assert second.id == first.id
+    other_command = store.create(new_job(command="other", key="deploy-42"))
+    assert other_command.id != first.id
+    no_key = store.create(new_job())
+    assert no_key.id != first.id
+    assert len(store.list().jobs) == 3
+
+
+def test_idempotency_under_concurrency(store: JobStore) -> None:
+    """Sixteen threads racing with one key create exactly one job."""
+    barrier = threading.Barrier(16)
+    ids: list[str] = []
+
+    def create() -> None:
+        barrier.wait()
+        ids.append(store.create(new_job(key="race")).id)
+
+    threads = [threading.Thread(target=create) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 1
+    assert len(store.list(command="echo").jobs) == 1
+
+
+def test_idempotency_key_is_free_after_delete(store: JobStore) -> None:
+    """Once its job is deleted, a key starts a new job."""
+    first = store.create(new_job(key="again"))
+    store.start(first.id)
+    store.finish(first.id, Outcome(JobStatus.SUCCEEDED, 0))
+    assert store.delete(first.id)
+    assert store.create(new_job(key="again")).id != first.id
+
+
+def test_ttl_expires_finished_jobs_only(make_store: MakeStore) -> None:
+    """Finished jobs disappear ttl seconds after they finish; active ones stay."""
+    store = make_store(ttl=0.3)
+    done = finished(store)
+    running = store.create(new_job())
+    store.start(running.id)
+    store.get(done.id)
+    time.sleep(0.5)
+    with pytest.raises(JobNotFound):
+        store.get(done.id)
+    assert store.get(running.id).status is JobStatus.RUNNING
+    assert [j.id for j in store.list().jobs] == [running.id]
+
+
+def test_heartbeats_and_lost_jobs(store: JobStore) -> None:
+    """Owners heartbeat; mark_lost finishes a dead owner's active jobs only."""
+    store.heartbeat("a")
+    store.heartbeat("b")
+    assert set(store.heartbeats()) == {"a", "b"}
+    assert abs(store.heartbeats()["a"] - time.time()) < 5
+    queued = store.create(new_job(owner="a"))
+    running = store.create(new_job(owner="a"))
+    store.start(running.id)
+    done = store.create(new_job(owner="a"))
+    store.start(done.id)
+    store.finish(done.id, Outcome(JobStatus.SUCCEEDED, 0))
+    other = store.create(new_job(owner="b"))
+    assert store.active_owners() == {"a", "b"}
+    assert store.mark_lost("a", "runner a died") == 2
+    for job_id in (queued.id, running.id):
+        job = store.get(job_id)
+        assert job.status is JobStatus.LOST
+        assert job.error == "runner a died"
+        assert job.finished_at is not None
+    assert store.get(done.id).status is JobStatus.SUCCEEDED
+    assert store.get(other.id).status is JobStatus.QUEUED
+    assert store.active_owners() == {"b"}
+    assert "a" not in store.heartbeats()
+    assert store.finish(running.id, Outcome(JobStatus.SUCCEEDED, 0)) is None
+
+
+def test_wait_wakes_on_cancel_of_queued_job(store: JobStore) -> None:
+    """A waiter wakes when a queued job is cancelled, not only when one finishes."""
+    job = store.create(new_job())
+    timer = threading.Timer(0.1, store.cancel, (job.id,))
+    timer.start()
+    started = time.monotonic()
+    assert store.wait(job.id, 10).status is JobStatus.CANCELLED
+    assert time.monotonic() - started < 5
+    timer.join()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_jobs_survive_reopening(make_store: MakeStore) -> None:
+    """A persistent store opened again sees every job, output and status."""
+    first = make_store("shared")
+    job = first.create(new_job())
+    first.start(job.id)
+    first.append_output(job.id, "stdout", b"kept\xff")
+    first.finish(job.id, Outcome(JobStatus.FAILED, 3, "boom", True, False))
+    first.close()
+    again = make_store("shared").get(job.id)
+    assert (again.status, again.returncode, again.error) == (JobStatus.FAILED, 3, "boom")
+    assert again.stdout == b"kept\xff"
+    assert again.stdout_truncated is True
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_two_store_objects_share_state(make_store: MakeStore) -> None:
+    """Two store objects on the same data see each other's jobs and cancel requests."""
+    one, two = make_store("shared"), make_store("shared")
+    job = one.create(new_job())
+    assert two.start(job.id) is not None
+    assert one.start(job.id) is None
+    two.append_output(job.id, "stderr", b"x")
+    one.cancel(job.id)
+    assert two.cancel_requested(job.id)
+    timer = threading.Timer(0.1, two.finish, (job.id, Outcome(JobStatus.CANCELLED, -15)))
+    timer.start()
+    assert one.wait(job.id, 10).status is JobStatus.CANCELLED
+    timer.join()
+    assert one.get(job.id).stderr == b"x"
+
+
+def test_open_store_urls(tmp_path: Path, redis_url: str) -> None:
+    """open_store reads sqlite and redis URLs, and refuses what it cannot open."""
+    store = open_store(f"sqlite:///{tmp_path}/a/b.db", max_jobs=3)
+    assert isinstance(store, SQLiteStore)
+    assert store.path == f"{tmp_path}/a/b.db"
+    store.close()
+    store = open_store(redis_url, prefix="x:")
+    assert isinstance(store, RedisStore)
+    store.close()
+    with pytest.raises(ConfigError):
+        open_store("sqlite://")
+    with pytest.raises(ConfigError):
+        open_store("redis://127.0.0.1:1/0")

@@ -17,6 +17,7 @@ class Runner(Protocol):
     """Decides where and when a stored job runs. The Gate never touches a process."""
 
     kind: str
+    owner: str  # stamped on the jobs it takes; see procgate.runners.liveness
 
     def open(self, store: JobStore) -> None:
         """Bind to the store the jobs live in; called once, by the Gate."""
@@ -35,14 +36,14 @@ class Runner(Protocol):
         ...
 
 
-_KINDS: dict[str, type[SyncRunner | ThreadRunner]] = {
+_KINDS: dict[str, type[SyncRunner]] = {
     "sync": SyncRunner,
     "thread": ThreadRunner,
     "process": ProcessRunner,
 }
 
 
-def by_kind(kind: str) -> type[SyncRunner | ThreadRunner]:
+def by_kind(kind: str) -> type[SyncRunner]:
     """The runner class for a config file's ``[runner] kind``."""
     try:
         return _KINDS[kind]

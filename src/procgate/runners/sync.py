@@ -9,6 +9,7 @@ import threading
 from procgate import process
 from procgate.errors import RunnerClosed
 from procgate.jobs import JobStatus, Outcome
+from procgate.runners.liveness import Heartbeat, new_owner
 from procgate.stores import JobStore
 
 logger = logging.getLogger("procgate")
@@ -52,18 +53,25 @@ class SyncRunner:
     kind = "sync"
 
     def __init__(self) -> None:
+        self.owner = new_owner()
         self._store: JobStore | None = None
         self._halt = threading.Event()
+        self._heartbeat: Heartbeat | None = None
 
     def open(self, store: JobStore) -> None:
+        """Bind to the store, and start heartbeats (which sweep up lost jobs at once)."""
         self._store = store
+        self._heartbeat = Heartbeat(store, self.owner)
+        self._heartbeat.start()
 
     def submit(self, job_id: str) -> None:
         if self._store is None:
-            raise RuntimeError("SyncRunner.open(store) was not called")
+            raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
         if self._halt.is_set():
             raise RunnerClosed("the runner is shutting down")
         run_job(self._store, job_id, self._halt)
 
     def close(self) -> None:
         self._halt.set()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()

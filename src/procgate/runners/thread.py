@@ -8,14 +8,14 @@ import threading
 from collections.abc import Callable, Iterator
 
 from procgate.errors import ConfigError, RunnerBusy, RunnerClosed
-from procgate.runners.sync import run_job
+from procgate.runners.sync import SyncRunner, run_job
 from procgate.stores import JobStore
 
 #: Seconds ``close`` waits for running jobs to stop before giving up on them.
 CLOSE_TIMEOUT = 30.0
 
 
-class ThreadRunner:
+class ThreadRunner(SyncRunner):
     """Runs jobs on ``max_workers`` threads; up to ``max_queue`` more wait their turn.
 
     A full queue makes ``submit`` raise ``RunnerBusy`` (HTTP 429 with Retry-After) instead
@@ -28,19 +28,17 @@ class ThreadRunner:
     def __init__(self, *, max_workers: int = 8, max_queue: int = 1000) -> None:
         if max_workers < 1 or max_queue < 1:
             raise ConfigError("max_workers and max_queue must be at least 1")
+        super().__init__()
         self.max_workers = max_workers
         self.max_queue = max_queue
         self._queue: queue.Queue[str | None] = queue.Queue(maxsize=max_queue)
-        self._halt = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._store: JobStore | None = None
         self._lock = threading.Lock()
         self._idle = threading.Semaphore(0)
 
-    def open(self, store: JobStore) -> None:
-        self._store = store
-
     def submit(self, job_id: str) -> None:
+        if self._store is None:
+            raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
         if self._halt.is_set():
             raise RunnerClosed("the runner is shutting down")
         try:
@@ -53,7 +51,7 @@ class ThreadRunner:
 
     def close(self) -> None:
         """Cancel queued jobs, stop running ones (SIGTERM, grace, SIGKILL), join threads."""
-        self._halt.set()
+        super().close()
         store = self._store
         while True:
             try:

@@ -8,8 +8,9 @@ from urllib.parse import urlsplit
 from procgate.errors import ConfigError
 from procgate.jobs import Job, JobPage, JobStatus, Outcome
 from procgate.stores.memory import MemoryStore
+from procgate.stores.sqlite import SQLiteStore
 
-__all__ = ["JobPage", "JobStore", "MemoryStore", "open_store"]
+__all__ = ["JobPage", "JobStore", "MemoryStore", "SQLiteStore", "open_store"]
 
 
 class JobStore(Protocol):
@@ -21,7 +22,12 @@ class JobStore(Protocol):
     """
 
     def create(self, job: Job) -> Job:
-        """Store a new ``queued`` job; it exists before anything runs."""
+        """Store a new ``queued`` job; it exists before anything runs.
+
+        When the job has an ``idempotency_key`` and a stored job of the same command has
+        the same key, nothing is stored and that job is returned instead (its id differs
+        from ``job.id``). This is atomic across threads, processes and hosts.
+        """
         ...
 
     def get(self, job_id: str) -> Job:
@@ -71,14 +77,51 @@ class JobStore(Protocol):
         """Block up to ``timeout`` seconds for the job to finish; return it either way."""
         ...
 
+    def heartbeat(self, owner: str) -> None:
+        """Record that the runner ``owner`` is alive now."""
+        ...
+
+    def heartbeats(self) -> dict[str, float]:
+        """The last heartbeat (Unix time) of every owner that sent one."""
+        ...
+
+    def active_owners(self) -> set[str]:
+        """The owners of all queued and running jobs."""
+        ...
+
+    def mark_lost(self, owner: str, error: str) -> int:
+        """Finish every queued or running job of a dead owner as ``lost``; return how many.
+
+        The owner's heartbeat is forgotten too.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections and wake every waiter."""
         ...
 
 
 def open_store(url: str, **options: Any) -> JobStore:
-    """The store a URL names: ``memory://``; keyword options go to its constructor."""
-    scheme = urlsplit(url).scheme
-    if scheme == "memory":
+    """The store a URL names; keyword options go to its constructor.
+
+    ``memory://``, ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, and
+    ``redis://host:port/db`` (with the ``redis`` extra).
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "memory":
         return MemoryStore(**options)
-    raise ConfigError(f"unknown store URL {url!r}: expected memory://")
+    if parts.scheme == "sqlite":
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc or not path:
+            raise ConfigError(
+                f"bad SQLite URL {url!r}: use sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db"
+            )
+        return SQLiteStore(path, **options)
+    if parts.scheme in ("redis", "rediss", "unix"):
+        from procgate.stores.redis import RedisStore  # the redis extra is optional
+
+        return RedisStore(url, **options)
+    raise ConfigError(
+        f"unknown store URL {url!r}: expected memory://, sqlite:///path or redis://host:port"
+    )

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from procgate.errors import ConfigError, InvalidRequest, JobNotFound
-from procgate.jobs import Job, JobPage, JobStatus, Outcome, utcnow
+from procgate.jobs import ACTIVE, Job, JobPage, JobStatus, Outcome, utcnow
 
 
 @dataclass(slots=True)
@@ -28,28 +28,48 @@ class MemoryStore:
     """Jobs in a dict: fast, and gone when the process exits.
 
     It lives in one process, so serve it from one worker process (with threads). When it
-    holds more than ``max_jobs`` jobs, the oldest *finished* ones are evicted; queued and
-    running jobs are never evicted, so the count may exceed ``max_jobs`` while they last.
+    holds more than ``max_jobs`` jobs, the oldest *finished* ones are evicted; finished
+    jobs also expire ``ttl`` seconds after they finish. Queued and running jobs are never
+    evicted, so the count may exceed ``max_jobs`` while they last.
     """
 
-    def __init__(self, *, max_jobs: int = 1000) -> None:
-        if max_jobs < 1:
+    def __init__(
+        self,
+        *,
+        max_jobs: int = 1000,
+        ttl: float | None = None,
+        evict_interval: float = 1.0,  # seconds between ttl scans (they visit every job)
+    ) -> None:
+        if not isinstance(max_jobs, int) or max_jobs < 1:
             raise ConfigError("max_jobs must be at least 1")
+        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
+            raise ConfigError("ttl must be a positive number of seconds")
         self.max_jobs = max_jobs
+        self.ttl = ttl
+        self.evict_interval = evict_interval
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # oldest first
+        self._scopes: dict[str, str] = {}  # idempotency scope -> job id
+        self._beats: dict[str, float] = {}
         self._seq = 0
         self._closed = False
+        self._next_expiry_scan = 0.0
 
     def create(self, job: Job) -> Job:
+        scope = job.idempotency_scope
         with self._lock:
+            if scope is not None and scope in self._scopes:
+                return self._snapshot(self._entries[self._scopes[scope]])
             self._seq += 1
             self._entries[job.id] = _Entry(job, self._seq, threading.Condition(self._lock))
+            if scope is not None:
+                self._scopes[scope] = job.id
             self._evict()
         return job
 
     def get(self, job_id: str) -> Job:
         with self._lock:
+            self._evict()
             return self._snapshot(self._entry(job_id))
 
     def list(
@@ -65,6 +85,7 @@ class MemoryStore:
         last_seq: int | None = None
         more = False
         with self._lock:
+            self._evict()
             for entry in reversed(self._entries.values()):
                 if before is not None and entry.seq >= before:
                     continue
@@ -100,16 +121,7 @@ class MemoryStore:
             entry = self._entry(job_id)
             if entry.job.status.finished:
                 return None
-            entry.job = dataclasses.replace(
-                entry.job,
-                status=outcome.status,
-                returncode=outcome.returncode,
-                error=outcome.error,
-                stdout_truncated=outcome.stdout_truncated,
-                stderr_truncated=outcome.stderr_truncated,
-                finished_at=utcnow(),
-            )
-            entry.finished.notify_all()
+            self._finish(entry, outcome)
             self._evict()
             return self._snapshot(entry)
 
@@ -117,13 +129,9 @@ class MemoryStore:
         with self._lock:
             entry = self._entry(job_id)
             if entry.job.status is JobStatus.QUEUED:
-                entry.job = dataclasses.replace(
-                    entry.job,
-                    status=JobStatus.CANCELLED,
-                    error="cancelled before it started",
-                    finished_at=utcnow(),
+                self._finish(
+                    entry, Outcome(JobStatus.CANCELLED, error="cancelled before it started")
                 )
-                entry.finished.notify_all()
             elif entry.job.status is JobStatus.RUNNING:
                 entry.cancel = True
             return self._snapshot(entry)
@@ -138,7 +146,7 @@ class MemoryStore:
             entry = self._entry(job_id)
             if not entry.job.status.finished:
                 return False
-            del self._entries[job_id]
+            self._drop(job_id)
             return True
 
     def wait(self, job_id: str, timeout: float) -> Job:
@@ -150,6 +158,32 @@ class MemoryStore:
                 if entry.job.status.finished or remaining <= 0 or self._closed:
                     return self._snapshot(entry)
                 entry.finished.wait(remaining)
+
+    def heartbeat(self, owner: str) -> None:
+        with self._lock:
+            self._beats[owner] = time.time()
+
+    def heartbeats(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._beats)
+
+    def active_owners(self) -> set[str]:
+        with self._lock:
+            return {
+                e.job.owner
+                for e in self._entries.values()
+                if e.job.status in ACTIVE and e.job.owner is not None
+            }
+
+    def mark_lost(self, owner: str, error: str) -> int:
+        with self._lock:
+            lost = [
+                e for e in self._entries.values() if e.job.owner == owner and e.job.status in ACTIVE
+            ]
+            for entry in lost:
+                self._finish(entry, Outcome(JobStatus.LOST, error=error))
+            self._beats.pop(owner, None)
+            return len(lost)
 
     def close(self) -> None:
         with self._lock:
@@ -169,8 +203,41 @@ class MemoryStore:
             entry.job, stdout=bytes(entry.stdout), stderr=bytes(entry.stderr)
         )
 
+    @staticmethod
+    def _finish(entry: _Entry, outcome: Outcome) -> None:
+        """Record the outcome and wake the job's waiters; the lock is held."""
+        entry.job = dataclasses.replace(
+            entry.job,
+            status=outcome.status,
+            returncode=outcome.returncode,
+            error=outcome.error,
+            stdout_truncated=outcome.stdout_truncated,
+            stderr_truncated=outcome.stderr_truncated,
+            finished_at=utcnow(),
+        )
+        entry.finished.notify_all()
+
+    def _drop(self, job_id: str) -> None:
+        entry = self._entries.pop(job_id)
+        scope = entry.job.idempotency_scope
+        if scope is not None and self._scopes.get(scope) == job_id:
+            del self._scopes[scope]
+
     def _evict(self) -> None:
-        """Drop the oldest finished jobs while over ``max_jobs``; the lock is held."""
+        """Drop expired jobs, then the oldest finished ones while over ``max_jobs``.
+
+        The lock is held. Expiry visits every job, so it runs once per ``evict_interval``.
+        """
+        now = time.monotonic()
+        if self.ttl is not None and now >= self._next_expiry_scan:
+            self._next_expiry_scan = now + self.evict_interval
+            cutoff = utcnow().timestamp() - self.ttl
+            for job_id in [
+                job_id
+                for job_id, e in self._entries.items()
+                if e.job.finished_at is not None and e.job.finished_at.timestamp() < cutoff
+            ]:
+                self._drop(job_id)
         excess = len(self._entries) - self.max_jobs
         if excess <= 0:
             return
@@ -181,7 +248,7 @@ class MemoryStore:
                 if len(doomed) == excess:
                     break
         for job_id in doomed:
-            del self._entries[job_id]
+            self._drop(job_id)
 
 
 def _parse_cursor(cursor: str | None) -> int | None:

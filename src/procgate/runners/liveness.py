@@ -1,0 +1,118 @@
+"""Owner ids, heartbeats, and finding the jobs of runners that died.
+
+Every runner has an owner id (host, pid, random part) that it stamps on the jobs it
+takes, and a heartbeat thread that records it in the store and sweeps: the queued and
+running jobs of an owner that stopped beating (or, on this host, whose process is gone)
+become ``lost``. The first sweep runs when the runner opens, so a server restarted after
+a crash cleans up at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+
+from procgate.stores import JobStore
+
+logger = logging.getLogger("procgate")
+
+#: Seconds between heartbeats (and sweeps) of one runner.
+HEARTBEAT_INTERVAL = 5.0
+
+#: Seconds without a heartbeat after which an owner on another host is taken for dead.
+STALE_AFTER = 30.0
+
+
+def new_owner() -> str:
+    """``host:pid:random``: unique per runner object, and says where it lived."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def owner_is_dead(owner: str, last_beat: float | None, now: float, stale_after: float) -> bool:
+    """Whether an owner is gone: its process is missing here, or its heartbeat is stale."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host == socket.gethostname() and pid_text.isdigit() and not _pid_alive(int(pid_text)):
+        return True
+    return last_beat is None or now - last_beat > stale_after
+
+
+def sweep_lost(store: JobStore, me: str, stale_after: float = STALE_AFTER) -> int:
+    """Mark the active jobs of dead owners ``lost``; return how many."""
+    beats = store.heartbeats()
+    now = time.time()
+    lost = 0
+    for owner in store.active_owners() - {me}:
+        if owner_is_dead(owner, beats.get(owner), now, stale_after):
+            count = store.mark_lost(
+                owner,
+                f"lost: its runner ({owner}) stopped before the job finished; "
+                "a process it started may still be running",
+            )
+            if count:
+                logger.warning("marked %d job(s) of dead runner %s as lost", count, owner)
+            lost += count
+    return lost
+
+
+class Heartbeat:
+    """A daemon thread that beats for ``owner`` and sweeps lost jobs every ``interval``."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        owner: str,
+        *,
+        interval: float = HEARTBEAT_INTERVAL,
+        stale_after: float = STALE_AFTER,
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.interval = interval
+        self.stale_after = stale_after
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Beat and sweep once now, then keep doing it in the background."""
+        self._beat()
+        self._thread = threading.Thread(
+            target=self._run, name=f"procgate-heartbeat-{self.owner}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._beat()
+
+    def _beat(self) -> None:
+        try:
+            self.store.heartbeat(self.owner)
+            sweep_lost(self.store, self.owner, self.stale_after)
+        except Exception:  # a store hiccup must not kill the thread: try again next time
+            logger.exception("heartbeat of %s failed", self.owner)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process runs; a zombie (exited, not yet reaped by anyone) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc here: trust kill()
+        return True
+    return state not in (b"Z", b"X")

@@ -1,0 +1,402 @@
+"""RedisStore: jobs in Redis, shared by every process on every host (``procgate[redis]``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from procgate.errors import ConfigError, InvalidRequest, JobNotFound
+from procgate.jobs import Job, JobPage, JobStatus, Outcome, job_from_record, job_to_record
+
+try:
+    import redis
+except ImportError:  # pragma: no cover - depends on the installed extras
+    redis = None  # type: ignore[assignment]  # checked in RedisStore.__init__
+
+# The class defines a method named ``list``; these keep the builtin usable in annotations.
+_Jobs = list[Job]
+_Values = list[Any]
+
+#: Jobs read per round trip while a filtered list looks for matches.
+LIST_BATCH = 200
+
+# Finishing a job, shared by the scripts below. KEYS: job hash, active hash, done zset,
+# finished zset, end stream. ARGV: id, status, returncode, error, stdout_truncated,
+# stderr_truncated, finished_at (Unix seconds).
+_FINISH = """
+local function finish(k1, k2, k3, k4, k5, a)
+    redis.call('HSET', k1, 'status', a[2], 'stdout_truncated', a[5],
+               'stderr_truncated', a[6], 'finished_at', a[7])
+    if a[3] ~= '' then redis.call('HSET', k1, 'returncode', a[3]) end
+    if a[4] ~= '' then redis.call('HSET', k1, 'error', a[4]) end
+    redis.call('HDEL', k2, a[1])
+    redis.call('ZADD', k3, redis.call('HGET', k1, 'seq'), a[1])
+    redis.call('ZADD', k4, a[7], a[1])
+    redis.call('XADD', k5, 'MAXLEN', '1', '*', 'status', a[2])
+end
+"""
+
+# KEYS: job, active, done, finished, end. ARGV as _FINISH, then the expected status
+# ("active" for queued or running). Returns 1 when it finished the job.
+_FINISH_SCRIPT = (
+    _FINISH
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'running' then return 0 end
+if ARGV[8] ~= 'active' and status ~= ARGV[8] then return 0 end
+finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV)
+return 1
+"""
+)
+
+# KEYS: job, active, done, finished, end. ARGV as _FINISH (status cancelled).
+# Returns 2 when a queued job was cancelled, 1 when a running one was flagged, else 0.
+_CANCEL_SCRIPT = (
+    _FINISH
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' then
+    finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV)
+    return 2
+elseif status == 'running' then
+    redis.call('HSET', KEYS[1], 'cancel', '1')
+    return 1
+end
+return 0
+"""
+)
+
+# KEYS: job, jobs zset, active hash, seq counter, idempotency key (or ""). ARGV: id, owner,
+# then field/value pairs. Returns the id of the stored job: the existing one when the
+# idempotency key is taken by a job that still exists.
+_CREATE_SCRIPT = """
+if KEYS[5] ~= '' then
+    local existing = redis.call('GET', KEYS[5])
+    if existing and redis.call('EXISTS', ARGV[3] .. existing) == 1 then
+        return existing
+    end
+end
+local seq = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[1]) end
+return ARGV[1]
+"""
+
+# KEYS: job, jobs, done, finished, stdout, stderr, end. ARGV: id, idempotency key prefix.
+# Deletes a finished job; returns 1, or 0 when it is still active or absent.
+_DELETE_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'queued' or status == 'running' then return 0 end
+local scope = redis.call('HGET', KEYS[1], 'scope')
+if scope then
+    local key = ARGV[2] .. scope
+    if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+redis.call('DEL', KEYS[1], KEYS[5], KEYS[6], KEYS[7])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+"""
+
+# KEYS: job. ARGV: started_at. Returns 1 when the job went from queued to running.
+_START_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+return 1
+"""
+
+
+class RedisStore:
+    """Jobs in Redis: for several API processes and hosts sharing one job table.
+
+    Every key starts with ``prefix``, so several deployments can share a database. Each
+    state change is one Lua script, atomic on the server; ``wait`` blocks on a per-job
+    stream instead of polling. Output is appended to one string per stream. Retention as
+    in the other stores (``max_jobs``, ``ttl``), applied at most every
+    ``evict_interval`` seconds by each store object.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "procgate:",
+        max_jobs: int = 10_000,
+        ttl: float | None = None,
+        evict_interval: float = 1.0,  # seconds between retention passes
+        client: Any = None,  # a ready redis.Redis, instead of connecting to ``url``
+    ) -> None:
+        if redis is None:
+            raise ConfigError("RedisStore needs redis-py: pip install 'procgate[redis]'")
+        if not isinstance(max_jobs, int) or max_jobs < 1:
+            raise ConfigError("max_jobs must be at least 1")
+        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
+            raise ConfigError("ttl must be a positive number of seconds")
+        self.prefix = prefix
+        self.max_jobs = max_jobs
+        self.ttl = ttl
+        self.evict_interval = evict_interval
+        try:
+            self.redis: Any = client if client is not None else redis.Redis.from_url(url)
+            self.redis.ping()
+        except (redis.RedisError, ValueError) as exc:
+            raise ConfigError(f"cannot use Redis store {url!r}: {exc}") from None
+        self._create = self.redis.register_script(_CREATE_SCRIPT)
+        self._start = self.redis.register_script(_START_SCRIPT)
+        self._finish = self.redis.register_script(_FINISH_SCRIPT)
+        self._cancel = self.redis.register_script(_CANCEL_SCRIPT)
+        self._delete = self.redis.register_script(_DELETE_SCRIPT)
+        self._lock = threading.Lock()
+        self._next_evict = 0.0
+        self._closed = False
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def _job_key(self, job_id: str) -> str:
+        return self._key("job", job_id)
+
+    def _finish_keys(self, job_id: str) -> list[str]:
+        return [
+            self._job_key(job_id),
+            self._key("active"),
+            self._key("done"),
+            self._key("finished"),
+            self._key("end", job_id),
+        ]
+
+    # -- the JobStore protocol ----------------------------------------------------------
+
+    def create(self, job: Job) -> Job:
+        record = job_to_record(job)
+        scope = job.idempotency_scope
+        if scope is not None:
+            record["scope"] = scope
+        fields: list[Any] = []
+        for name, value in record.items():
+            if value is not None:
+                fields += [name, value]
+        stored = self._create(
+            keys=[
+                self._job_key(job.id),
+                self._key("jobs"),
+                self._key("active"),
+                self._key("seq"),
+                self._key("idem", scope) if scope is not None else "",
+            ],
+            args=[job.id, job.owner or "", self._key("job", ""), *fields],
+        )
+        stored_id = stored.decode() if isinstance(stored, bytes) else str(stored)
+        if stored_id != job.id:
+            return self.get(stored_id)
+        self._evict()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        self._evict()
+        jobs = self._read([job_id])
+        if not jobs:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return jobs[0]
+
+    def list(
+        self,
+        *,
+        status: JobStatus | None = None,
+        command: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> JobPage:
+        self._evict()
+        if cursor is not None:
+            try:
+                upper = f"({int(cursor)}"
+            except ValueError:
+                raise InvalidRequest(f"invalid cursor {cursor!r}", code="invalid_cursor") from None
+        else:
+            upper = "+inf"
+        found: list[tuple[str, int]] = []
+        while len(found) <= limit:
+            batch = self.redis.zrevrangebyscore(
+                self._key("jobs"), upper, "-inf", start=0, num=LIST_BATCH, withscores=True
+            )
+            if not batch:
+                break
+            ids = [member.decode() for member, _ in batch]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hmget(self._job_key(job_id), "status", "command")
+                heads = pipe.execute()
+            for (job_id, (_, seq)), (job_status, job_command) in zip(
+                zip(ids, batch, strict=True), heads, strict=True
+            ):
+                if job_status is None:  # deleted between the two reads
+                    continue
+                if status is not None and job_status.decode() != status.value:
+                    continue
+                if command is not None and (job_command or b"").decode() != command:
+                    continue
+                found.append((job_id, int(seq)))
+            upper = f"({int(batch[-1][1])}"
+        more = len(found) > limit
+        found = found[:limit]
+        jobs = self._read([job_id for job_id, _ in found])
+        return JobPage(jobs, str(found[-1][1]) if more else None)
+
+    def start(self, job_id: str) -> Job | None:
+        if not self._start(keys=[self._job_key(job_id)], args=[time.time()]):
+            self._require(job_id)
+            return None
+        return self.get(job_id)
+
+    def append_output(self, job_id: str, stream: str, data: bytes) -> None:
+        self.redis.append(self._key("out", job_id, stream), data)
+
+    def finish(self, job_id: str, outcome: Outcome) -> Job | None:
+        if not self._finish_job(job_id, outcome):
+            self._require(job_id)
+            return None
+        self._evict()
+        return self.get(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        self._cancel(
+            keys=self._finish_keys(job_id),
+            args=self._finish_args(
+                job_id, Outcome(JobStatus.CANCELLED, error="cancelled before it started")
+            ),
+        )
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.redis.hget(self._job_key(job_id), "cancel") == b"1")
+
+    def delete(self, job_id: str) -> bool:
+        if self._remove(job_id):
+            return True
+        self._require(job_id)
+        return False
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        """Block on the job's end stream: the finishing script writes to it."""
+        deadline = time.monotonic() + timeout
+        job = self.get(job_id)
+        while not job.status.finished and not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # BLOCK 0 would mean forever: never ask for less than a millisecond.
+            self.redis.xread(
+                {self._key("end", job_id): "0-0"}, count=1, block=max(1, int(remaining * 1000))
+            )
+            job = self.get(job_id)
+        return job
+
+    def heartbeat(self, owner: str) -> None:
+        self.redis.hset(self._key("owners"), owner, time.time())
+
+    def heartbeats(self) -> dict[str, float]:
+        beats = self.redis.hgetall(self._key("owners"))
+        return {owner.decode(): float(beat) for owner, beat in beats.items()}
+
+    def active_owners(self) -> set[str]:
+        owners = self.redis.hvals(self._key("active"))
+        return {owner.decode() for owner in owners if owner}
+
+    def mark_lost(self, owner: str, error: str) -> int:
+        active = self.redis.hgetall(self._key("active"))
+        lost = 0
+        for job_id, job_owner in active.items():
+            if job_owner.decode() == owner and self._finish_job(
+                job_id.decode(), Outcome(JobStatus.LOST, error=error)
+            ):
+                lost += 1
+        self.redis.hdel(self._key("owners"), owner)
+        return lost
+
+    def close(self) -> None:
+        self._closed = True
+        self.redis.close()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _read(self, ids: Iterable[str]) -> _Jobs:
+        """Jobs with their output, each read atomically; absent ids are skipped."""
+        ids = list(ids)
+        with self.redis.pipeline(transaction=True) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self._job_key(job_id))
+                pipe.get(self._key("out", job_id, "stdout"))
+                pipe.get(self._key("out", job_id, "stderr"))
+            replies = pipe.execute()
+        jobs = []
+        for index in range(0, len(replies), 3):
+            fields, stdout, stderr = replies[index : index + 3]
+            if fields:
+                record = {key.decode(): value.decode() for key, value in fields.items()}
+                jobs.append(job_from_record(record, stdout or b"", stderr or b""))
+        return jobs
+
+    def _require(self, job_id: str) -> None:
+        if not self.redis.exists(self._job_key(job_id)):
+            raise JobNotFound(f"no job with id {job_id!r}")
+
+    def _finish_args(self, job_id: str, outcome: Outcome) -> _Values:
+        return [
+            job_id,
+            outcome.status.value,
+            "" if outcome.returncode is None else outcome.returncode,
+            outcome.error or "",
+            int(outcome.stdout_truncated),
+            int(outcome.stderr_truncated),
+            time.time(),
+        ]
+
+    def _finish_job(self, job_id: str, outcome: Outcome) -> bool:
+        return bool(
+            self._finish(
+                keys=self._finish_keys(job_id),
+                args=[*self._finish_args(job_id, outcome), "active"],
+            )
+        )
+
+    def _remove(self, job_id: str) -> bool:
+        return bool(
+            self._delete(
+                keys=[
+                    self._job_key(job_id),
+                    self._key("jobs"),
+                    self._key("done"),
+                    self._key("finished"),
+                    self._key("out", job_id, "stdout"),
+                    self._key("out", job_id, "stderr"),
+                    self._key("end", job_id),
+                ],
+                args=[job_id, self._key("idem", "")],
+            )
+        )
+
+    def _evict(self) -> None:
+        """Expire finished jobs past ``ttl``, then trim to ``max_jobs``."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_evict:
+                return
+            self._next_evict = now + self.evict_interval
+        if self.ttl is not None:
+            expired = self.redis.zrangebyscore(
+                self._key("finished"), "-inf", time.time() - self.ttl
+            )
+            for job_id in expired:
+                self._remove(job_id.decode())
+        excess = self.redis.zcard(self._key("jobs")) - self.max_jobs
+        if excess > 0:
+            for job_id in self.redis.zrange(self._key("done"), 0, excess - 1):
+                self._remove(job_id.decode())

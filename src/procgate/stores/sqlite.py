@@ -1,0 +1,433 @@
+"""SQLiteStore: jobs in one SQLite file, shared by every thread and process of a host."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from procgate.errors import ConfigError, InvalidRequest, JobNotFound
+from procgate.jobs import (
+    Job,
+    JobPage,
+    JobStatus,
+    Outcome,
+    job_from_record,
+    job_to_record,
+    utcnow,
+)
+
+#: Heartbeats older than this (seconds) are forgotten: their owners are long gone.
+FORGET_OWNERS_AFTER = 86400.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: list cursors stay valid
+    id TEXT NOT NULL UNIQUE,
+    command TEXT,
+    args TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL,
+    returncode INTEGER,
+    error TEXT,
+    stdout_truncated INTEGER NOT NULL DEFAULT 0,
+    stderr_truncated INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    owner TEXT,
+    idempotency_key TEXT,
+    scope TEXT UNIQUE,  -- command + idempotency key: the constraint behind idempotency
+    cancel INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_command ON jobs (command, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS output (
+    seq INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    stream INTEGER NOT NULL,  -- 0 stdout, 1 stderr
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS output_by_job ON output (job_id, seq);
+CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, beat REAL NOT NULL);
+"""
+
+_COLUMNS = (
+    "id, command, args, spec, status, returncode, error, stdout_truncated, stderr_truncated, "
+    "created_at, started_at, finished_at, owner, idempotency_key"
+)
+_ACTIVE_SQL = "('queued', 'running')"
+_STREAMS = {"stdout": 0, "stderr": 1}
+
+# The class defines a method named ``list``; these keep the builtin usable in annotations.
+_Jobs = list[Job]
+_Ids = list[str]
+
+
+class SQLiteStore:
+    """Jobs in a SQLite database file: persistent, and safe for many processes at once.
+
+    The file is opened in WAL mode (readers never block the writer) with a busy timeout,
+    and every write is one short statement or transaction, so several gunicorn workers on
+    one host can share it. ``synchronous=NORMAL``: a committed job survives a crash of the
+    server, though not necessarily a power cut. Retention works as in MemoryStore:
+    ``max_jobs`` evicts the oldest finished jobs, ``ttl`` expires finished ones, checked at
+    most every ``evict_interval`` seconds (a pass counts rows), so a job may outlive them
+    by that long.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_jobs: int = 10_000,
+        ttl: float | None = None,
+        busy_timeout: float = 10.0,  # seconds a write waits for another writer's lock
+        poll_interval: float = 0.05,  # longest sleep between checks in wait()
+        evict_interval: float = 1.0,  # seconds between retention passes (they count rows)
+    ) -> None:
+        if not isinstance(max_jobs, int) or max_jobs < 1:
+            raise ConfigError("max_jobs must be at least 1")
+        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
+            raise ConfigError("ttl must be a positive number of seconds")
+        self.path = path
+        self.max_jobs = max_jobs
+        self.ttl = ttl
+        self.busy_timeout = busy_timeout
+        self.poll_interval = poll_interval
+        self.evict_interval = evict_interval
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._all: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        self._closed = False
+        self._next_evict = 0.0
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with self._db() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise ConfigError(f"cannot open SQLite store {path!r}: {exc}") from None
+
+    # -- connections --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A connection of this process's pool, in autocommit mode."""
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's connections are not ours
+                self._idle, self._all, self._pid = [], [], os.getpid()
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.row_factory = sqlite3.Row
+            with self._lock:
+                self._all.append(db)
+        try:
+            yield db
+        finally:
+            with self._lock:
+                if self._closed:
+                    db.close()
+                else:
+                    self._idle.append(db)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, taken at once so it never fails half way on a lock."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- the JobStore protocol ----------------------------------------------------------
+
+    def create(self, job: Job) -> Job:
+        record = job_to_record(job)
+        record["scope"] = job.idempotency_scope
+        names = ", ".join(record)
+        marks = ", ".join("?" for _ in record)
+        with self._db() as db:
+            while True:
+                inserted = db.execute(
+                    f"INSERT INTO jobs ({names}) VALUES ({marks}) ON CONFLICT (scope) DO NOTHING",
+                    tuple(record.values()),
+                ).rowcount
+                if inserted:
+                    break
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE scope = ?",
+                    (record["scope"],),
+                ).fetchone()
+                if row is not None:  # else it was deleted meanwhile: insert again
+                    return self._jobs(db, [row])[0]
+            self._evict(db)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._db() as db:
+            self._evict(db)
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            return self._jobs(db, [row])[0]
+
+    def list(
+        self,
+        *,
+        status: JobStatus | None = None,
+        command: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> JobPage:
+        where: _Ids = ["1"]
+        params: list[object] = []
+        if cursor is not None:
+            try:
+                params.append(int(cursor))
+            except ValueError:
+                raise InvalidRequest(f"invalid cursor {cursor!r}", code="invalid_cursor") from None
+            where.append("seq < ?")
+        if status is not None:
+            where.append("status = ?")
+            params.append(status.value)
+        if command is not None:
+            where.append("command = ?")
+            params.append(command)
+        params.append(limit + 1)
+        with self._db() as db:
+            self._evict(db)
+            rows = db.execute(
+                f"SELECT seq, {_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
+                "ORDER BY seq DESC LIMIT ?",
+                params,
+            ).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            jobs = self._jobs(db, rows)
+        return JobPage(jobs, str(rows[-1]["seq"]) if more else None)
+
+    def start(self, job_id: str) -> Job | None:
+        with self._db() as db:
+            changed = db.execute(
+                "UPDATE jobs SET status = 'running', started_at = ? "
+                "WHERE id = ? AND status = 'queued'",
+                (time.time(), job_id),
+            ).rowcount
+        if not changed:
+            self._require(job_id)
+            return None
+        return self.get(job_id)
+
+    def append_output(self, job_id: str, stream: str, data: bytes) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO output (job_id, stream, data) VALUES (?, ?, ?)",
+                (job_id, _STREAMS[stream], data),
+            )
+
+    def finish(self, job_id: str, outcome: Outcome) -> Job | None:
+        with self._db() as db:
+            changed = self._finish(db, "id = ?", (job_id,), outcome)
+            if changed:
+                self._evict(db)
+        if not changed:
+            self._require(job_id)
+            return None
+        return self.get(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        with self._db() as db:
+            self._finish(
+                db,
+                "id = ? AND status = 'queued'",
+                (job_id,),
+                Outcome(JobStatus.CANCELLED, error="cancelled before it started"),
+            )
+            db.execute("UPDATE jobs SET cancel = 1 WHERE id = ? AND status = 'running'", (job_id,))
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._db() as db:
+            row = db.execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row is not None and bool(row[0])
+
+    def delete(self, job_id: str) -> bool:
+        with self._transaction() as db:
+            deleted = db.execute(
+                f"DELETE FROM jobs WHERE id = ? AND status NOT IN {_ACTIVE_SQL}",
+                (job_id,),
+            ).rowcount
+            if deleted:
+                db.execute("DELETE FROM output WHERE job_id = ?", (job_id,))
+        if not deleted:
+            self._require(job_id)
+        return bool(deleted)
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        """Poll the job's status with a short backoff: SQLite has no notifications."""
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        with self._db() as db:
+            while True:
+                row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    raise JobNotFound(f"no job with id {job_id!r}")
+                remaining = deadline - time.monotonic()
+                if JobStatus(row[0]).finished or remaining <= 0 or self._closed:
+                    break
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, self.poll_interval)
+        return self.get(job_id)
+
+    def heartbeat(self, owner: str) -> None:
+        now = time.time()
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO owners (owner, beat) VALUES (?, ?) "
+                "ON CONFLICT (owner) DO UPDATE SET beat = excluded.beat",
+                (owner, now),
+            )
+            db.execute("DELETE FROM owners WHERE beat < ?", (now - FORGET_OWNERS_AFTER,))
+
+    def heartbeats(self) -> dict[str, float]:
+        with self._db() as db:
+            return {row[0]: row[1] for row in db.execute("SELECT owner, beat FROM owners")}
+
+    def active_owners(self) -> set[str]:
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT DISTINCT owner FROM jobs WHERE status IN {_ACTIVE_SQL} "
+                "AND owner IS NOT NULL"
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def mark_lost(self, owner: str, error: str) -> int:
+        with self._transaction() as db:
+            lost = self._finish(
+                db,
+                f"owner = ? AND status IN {_ACTIVE_SQL}",
+                (owner,),
+                Outcome(JobStatus.LOST, error=error),
+            )
+            db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
+        return lost
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle, self._all = self._idle, [], []
+        for db in idle:
+            db.close()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _require(self, job_id: str) -> None:
+        with self._db() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+
+    @staticmethod
+    def _finish(db: sqlite3.Connection, where: str, params: Sequence[Any], outcome: Outcome) -> int:
+        """Finish the active jobs matching ``where``; return how many changed."""
+        return db.execute(
+            "UPDATE jobs SET status = ?, returncode = ?, error = ?, stdout_truncated = ?, "
+            f"stderr_truncated = ?, finished_at = ? WHERE {where} "
+            f"AND status IN {_ACTIVE_SQL}",
+            (
+                outcome.status.value,
+                outcome.returncode,
+                outcome.error,
+                int(outcome.stdout_truncated),
+                int(outcome.stderr_truncated),
+                utcnow().timestamp(),
+                *params,
+            ),
+        ).rowcount
+
+    @staticmethod
+    def _jobs(db: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> _Jobs:
+        """Jobs for rows, with their output, read after the rows.
+
+        A runner writes all output before it finishes a job, so a row read as finished
+        comes with all of its output.
+        """
+        if not rows:
+            return []
+        ids = [row["id"] for row in rows]
+        chunks: dict[tuple[str, int], list[bytes]] = {}
+        marks = ", ".join("?" for _ in ids)
+        for job_id, stream, data in db.execute(
+            f"SELECT job_id, stream, data FROM output WHERE job_id IN ({marks}) ORDER BY seq",
+            ids,
+        ):
+            chunks.setdefault((job_id, stream), []).append(data)
+        return [
+            job_from_record(
+                dict(row),
+                b"".join(chunks.get((row["id"], 0), ())),
+                b"".join(chunks.get((row["id"], 1), ())),
+            )
+            for row in rows
+        ]
+
+    def _evict(self, db: sqlite3.Connection) -> None:
+        """Expire finished jobs past ``ttl``, then trim to ``max_jobs``: once a second."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_evict:
+                return
+            self._next_evict = now + self.evict_interval
+        doomed: _Ids = []
+        if self.ttl is not None:
+            doomed += [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM jobs WHERE finished_at < ?", (time.time() - self.ttl,)
+                )
+            ]
+        (count,) = db.execute("SELECT count(*) FROM jobs").fetchone()
+        excess = count - len(doomed) - self.max_jobs
+        if excess > 0:
+            doomed += [
+                row[0]
+                for row in db.execute(
+                    f"SELECT id FROM jobs WHERE status NOT IN {_ACTIVE_SQL} ORDER BY seq LIMIT ?",
+                    (excess + len(doomed),),
+                )
+                if row[0] not in doomed
+            ][:excess]
+        if not doomed:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for start in range(0, len(doomed), 500):
+                batch = doomed[start : start + 500]
+                marks = ", ".join("?" for _ in batch)
+                db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", batch)
+                db.execute(f"DELETE FROM output WHERE job_id IN ({marks})", batch)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")

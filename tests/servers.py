@@ -1,0 +1,102 @@
+"""Real ``procgate serve`` processes for tests: start on a free port, talk HTTP, stop."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running ``procgate serve`` (gunicorn master and workers, one session)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+            hdrs = {"Content-Type": "application/json"} if body is not None else {}
+            hdrs.update(headers or {})
+            conn.request(method, path, body=data, headers=hdrs)
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        status, _, data = self.request(method, path, body)
+        return status, json.loads(data)
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager would; SIGKILL the group if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.crash()
+            raise
+
+    def crash(self) -> None:
+        """SIGKILL the master and every worker at once, like an OOM kill or a power cut."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def start_server(
+    directory: Path,
+    config: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    prefix: str = "",
+    name: str = "server",
+) -> Server:
+    """Serve ``config`` from ``directory`` (its SQLite store lives there) and wait for it."""
+    path = directory / f"{name}.toml"
+    path.write_text(config)
+    port = free_port()
+    log = directory / f"{name}.log"
+    argv = [sys.executable, "-m", "procgate", "serve", "--config", str(path)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [*argv, "--port", str(port), "--threads", "8", *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=directory,
+            start_new_session=True,  # so crash() reaches the workers too
+        )
+    server = Server(proc, port, log)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if server.request("GET", f"{prefix}/health")[0] == 200:
+                return server
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            server.crash()
+            raise AssertionError(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.05)

@@ -1,0 +1,232 @@
+"""Deployments with several processes: gunicorn workers on SQLite, servers sharing Redis.
+
+Every test here runs real ``procgate serve`` processes and talks HTTP to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import live_pids_in_group, wait_for
+from tests.servers import Server, start_server
+
+COMMANDS = """
+[runner]
+kind = "thread"
+max_workers = 8
+[commands.echo]
+argv = ["echo"]
+[commands.sh]
+shell = true
+argv = 'eval "$1"'
+kill_grace = 1
+"""
+
+
+def sqlite_config(directory: Path) -> str:
+    return f'[store]\nurl = "sqlite:///{directory}/jobs.db"\n' + COMMANDS
+
+
+def redis_config(url: str, prefix: str) -> str:
+    return f'[store]\nurl = "{url}"\nprefix = "{prefix}"\n' + COMMANDS
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """Servers started by a test; all stopped (or killed) afterwards."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def submit_and_check(targets: list[Server], jobs: int = 500, clients: int = 16) -> None:
+    """Submit async echo jobs from many threads round-robin, then read every one back.
+
+    Every job must be found through every server, finished ``succeeded`` with its own
+    output, and no job may appear twice.
+    """
+    submitted: dict[str, str] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        for i in range(n, jobs, clients):
+            server = targets[i % len(targets)]
+            status, job = server.json("POST", "/commands/echo", {"args": [f"job-{i}"]})
+            if status != 202:
+                errors.append(f"{status} {job}")
+                continue
+            with lock:
+                submitted[job["id"]] = f"job-{i}\n"
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert errors == []
+    assert len(submitted) == jobs
+    for index, (job_id, stdout) in enumerate(submitted.items()):
+        server = targets[(index + 1) % len(targets)]  # read through another server
+        status, job = server.json("GET", f"/jobs/{job_id}?wait=30")
+        assert status == 200, job
+        assert job["status"] == "succeeded", job
+        assert job["stdout"] == stdout
+    for server in targets:
+        seen: list[str] = []
+        cursor = ""
+        while True:
+            _, page = server.json("GET", f"/jobs?command=echo&limit=1000{cursor}")
+            seen += [job["id"] for job in page["jobs"]]
+            if page["next"] is None:
+                break
+            cursor = f"&cursor={page['next']}"
+        assert len(seen) == len(set(seen)) == jobs
+        assert set(seen) == set(submitted)
+
+
+def test_four_gunicorn_workers_on_sqlite(tmp_path: Path, servers: list[Server]) -> None:
+    """500 async jobs from 16 clients through 4 workers: all found, right, no duplicates."""
+    servers.append(start_server(tmp_path, sqlite_config(tmp_path), "--workers", "4"))
+    submit_and_check(servers)
+
+
+def test_two_servers_sharing_redis(tmp_path: Path, servers: list[Server], redis_url: str) -> None:
+    """Two separate servers on one Redis: jobs from either are read through the other."""
+    config = redis_config(redis_url, f"{tmp_path.name}:")
+    for name in ("a", "b"):
+        servers.append(start_server(tmp_path, config, "--workers", "2", name=name))
+    submit_and_check(servers)
+
+
+def shared_pair(tmp_path: Path, servers: list[Server], store: str, redis_url: str) -> None:
+    """Two servers, one worker each, on one SQLite file or one Redis prefix."""
+    if store == "sqlite":
+        config = sqlite_config(tmp_path)
+    else:
+        config = redis_config(redis_url, f"{tmp_path.name}:")
+    for name in ("a", "b"):
+        servers.append(start_server(tmp_path, config, "--workers", "1", name=name))
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def any_redis_url(store_kind: str, request: pytest.FixtureRequest) -> str:
+    """The Redis URL when the test runs on Redis; Redis is only started when needed."""
+    return str(request.getfixturevalue("redis_url")) if store_kind == "redis" else ""
+
+
+def start_tree(server: Server) -> tuple[str, int]:
+    """Start a job whose shell prints its pid and leaves a background child."""
+    status, job = server.json("POST", "/commands/sh", {"args": ["echo $$; sleep 100 & sleep 100"]})
+    assert status == 202
+    wait_for(lambda: server.json("GET", f"/jobs/{job['id']}")[1]["stdout"], timeout=20)
+    return job["id"], int(server.json("GET", f"/jobs/{job['id']}")[1]["stdout"])
+
+
+def test_cancel_through_another_process(
+    tmp_path: Path, servers: list[Server], store_kind: str, any_redis_url: str
+) -> None:
+    """DELETE served by another process kills the job's whole tree within a second."""
+    shared_pair(tmp_path, servers, store_kind, any_redis_url)
+    first, second = servers
+    job_id, pgid = start_tree(first)
+    assert live_pids_in_group(pgid)
+    status, job = second.json("DELETE", f"/jobs/{job_id}")
+    assert status == 202
+    wait_for(lambda: not live_pids_in_group(pgid), timeout=1.0, interval=0.01)
+    status, job = first.json("GET", f"/jobs/{job_id}?wait=10")
+    assert job["status"] == "cancelled"
+
+
+def test_output_so_far_is_visible_from_another_process(
+    tmp_path: Path, servers: list[Server], store_kind: str, any_redis_url: str
+) -> None:
+    """A running job's output is readable through a process that does not run it."""
+    shared_pair(tmp_path, servers, store_kind, any_redis_url)
+    first, second = servers
+    _status, job = first.json("POST", "/commands/sh", {"args": ["echo one; sleep 100"]})
+    wait_for(lambda: second.json("GET", f"/jobs/{job['id']}")[1]["stdout"] == "one\n")
+    assert second.json("GET", f"/jobs/{job['id']}")[1]["status"] == "running"
+    _, _raw, data = second.request("GET", f"/jobs/{job['id']}/stdout")
+    assert data == b"one\n"
+    second.json("DELETE", f"/jobs/{job['id']}?wait=10")
+
+
+def test_idempotency_key_across_processes(
+    tmp_path: Path, servers: list[Server], store_kind: str, any_redis_url: str
+) -> None:
+    """Concurrent POSTs with one idempotency key, through two processes, run one job."""
+    shared_pair(tmp_path, servers, store_kind, any_redis_url)
+    body = {"args": ["once"], "idempotency_key": "deploy-7"}
+    results: list[tuple[int, Any]] = []
+    barrier = threading.Barrier(16)
+
+    def post(server: Server) -> None:
+        barrier.wait()
+        results.append(server.json("POST", "/commands/echo", body))
+
+    threads = [threading.Thread(target=post, args=(servers[i % 2],)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert {status for status, _ in results} == {202}
+    assert len({job["id"] for _, job in results}) == 1
+    _, listed = servers[0].json("GET", "/jobs?command=echo")
+    assert len(listed["jobs"]) == 1
+
+
+def test_crash_leaves_lost_jobs_not_running(tmp_path: Path, servers: list[Server]) -> None:
+    """SIGKILL of the whole server mid-job: after a restart the jobs are lost, not running.
+
+    Jobs that had finished before the crash are all still there.
+    """
+    config = sqlite_config(tmp_path)
+    server = start_server(tmp_path, config, "--workers", "2")
+    servers.append(server)
+    finished = [
+        server.json("POST", "/commands/echo", {"args": [str(i)], "wait": True})[1]["id"]
+        for i in range(5)
+    ]
+    sleepers = [
+        server.json("POST", "/commands/sh", {"args": ["echo $$; exec sleep 100"]})[1]["id"]
+        for _ in range(10)
+    ]
+    wait_for(
+        lambda: all(server.json("GET", f"/jobs/{j}")[1]["stdout"] for j in sleepers[:8]),
+        timeout=20,
+    )
+    pids = [server.json("GET", f"/jobs/{j}")[1]["stdout"] for j in sleepers[:8]]
+    server.crash()
+    try:
+        again = start_server(tmp_path, config, "--workers", "2", name="again")
+        servers.append(again)
+        _, running = again.json("GET", "/jobs?status=running")
+        assert running["jobs"] == []
+        for job_id in sleepers:
+            _, job = again.json("GET", f"/jobs/{job_id}")
+            assert job["status"] == "lost", job
+            assert "its runner" in job["error"]
+            assert job["finished_at"] is not None
+        for job_id in finished:
+            _, job = again.json("GET", f"/jobs/{job_id}")
+            assert job["status"] == "succeeded"
+    finally:  # the crash orphaned the sleeps: they are no longer anyone's to reap
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)
