@@ -435,3 +435,58 @@ def test_open_store_urls(tmp_path: Path, redis_url: str) -> None:
         open_store("sqlite://")
     with pytest.raises(ConfigError):
         open_store("redis://127.0.0.1:1/0")
+
+
+def test_close_wakes_waiters(store: JobStore) -> None:
+    """close() makes a blocked wait return the job instead of hanging or raising."""
+    job = store.create(new_job())
+    store.start(job.id)
+    results: list[Any] = []
+
+    def wait() -> None:
+        try:
+            results.append(store.wait(job.id, 30))
+        except BaseException as exc:  # pragma: no cover - reported below
+            results.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    store.close()
+    thread.join(10)
+    assert time.monotonic() - started < 10
+    assert len(results) == 1
+    assert isinstance(results[0], Job)
+    assert results[0].id == job.id
+
+
+@pytest.mark.parametrize("kind", ["sqlite"])
+def test_sqlite_path_is_fixed_at_open(
+    make_store: MakeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative SQLite path stays the same file after the process changes directory."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    store = SQLiteStore("jobs.db", evict_interval=0)
+    try:
+        job = store.create(new_job())
+        monkeypatch.chdir(tmp_path / "two")
+        errors: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                assert store.get(job.id).id == job.id
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=read) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert not (tmp_path / "two" / "jobs.db").exists()
+    finally:
+        store.close()

@@ -19,6 +19,9 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 _Jobs = list[Job]
 _Values = list[Any]
 
+#: Heartbeats older than this (seconds) are forgotten: their owners are long gone.
+FORGET_OWNERS_AFTER = 86400.0
+
 #: Jobs read per round trip while a filtered list looks for matches.
 LIST_BATCH = 200
 
@@ -292,15 +295,30 @@ class RedisStore:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            # BLOCK 0 would mean forever: never ask for less than a millisecond.
-            self.redis.xread(
-                {self._key("end", job_id): "0-0"}, count=1, block=max(1, int(remaining * 1000))
-            )
+            try:
+                # BLOCK 0 would mean forever: never ask for less than a millisecond.
+                self.redis.xread(
+                    {self._key("end", job_id): "0-0"},
+                    count=1,
+                    block=max(1, int(remaining * 1000)),
+                )
+            except (redis.RedisError, OSError, ValueError):
+                if self._closed:  # close() cut the connection under us: answer as we can
+                    return job
+                raise
             job = self.get(job_id)
         return job
 
     def heartbeat(self, owner: str) -> None:
-        self.redis.hset(self._key("owners"), owner, time.time())
+        now = time.time()
+        self.redis.hset(self._key("owners"), owner, now)
+        stale = [
+            name
+            for name, beat in self.redis.hgetall(self._key("owners")).items()
+            if float(beat) < now - FORGET_OWNERS_AFTER
+        ]
+        if stale:
+            self.redis.hdel(self._key("owners"), *stale)
 
     def heartbeats(self) -> dict[str, float]:
         beats = self.redis.hgetall(self._key("owners"))

@@ -95,7 +95,8 @@ class SQLiteStore:
             raise ConfigError("max_jobs must be at least 1")
         if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
             raise ConfigError("ttl must be a positive number of seconds")
-        self.path = path
+        # Absolute: every pooled connection must open this file, whatever the cwd is then.
+        self.path = os.path.abspath(path)
         self.max_jobs = max_jobs
         self.ttl = ttl
         self.busy_timeout = busy_timeout
@@ -107,7 +108,7 @@ class SQLiteStore:
         self._pid = os.getpid()
         self._closed = False
         self._next_evict = 0.0
-        directory = os.path.dirname(os.path.abspath(path))
+        directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
             with self._db() as db:
