@@ -82,9 +82,8 @@ def finished(
 ) -> Job:
     job = store.create(new_job(command))
     store.start(job.id)
-    result = store.finish(job.id, Outcome(status, returncode=0))
-    assert result is not None
-    return result
+    assert store.finish(job.id, Outcome(status, returncode=0)) is True
+    return store.get(job.id)
 
 
 def test_create_then_get(store: JobStore) -> None:
@@ -144,12 +143,13 @@ def test_finish_once(store: JobStore) -> None:
     """A job finishes once; a finished job never changes again."""
     job = store.create(new_job())
     store.start(job.id)
-    done = store.finish(job.id, Outcome(JobStatus.FAILED, returncode=2, error=None))
+    assert store.finish(job.id, Outcome(JobStatus.FAILED, returncode=2, error=None)) is True
+    done = store.get(job.id)
     assert done is not None
     assert done.status is JobStatus.FAILED
     assert done.returncode == 2
     assert done.finished_at is not None
-    assert store.finish(job.id, Outcome(JobStatus.SUCCEEDED, returncode=0)) is None
+    assert store.finish(job.id, Outcome(JobStatus.SUCCEEDED, returncode=0)) is False
     assert store.cancel(job.id).status is JobStatus.FAILED
     assert store.get(job.id).status is JobStatus.FAILED
 
@@ -376,7 +376,7 @@ def test_heartbeats_and_lost_jobs(store: JobStore) -> None:
     assert store.get(other.id).status is JobStatus.QUEUED
     assert store.active_owners() == {"b"}
     assert "a" not in store.heartbeats()
-    assert store.finish(running.id, Outcome(JobStatus.SUCCEEDED, 0)) is None
+    assert store.finish(running.id, Outcome(JobStatus.SUCCEEDED, 0)) is False
 
 
 def test_wait_wakes_on_cancel_of_queued_job(store: JobStore) -> None:

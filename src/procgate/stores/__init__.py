@@ -53,8 +53,12 @@ class JobStore(Protocol):
         """Append bytes to ``"stdout"`` or ``"stderr"`` of a running job."""
         ...
 
-    def finish(self, job_id: str, outcome: Outcome) -> Job | None:
-        """``running`` -> the outcome's status; None when the job had already finished."""
+    def finish(self, job_id: str, outcome: Outcome) -> bool:
+        """``running`` -> the outcome's status; False when the job had already finished.
+
+        Only the one call that finishes a job gets True: act on the finish (hooks,
+        callbacks) only then. It returns no job: read it with ``get`` if needed.
+        """
         ...
 
     def cancel(self, job_id: str) -> Job:

@@ -116,14 +116,14 @@ class MemoryStore:
             if entry is not None:  # deleted meanwhile: nobody can read it any more
                 (entry.stdout if stream == "stdout" else entry.stderr).extend(data)
 
-    def finish(self, job_id: str, outcome: Outcome) -> Job | None:
+    def finish(self, job_id: str, outcome: Outcome) -> bool:
         with self._lock:
             entry = self._entry(job_id)
             if entry.job.status.finished:
-                return None
+                return False
             self._finish(entry, outcome)
             self._evict()
-            return self._snapshot(entry)
+            return True
 
     def cancel(self, job_id: str) -> Job:
         with self._lock:

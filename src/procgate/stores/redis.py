@@ -262,12 +262,12 @@ class RedisStore:
     def append_output(self, job_id: str, stream: str, data: bytes) -> None:
         self.redis.append(self._key("out", job_id, stream), data)
 
-    def finish(self, job_id: str, outcome: Outcome) -> Job | None:
+    def finish(self, job_id: str, outcome: Outcome) -> bool:
         if not self._finish_job(job_id, outcome):
             self._require(job_id)
-            return None
+            return False
         self._evict()
-        return self.get(job_id)
+        return True
 
     def cancel(self, job_id: str) -> Job:
         self._cancel(
@@ -385,7 +385,8 @@ class RedisStore:
             )
         )
 
-    def _remove(self, job_id: str) -> bool:
+    def _remove(self, job_id: str, client: Any = None) -> bool:
+        """Run the delete script; with a pipeline as ``client``, only queue it."""
         return bool(
             self._delete(
                 keys=[
@@ -398,8 +399,16 @@ class RedisStore:
                     self._key("end", job_id),
                 ],
                 args=[job_id, self._key("idem", "")],
+                client=client,
             )
         )
+
+    def _remove_many(self, ids: Iterable[bytes]) -> None:
+        """Delete finished jobs in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                self._remove(job_id.decode(), client=pipe)
+            pipe.execute()
 
     def _evict(self) -> None:
         """Expire finished jobs past ``ttl``, then trim to ``max_jobs``."""
@@ -412,9 +421,7 @@ class RedisStore:
             expired = self.redis.zrangebyscore(
                 self._key("finished"), "-inf", time.time() - self.ttl
             )
-            for job_id in expired:
-                self._remove(job_id.decode())
+            self._remove_many(expired)
         excess = self.redis.zcard(self._key("jobs")) - self.max_jobs
         if excess > 0:
-            for job_id in self.redis.zrange(self._key("done"), 0, excess - 1):
-                self._remove(job_id.decode())
+            self._remove_many(self.redis.zrange(self._key("done"), 0, excess - 1))

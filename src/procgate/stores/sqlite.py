@@ -103,6 +103,9 @@ class SQLiteStore:
         self.poll_interval = poll_interval
         self.evict_interval = evict_interval
         self._lock = threading.Lock()
+        self._write_lock = threading.RLock()  # re-entered by _evict inside a write
+        self._changed = threading.Condition()  # a job of this process finished
+        self._generation = 0
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
         self._pid = os.getpid()
@@ -121,8 +124,18 @@ class SQLiteStore:
     # -- connections --------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """A connection of this process's pool, in autocommit mode."""
+    def _db(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection of this process's pool, in autocommit mode.
+
+        ``write=True`` also holds this process's write lock: threads of one process queue
+        here for microseconds instead of meeting in SQLite's busy handler, which sleeps
+        1, 2, 5, 10... ms before trying again. Processes still contend through SQLite.
+        """
+        with self._write_lock if write else contextlib.nullcontext(), self._connection() as db:
+            yield db
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's connections are not ours
                 self._idle, self._all, self._pid = [], [], os.getpid()
@@ -150,7 +163,7 @@ class SQLiteStore:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction, taken at once so it never fails half way on a lock."""
-        with self._db() as db:
+        with self._db(write=True) as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -166,7 +179,7 @@ class SQLiteStore:
         record["scope"] = job.idempotency_scope
         names = ", ".join(record)
         marks = ", ".join("?" for _ in record)
-        with self._db() as db:
+        with self._db(write=True) as db:
             while True:
                 inserted = db.execute(
                     f"INSERT INTO jobs ({names}) VALUES ({marks}) ON CONFLICT (scope) DO NOTHING",
@@ -230,7 +243,7 @@ class SQLiteStore:
         return JobPage(jobs, str(rows[-1]["seq"]) if more else None)
 
     def start(self, job_id: str) -> Job | None:
-        with self._db() as db:
+        with self._db(write=True) as db:
             changed = db.execute(
                 "UPDATE jobs SET status = 'running', started_at = ? "
                 "WHERE id = ? AND status = 'queued'",
@@ -242,24 +255,24 @@ class SQLiteStore:
         return self.get(job_id)
 
     def append_output(self, job_id: str, stream: str, data: bytes) -> None:
-        with self._db() as db:
+        with self._db(write=True) as db:
             db.execute(
                 "INSERT INTO output (job_id, stream, data) VALUES (?, ?, ?)",
                 (job_id, _STREAMS[stream], data),
             )
 
-    def finish(self, job_id: str, outcome: Outcome) -> Job | None:
-        with self._db() as db:
+    def finish(self, job_id: str, outcome: Outcome) -> bool:
+        with self._db(write=True) as db:
             changed = self._finish(db, "id = ?", (job_id,), outcome)
             if changed:
+                self._notify()
                 self._evict(db)
         if not changed:
             self._require(job_id)
-            return None
-        return self.get(job_id)
+        return bool(changed)
 
     def cancel(self, job_id: str) -> Job:
-        with self._db() as db:
+        with self._db(write=True) as db:
             self._finish(
                 db,
                 "id = ? AND status = 'queued'",
@@ -267,6 +280,7 @@ class SQLiteStore:
                 Outcome(JobStatus.CANCELLED, error="cancelled before it started"),
             )
             db.execute("UPDATE jobs SET cancel = 1 WHERE id = ? AND status = 'running'", (job_id,))
+        self._notify()
         return self.get(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -287,24 +301,39 @@ class SQLiteStore:
         return bool(deleted)
 
     def wait(self, job_id: str, timeout: float) -> Job:
-        """Poll the job's status with a short backoff: SQLite has no notifications."""
+        """Wake on finishes in this process; poll for the others' with a short backoff.
+
+        SQLite has no notifications between processes, so a job finished by another
+        process is seen within ``poll_interval`` seconds; one finished by this process
+        (the usual case: the worker that took the request runs the job) at once.
+        """
         deadline = time.monotonic() + timeout
-        delay = 0.002
+        delay = 0.001
         with self._db() as db:
             while True:
+                with self._changed:
+                    generation = self._generation
                 row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 if row is None:
                     raise JobNotFound(f"no job with id {job_id!r}")
                 remaining = deadline - time.monotonic()
                 if JobStatus(row[0]).finished or remaining <= 0 or self._closed:
                     break
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, self.poll_interval)
+                with self._changed:
+                    if self._generation == generation:
+                        self._changed.wait(min(delay, remaining))
+                delay = min(delay * 1.5, self.poll_interval)
         return self.get(job_id)
+
+    def _notify(self) -> None:
+        """Wake this process's waiters: some job may have finished."""
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
 
     def heartbeat(self, owner: str) -> None:
         now = time.time()
-        with self._db() as db:
+        with self._db(write=True) as db:
             db.execute(
                 "INSERT INTO owners (owner, beat) VALUES (?, ?) "
                 "ON CONFLICT (owner) DO UPDATE SET beat = excluded.beat",
@@ -333,11 +362,13 @@ class SQLiteStore:
                 Outcome(JobStatus.LOST, error=error),
             )
             db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
+        self._notify()
         return lost
 
     def close(self) -> None:
+        self._closed = True
+        self._notify()
         with self._lock:
-            self._closed = True
             idle, self._idle, self._all = self._idle, [], []
         for db in idle:
             db.close()
@@ -408,6 +439,7 @@ class SQLiteStore:
                     "SELECT id FROM jobs WHERE finished_at < ?", (time.time() - self.ttl,)
                 )
             ]
+        expired = set(doomed)
         (count,) = db.execute("SELECT count(*) FROM jobs").fetchone()
         excess = count - len(doomed) - self.max_jobs
         if excess > 0:
@@ -417,7 +449,7 @@ class SQLiteStore:
                     f"SELECT id FROM jobs WHERE status NOT IN {_ACTIVE_SQL} ORDER BY seq LIMIT ?",
                     (excess + len(doomed),),
                 )
-                if row[0] not in doomed
+                if row[0] not in expired
             ][:excess]
         if not doomed:
             return
