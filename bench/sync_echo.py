@@ -27,29 +27,31 @@ import multiprocessing
 import os
 import platform
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-HOST = "127.0.0.1"
+from _common import (
+    HOST,
+    Sample,
+    Server,
+    closed_loop,
+    cpu_count,
+    median,
+    procgate_version,
+    serve,
+    wrk_version,
+)
+
 PATH = "/commands/echo"
 BODY = b'{"args": ["hello"], "wait": true}'
 HEADERS = {"Content-Type": "application/json"}
 CONCURRENCIES = (1, 8)
 MAX_WORKERS = 8
-#: Seconds a server may take to answer ``GET /health`` after it is started.
-START_DEADLINE = 30.0
-#: Seconds a server may take to exit after SIGTERM before it is killed.
-STOP_TIMEOUT = 15.0
 #: Seconds of Python-client traffic (concurrency 8, every response decoded) after a
 #: server starts: it starts the runner's threads or worker processes, and checks bodies.
 WARMUP = 1.0
@@ -118,21 +120,6 @@ end
 
 
 @dataclass
-class Sample:
-    """One measurement: successful jobs, errors, wall time and latency percentiles."""
-
-    ok: int
-    errors: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-
-    @property
-    def rate(self) -> float:
-        return self.ok / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
 class Row:
     label: str
     short: str
@@ -141,66 +128,6 @@ class Row:
 
 
 # -- measurements ----------------------------------------------------------------------
-
-
-def percentiles(latencies: list[float]) -> tuple[float, float]:
-    """p50 and p99 (nearest rank) of latencies in seconds, in milliseconds."""
-    if not latencies:
-        return float("nan"), float("nan")
-    ordered = sorted(latencies)
-
-    def rank(q: float) -> float:
-        index = min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))
-        return ordered[index] * 1000.0
-
-    return rank(0.50), rank(0.99)
-
-
-def closed_loop(
-    threads: int,
-    duration: float,
-    one: Callable[[list[Any]], bool],
-    make: Callable[[], Any] | None = None,
-) -> Sample:
-    """Run ``one(state)`` on ``threads`` threads until ``duration`` is up; it says if it was ok.
-
-    ``state`` is a one-item list holding what ``make()`` gave the thread (a connection,
-    say), so that ``one`` can replace it; whatever it holds at the end is closed.
-    """
-    lock = threading.Lock()
-    latencies: list[float] = []
-    counts = {"ok": 0, "errors": 0}
-    start = time.perf_counter()
-    deadline = start + duration
-
-    def loop() -> None:
-        state = [make()] if make is not None else [None]
-        mine: list[float] = []
-        ok = errors = 0
-        try:
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                if one(state):
-                    ok += 1
-                    mine.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
-        finally:
-            if state[0] is not None:
-                state[0].close()
-        with lock:
-            latencies.extend(mine)
-            counts["ok"] += ok
-            counts["errors"] += errors
-
-    pool = [threading.Thread(target=loop) for _ in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    seconds = time.perf_counter() - start
-    p50, p99 = percentiles(latencies)
-    return Sample(counts["ok"], counts["errors"], seconds, p50, p99)
 
 
 def spawn_echo(state: list[Any]) -> bool:
@@ -303,91 +230,12 @@ def measure_wrk(
 # -- servers ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def health(port: int) -> bool:
-    conn = http.client.HTTPConnection(HOST, port, timeout=2)
-    try:
-        conn.request("GET", "/health")
-        return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
-
-
-@dataclass
-class Server:
-    kind: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: str
-
-    def log_tail(self, lines: int = 20) -> str:
-        with open(self.log_path, errors="replace") as file:
-            return "".join(file.readlines()[-lines:])
-
-
-@contextlib.contextmanager
-def serve(kind: str, workdir: str) -> Iterator[Server]:
+def serve_runner(kind: str, workdir: str) -> contextlib.AbstractContextManager[Server]:
     """``procgate serve`` with runner ``kind`` on a free port, until the block ends."""
-    config = os.path.join(workdir, f"{kind}.toml")
-    with open(config, "w") as file:
-        file.write(CONFIG.format(kind=kind, max_workers=MAX_WORKERS))
-    port = free_port()
-    log_path = os.path.join(workdir, f"{kind}.log")
-    argv = [sys.executable, "-m", "procgate", "serve", "--config", config]
-    argv += ["--host", HOST, "--port", str(port)]
-    env = dict(os.environ, PROCGATE_LOG_LEVEL="warning")
-    with open(log_path, "wb") as log:
-        # A session of its own: the arbiter, its worker and the runner's worker processes
-        # are one process group, which a kill reaches whole.
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    server = Server(kind, port, proc, log_path)
-    try:
-        deadline = time.monotonic() + START_DEADLINE
-        while not health(port):
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"procgate serve ({kind}) exited with {proc.returncode}:\n{server.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"procgate serve ({kind}) not healthy after {START_DEADLINE:g} s:\n"
-                    + server.log_tail()
-                )
-            time.sleep(0.05)
-        yield server
-    finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (gunicorn's graceful stop), wait, then SIGKILL the whole process group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            print(f"server {proc.pid} ignored SIGTERM for {STOP_TIMEOUT:g} s: killing it")
-    # Whatever the arbiter left behind (it normally leaves nothing) goes with the group.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    return serve(kind, CONFIG.format(kind=kind, max_workers=MAX_WORKERS), workdir)
 
 
 # -- report ----------------------------------------------------------------------------
-
-
-def median(values: list[float]) -> float:
-    values = [v for v in values if v == v]  # drop NaN
-    return statistics.median(values) if values else float("nan")
 
 
 def table(rows: list[Row], base1: Row, base2: Row) -> str:
@@ -413,20 +261,6 @@ def table(rows: list[Row], base1: Row, base2: Row) -> str:
             f"| {ratios[0]:.2f} | {ratios[1]:.2f} |"
         )
     return "\n".join(lines)
-
-
-def procgate_version() -> str:
-    try:
-        import procgate
-    except ImportError:
-        return "not importable"
-    return str(getattr(procgate, "__version__", "unknown"))
-
-
-def wrk_version(wrk: str) -> str:
-    done = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
-    first = (done.stdout or done.stderr).splitlines()
-    return first[0].split(" [")[0] if first else "wrk"
 
 
 # -- main ------------------------------------------------------------------------------
@@ -503,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             file.write(WRK_SCRIPT)
         servers = {}
         for kind in kinds:
-            servers[kind] = stack.enter_context(serve(kind, workdir))
+            servers[kind] = stack.enter_context(serve_runner(kind, workdir))
             # Warm up (starts the runner's threads or worker processes) and check bodies.
             sample, problems = measure_python(servers[kind].port, MAX_WORKERS, WARMUP)
             notes.append(
@@ -544,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
 
     elapsed = time.monotonic() - started
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpu_count()
     header = (
         f"nproc {cpus}, Python {platform.python_version()}, procgate {procgate_version()}, "
         f"client: {client}; {options.rounds} round(s) x {options.duration:g} s; "

@@ -1,0 +1,220 @@
+"""Helpers shared by the benchmarks: closed-loop measurement, ``procgate serve``, reports.
+
+Not a benchmark itself. The scripts beside it import it as ``_common`` (a script's own
+folder is first on ``sys.path``), and so do the client processes they spawn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+HOST = "127.0.0.1"
+#: Seconds a server may take to answer ``GET /health`` after it is started.
+START_DEADLINE = 30.0
+#: Seconds a server may take to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 15.0
+
+
+@dataclass
+class Sample:
+    """One measurement: successful jobs, errors, wall time and latency percentiles."""
+
+    ok: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- measurements ----------------------------------------------------------------------
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    """p50 and p99 (nearest rank) of latencies in seconds, in milliseconds."""
+    if not latencies:
+        return float("nan"), float("nan")
+    ordered = sorted(latencies)
+
+    def rank(q: float) -> float:
+        index = min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))
+        return ordered[index] * 1000.0
+
+    return rank(0.50), rank(0.99)
+
+
+def closed_loop(
+    threads: int,
+    duration: float,
+    one: Callable[[list[Any]], bool],
+    make: Callable[[], Any] | None = None,
+) -> Sample:
+    """Run ``one(state)`` on ``threads`` threads until ``duration`` is up; it says if it was ok.
+
+    ``state`` is a one-item list holding what ``make()`` gave the thread (a connection,
+    say), so that ``one`` can replace it; whatever it holds at the end is closed.
+    """
+    lock = threading.Lock()
+    latencies: list[float] = []
+    counts = {"ok": 0, "errors": 0}
+    start = time.perf_counter()
+    deadline = start + duration
+
+    def loop() -> None:
+        state = [make()] if make is not None else [None]
+        mine: list[float] = []
+        ok = errors = 0
+        try:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                if one(state):
+                    ok += 1
+                    mine.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+        finally:
+            if state[0] is not None:
+                state[0].close()
+        with lock:
+            latencies.extend(mine)
+            counts["ok"] += ok
+            counts["errors"] += errors
+
+    pool = [threading.Thread(target=loop) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    seconds = time.perf_counter() - start
+    p50, p99 = percentiles(latencies)
+    return Sample(counts["ok"], counts["errors"], seconds, p50, p99)
+
+
+# -- servers ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def health(port: int) -> bool:
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: str
+
+    def log_tail(self, lines: int = 20) -> str:
+        with open(self.log_path, errors="replace") as file:
+            return "".join(file.readlines()[-lines:])
+
+
+@contextlib.contextmanager
+def serve(name: str, config: str, workdir: str, extra: Sequence[str] = ()) -> Iterator[Server]:
+    """``procgate serve`` of the TOML text ``config`` on a free port, until the block ends.
+
+    The config file and the server's log are ``<name>.toml`` and ``<name>.log`` in
+    ``workdir``; ``extra`` is added to the command line (``--workers 1``, say).
+    """
+    config_path = os.path.join(workdir, f"{name}.toml")
+    with open(config_path, "w") as file:
+        file.write(config)
+    port = free_port()
+    log_path = os.path.join(workdir, f"{name}.log")
+    argv = [sys.executable, "-m", "procgate", "serve", "--config", config_path]
+    argv += ["--host", HOST, "--port", str(port), *extra]
+    env = dict(os.environ, PROCGATE_LOG_LEVEL="warning")
+    with open(log_path, "wb") as log:
+        # A session of its own: the arbiter, its workers and the runner's worker processes
+        # are one process group, which a kill reaches whole.
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    server = Server(name, port, proc, log_path)
+    try:
+        deadline = time.monotonic() + START_DEADLINE
+        while not health(port):
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"procgate serve ({name}) exited with {proc.returncode}:\n{server.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"procgate serve ({name}) not healthy after {START_DEADLINE:g} s:\n"
+                    + server.log_tail()
+                )
+            time.sleep(0.05)
+        yield server
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (gunicorn's graceful stop), wait, then SIGKILL the whole process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(f"server {proc.pid} ignored SIGTERM for {STOP_TIMEOUT:g} s: killing it")
+    # Whatever the arbiter left behind (it normally leaves nothing) goes with the group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    values = [v for v in values if v == v]  # drop NaN
+    return statistics.median(values) if values else float("nan")
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (``nproc``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def procgate_version() -> str:
+    try:
+        import procgate
+    except ImportError:
+        return "not importable"
+    return str(getattr(procgate, "__version__", "unknown"))
+
+
+def wrk_version(wrk: str) -> str:
+    done = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    first = (done.stdout or done.stderr).splitlines()
+    return first[0].split(" [")[0] if first else "wrk"
