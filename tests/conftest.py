@@ -90,6 +90,11 @@ def live_pids_in_group(pgid: int) -> list[int]:
     return [pid for pid, state, _, group in _processes() if group == pgid and state not in "ZX"]
 
 
+def children_of(parent: int) -> list[int]:
+    """Live child processes of ``parent``."""
+    return [pid for pid, state, ppid, _ in _processes() if ppid == parent and state != "Z"]
+
+
 def zombie_children() -> list[int]:
     """Direct children of this process that exited but were never reaped."""
     me = os.getpid()

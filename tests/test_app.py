@@ -34,6 +34,7 @@ JOB_KEYS = {
     "started_at",
     "finished_at",
     "duration",
+    "callback",
 }
 
 
@@ -402,6 +403,9 @@ def test_wrong_method_is_json_405_with_allow(client: Client) -> None:
         (b'{"wait": "soon"}', "invalid_request"),
         (b'{"wait": -3}', "invalid_request"),
         (b'{"argz": []}', "unknown_field"),
+        (b'{"stdin_file": "x"}', "unknown_field"),
+        (b'{"callback_url": "http://127.0.0.1:9/x"}', "callback_not_allowed"),
+        (b'{"callback_url": 7}', "invalid_request"),
     ],
 )
 def test_bad_bodies_are_json_400(client: Client, body: bytes, code: str) -> None:

@@ -136,3 +136,31 @@ def test_duplicate_registration_is_an_error() -> None:
             gate.register("echo", ["echo"])
     finally:
         gate.close()
+
+
+def test_gate_section_sets_uploads_and_callbacks(tmp_path: Path) -> None:
+    """[gate] carries the upload limits and the callback settings."""
+    path = write(
+        tmp_path,
+        """
+[store]
+url = "memory://"
+[gate]
+max_upload = 5000
+max_files = 2
+callback_allow = ["http://127.0.0.1:9000/"]
+callback_secret = "s"
+callback_attempts = 7
+callback_backoff = 0.5
+callback_timeout = 3
+""",
+    )
+    gate = read_config(path).build()
+    try:
+        assert (gate.max_upload, gate.max_files) == (5000, 2)
+        assert gate.callback_allow == ("http://127.0.0.1:9000/",)
+        assert gate.notifier.secret == b"s"
+        assert (gate.notifier.max_attempts, gate.notifier.backoff) == (7, 0.5)
+        assert gate.notifier.timeout == 3
+    finally:
+        gate.close()

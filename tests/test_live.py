@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import live_pids_in_group, wait_for
+from tests.conftest import children_of, live_pids_in_group, wait_for
 from tests.servers import Server, start_server
 
 CONFIG = """
@@ -170,3 +170,51 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         result = run_cli("serve", "--config", str(good), flag, "0")
         assert result.returncode == 2
         assert "at least 1" in result.stderr
+
+
+def rss_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_gigabyte_of_output_keeps_memory_bounded(tmp_path: Path) -> None:
+    """1 GiB printed with max_output = 16 MiB: the server grows < 64 MiB; a follower gets
+    exactly the 16 MiB kept, and the job says it was truncated."""
+    config = """
+[store]
+url = "memory://"
+[commands.flood]
+argv = ["head", "-c", "1073741824", "/dev/zero"]
+max_output = 16777216
+timeout = 120
+[commands.echo]
+argv = ["echo"]
+"""
+    server = start_server(tmp_path, config, "--threads", "4")
+    try:
+        (worker,) = children_of(server.proc.pid)  # the one gunicorn worker
+        server.json("POST", "/commands/echo", {"wait": True})  # warm up: threads, imports
+        server.json("GET", "/jobs")
+        baseline = rss_kib(worker, "VmRSS")
+        _, job = server.json("POST", "/commands/flood", {})
+        conn_status, _, data = server.request("GET", f"/jobs/{job['id']}/stdout?follow=1")
+        peak = rss_kib(worker, "VmHWM")  # the highest RSS so far, the job included
+        assert conn_status == 200
+        assert len(data) == 16 << 20
+        assert data == b"\0" * (16 << 20)
+        _, head, _ = server.request("GET", f"/jobs/{job['id']}/output?offset={16 << 20}")
+        assert head["X-Job-Status"] == "succeeded"
+        assert head["X-Output-Complete"] == "true"
+        _, raw_headers, _ = server.request("GET", f"/jobs/{job['id']}/stdout")
+        assert raw_headers["X-Output-Truncated"] == "true"
+        growth_mib = (peak - baseline) / 1024
+        print(
+            f"RSS baseline {baseline / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB, "
+            f"growth {growth_mib:.1f} MiB"
+        )
+        assert growth_mib < 64
+    finally:
+        server.stop()

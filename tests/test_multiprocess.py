@@ -6,6 +6,7 @@ Every test here runs real ``procgate serve`` processes and talks HTTP to them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -230,3 +231,28 @@ def test_crash_leaves_lost_jobs_not_running(tmp_path: Path, servers: list[Server
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(pid), signal.SIGKILL)
+
+
+def test_follower_in_another_process(
+    tmp_path: Path, servers: list[Server], store_kind: str, any_redis_url: str
+) -> None:
+    """SSE and raw followers on one server see a job that runs on the other."""
+    shared_pair(tmp_path, servers, store_kind, any_redis_url)
+    first, second = servers
+    script = "for i in 1 2 3; do echo out $i; echo err $i >&2; sleep 0.2; done"
+    _, job = first.json("POST", "/commands/sh", {"args": [script]})
+    status, headers, body = second.request("GET", f"/jobs/{job['id']}/events")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/event-stream")
+    text = body.decode()
+    blocks = [b for b in text.split("\n\n") if b.startswith("id:")]
+    outputs = [json.loads(b.split("data: ", 1)[1]) for b in blocks if "event: output" in b]
+    assert "".join(o["data"] for o in outputs if o["stream"] == "stdout") == (
+        "out 1\nout 2\nout 3\n"
+    )
+    assert "".join(o["data"] for o in outputs if o["stream"] == "stderr") == (
+        "err 1\nerr 2\nerr 3\n"
+    )
+    assert "event: end" in blocks[-1]
+    _, _, raw = second.request("GET", f"/jobs/{job['id']}/stderr?follow=1")
+    assert raw == b"err 1\nerr 2\nerr 3\n"

@@ -10,13 +10,16 @@ import logging
 import math
 import os
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 from werkzeug.routing import Map, MapAdapter, Rule
 from werkzeug.wrappers import Request, Response
 
+from procgate import streaming
+from procgate.callbacks import Delivery, Notifier, check_callback_url
 from procgate.commands import (
     DEFAULT_KILL_GRACE,
     DEFAULT_MAX_OUTPUT,
@@ -31,6 +34,7 @@ from procgate.errors import (
     ConfigError,
     Forbidden,
     InvalidRequest,
+    JobNotFound,
     ProcgateError,
     RunnerBusy,
     RunnerClosed,
@@ -39,15 +43,30 @@ from procgate.errors import (
 from procgate.jobs import Job, JobStatus, Spec, job_to_json, new_job_id
 from procgate.runners import Runner, ThreadRunner
 from procgate.stores import JobStore, MemoryStore
+from procgate.uploads import save_upload
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 logger = logging.getLogger("procgate")
 
+#: ``hook(job, callback_context)``: see ``Gate.on_finish``.
+FinishCallback = Callable[[Job, Any], None]
+
 _JOB_FIELDS = frozenset(
-    {"args", "stdin", "stdin_encoding", "env", "timeout", "wait", "idempotency_key"}
+    {
+        "args",
+        "stdin",
+        "stdin_encoding",
+        "env",
+        "timeout",
+        "wait",
+        "idempotency_key",
+        "callback_url",
+        "callback_context",
+    }
 )
+_UPLOAD_FIELDS = _JOB_FIELDS | {"stdin_file"}
 _MAX_KEY = 255
 _RUN_FIELDS = _JOB_FIELDS | {"shell"}
 _MAX_LIST = 1000
@@ -72,6 +91,13 @@ class Gate:
         allow_shell: bool = False,  # /run with "shell": true also needs this
         run_timeout: float | None = 600.0,  # seconds a /run job may take
         run_max_output: int = DEFAULT_MAX_OUTPUT,
+        max_upload: int = 100 << 20,  # bytes of a multipart request with files
+        max_files: int = 10,  # file parts per request
+        callback_allow: Iterable[str] = (),  # URL prefixes callbacks may go to: none by default
+        callback_secret: str | bytes | None = None,  # signs callbacks (X-Procgate-Signature)
+        callback_attempts: int = 5,  # tries per callback before it is marked failed
+        callback_backoff: float = 1.0,  # seconds before the first retry; doubles each time
+        callback_timeout: float = 10.0,  # seconds per attempt
     ) -> None:
         if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
             raise ConfigError("max_body must be a positive number of bytes")
@@ -95,6 +121,19 @@ class Gate:
         self.allow_shell = allow_shell
         self.run_timeout = run_timeout
         self.run_max_output = run_max_output
+        if not isinstance(max_upload, int) or max_upload < 1 or max_files < 0:
+            raise ConfigError("max_upload must be a positive byte count, max_files >= 0")
+        self.max_upload = max_upload
+        self.max_files = max_files
+        self.callback_allow = tuple(callback_allow)
+        self.notifier = Notifier(
+            secret=callback_secret,
+            max_attempts=callback_attempts,
+            backoff=callback_backoff,
+            timeout=callback_timeout,
+        )
+        self._finish_hooks: list[FinishCallback] = []
+        self._command_hooks: dict[str, FinishCallback] = {}
         self.url_map = Map(
             [
                 Rule("/health", endpoint="health", methods=["GET"]),
@@ -108,9 +147,11 @@ class Gate:
                     endpoint="output",
                     methods=["GET"],
                 ),
+                Rule("/jobs/<job_id>/output", endpoint="output_from", methods=["GET"]),
+                Rule("/jobs/<job_id>/events", endpoint="events", methods=["GET"]),
             ]
         )
-        self.runner.open(self.store)
+        self.runner.open(self.store, self._job_finished)
 
     def register(
         self,
@@ -125,6 +166,7 @@ class Gate:
         shell: bool = False,
         description: str = "",
         kill_grace: float = DEFAULT_KILL_GRACE,
+        on_finish: FinishCallback | None = None,
     ) -> Command:
         """Make ``POST /commands/<name>`` run ``argv`` plus the request's args.
 
@@ -133,6 +175,8 @@ class Gate:
         ``max_output`` is bytes kept per stream; ``env`` is added to the child's minimal
         environment and ``allow_env`` lists the keys a request may set. With ``shell=True``,
         ``argv`` is a script for ``/bin/sh -c`` and request args are its ``$1``, ``$2``...
+        ``on_finish(job, callback_context)`` is called once for each finished job of this
+        command, like the hooks of ``Gate.on_finish``.
         """
         if name in self.commands:
             raise ConfigError(f"command {name!r} is already registered")
@@ -149,11 +193,24 @@ class Gate:
             kill_grace=kill_grace,
         )
         self.commands[name] = command
+        if on_finish is not None:
+            self._command_hooks[name] = on_finish
         return command
 
+    def on_finish(self, hook: FinishCallback) -> FinishCallback:
+        """Call ``hook(job, callback_context)`` once for every job that finishes.
+
+        It runs on the thread that finished the job, in the process that ran it (or, for a
+        job cancelled while queued, the one that would have): keep it quick. An exception
+        in a hook is logged and changes nothing else. Usable as a decorator.
+        """
+        self._finish_hooks.append(hook)
+        return hook
+
     def close(self) -> None:
-        """Stop the runner (cancelling its jobs), then the store."""
+        """Stop the runner (cancelling its jobs), callbacks, then the store."""
         self.runner.close()
+        self.notifier.close()
         self.store.close()
 
     # -- WSGI ---------------------------------------------------------------------------
@@ -163,8 +220,14 @@ class Gate:
 
     def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
-        request.max_content_length = self.max_body
-        response = self.dispatch(request)
+        uploading = request.mimetype == "multipart/form-data"
+        request.max_content_length = self.max_upload if uploading else self.max_body
+        request.max_form_memory_size = self.max_body  # the non-file parts
+        request.max_form_parts = self.max_files + 20
+        try:
+            response = self.dispatch(request)
+        finally:
+            request.close()  # spooled upload files: saved to the job's directory by now
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
@@ -218,15 +281,31 @@ class Gate:
             raise UnknownCommand(f"no command named {name!r}")
         if request.method != "POST":  # GET, and the HEAD werkzeug adds to it
             return _json(command.to_json())
-        body = _json_body(request, _JOB_FIELDS)
-        args = _string_list(body.get("args", []), "args")
-        spec = command.spec(
-            args,
-            env=_env(body.get("env")),
-            stdin=_stdin(body),
-            timeout=_timeout(body.get("timeout")),
-        )
-        job = Job(id=new_job_id(), command=name, args=tuple(args), spec=spec)
+        upload = None
+        if request.mimetype == "multipart/form-data":
+            upload = save_upload(request.form, request.files, self.max_files)
+            body = upload.body
+        else:
+            body = _json_body(request)
+        try:
+            _check_fields(body, _UPLOAD_FIELDS if upload is not None else _JOB_FIELDS)
+            args = _string_list(body.get("args", []), "args")
+            spec = command.spec(
+                upload.substitute(args) if upload is not None else args,
+                env=_env(body.get("env")),
+                stdin=_stdin(body),
+                timeout=_timeout(body.get("timeout")),
+            )
+            if upload is not None:
+                stdin_path = upload.stdin_path(body.get("stdin_file"))
+                if stdin_path is not None and spec.stdin:
+                    raise InvalidRequest("send stdin or stdin_file, not both")
+                spec = dataclasses.replace(spec, stdin_path=stdin_path, files_dir=upload.directory)
+            job = Job(id=new_job_id(), command=name, args=tuple(args), spec=spec)
+        except BaseException:
+            if upload is not None:
+                upload.discard()
+            raise
         return self._launch(job, body, request, adapter)
 
     def on_run(self, request: Request, adapter: MapAdapter) -> Response:
@@ -236,7 +315,8 @@ class Gate:
                 "allow_any_program=True or allow_shell=True to enable POST /run",
                 code="run_disabled",
             )
-        body = _json_body(request, _RUN_FIELDS)
+        body = _json_body(request)
+        _check_fields(body, _RUN_FIELDS)
         shell = body.get("shell", False)
         if not isinstance(shell, bool):
             raise InvalidRequest("shell must be true or false")
@@ -298,8 +378,10 @@ class Gate:
     def on_job(self, request: Request, adapter: MapAdapter, job_id: str) -> Response:
         wait = self._wait(request, {})
         if request.method == "DELETE":
-            job = self.store.get(job_id)
+            job = self.store.get(job_id, output=False)
             if job.status.finished and self.store.delete(job_id):
+                if job.spec.files_dir is not None:  # cancelled before a runner cleaned up
+                    shutil.rmtree(job.spec.files_dir, ignore_errors=True)
                 response = Response(status=204)
                 del response.headers["Content-Type"]  # there is no content
                 return response
@@ -313,6 +395,13 @@ class Gate:
     def on_output(
         self, request: Request, adapter: MapAdapter, job_id: str, stream: str
     ) -> Response:
+        if _flag(request, "follow"):
+            self.store.get(job_id, output=False)  # a 404 now, not an empty stream
+            return Response(
+                streaming.follow(self.store, job_id, stream),
+                mimetype="application/octet-stream",
+                direct_passthrough=True,
+            )
         job = self.store.get(job_id)
         truncated = job.stdout_truncated if stream == "stdout" else job.stderr_truncated
         response = Response(
@@ -323,7 +412,62 @@ class Gate:
         response.headers["X-Output-Truncated"] = "true" if truncated else "false"
         return response
 
+    def on_output_from(self, request: Request, adapter: MapAdapter, job_id: str) -> Response:
+        """Polling by byte offset, like Jenkins' progressive log and Rundeck's output API."""
+        stream = request.args.get("stream", "stdout")
+        if stream not in ("stdout", "stderr"):
+            raise InvalidRequest("stream must be stdout or stderr")
+        offset = _int_arg(request, "offset", 0, 0, 1 << 62)
+        part = streaming.read_from(self.store, job_id, stream, offset, self._wait(request, {}))
+        response = Response(part.data, mimetype="application/octet-stream")
+        response.headers["X-Output-Offset"] = str(part.next_offset)
+        response.headers["X-Output-Complete"] = "true" if part.complete else "false"
+        response.headers["X-Job-Status"] = part.job.status.value
+        return response
+
+    def on_events(self, request: Request, adapter: MapAdapter, job_id: str) -> Response:
+        """Server-Sent Events; ``Last-Event-ID`` (or ``?last_event_id=``) resumes."""
+        text = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
+        try:
+            last = int(text)
+        except ValueError:
+            raise InvalidRequest("Last-Event-ID must be an event id from this stream") from None
+        self.store.get(job_id, output=False)  # a 404 now, not an empty stream
+        response = Response(
+            streaming.events(
+                self.store, job_id, lambda job: self._job_json(job, adapter), max(0, last)
+            ),
+            mimetype="text/event-stream",
+            direct_passthrough=True,
+        )
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"  # nginx: pass events on at once
+        return response
+
     # -- helpers ------------------------------------------------------------------------
+
+    def _job_finished(self, job_id: str) -> None:
+        """A job finished: run the Python hooks, then queue its HTTP callback."""
+        try:
+            job = self.store.get(job_id)
+        except JobNotFound:
+            return
+        hooks = [*self._finish_hooks]
+        if job.command is not None and job.command in self._command_hooks:
+            hooks.append(self._command_hooks[job.command])
+        for hook in hooks:
+            try:
+                hook(job, job.callback_context)
+            except Exception:
+                logger.exception("on_finish hook %r failed for job %s", hook, job_id)
+        if job.callback_url is not None:
+            payload = job_to_json(job, job.link or "")
+            payload["context"] = job.callback_context
+            self.notifier.send(
+                job.callback_url,
+                payload,
+                lambda state: self.store.set_callback(job_id, state.to_json()),
+            )
 
     def _launch(
         self, job: Job, body: Mapping[str, Any], request: Request, adapter: MapAdapter
@@ -333,18 +477,37 @@ class Gate:
         With an ``idempotency_key`` already used for the command, the stored job is
         answered instead (``Idempotent-Replayed: true``) and nothing new runs.
         """
-        wait = self._wait(request, body)
-        job = dataclasses.replace(
-            job, owner=self.runner.owner, idempotency_key=_idempotency_key(body)
-        )
-        stored = self.store.create(job)
+        files_dir = job.spec.files_dir
+        try:
+            wait = self._wait(request, body)
+            callback_url = body.get("callback_url")
+            if callback_url is not None:
+                callback_url = check_callback_url(callback_url, self.callback_allow)
+            job = dataclasses.replace(
+                job,
+                owner=self.runner.owner,
+                idempotency_key=_idempotency_key(body),
+                link=self._job_url(job.id, adapter),
+                callback_url=callback_url,
+                callback_context=body.get("callback_context"),
+                callback=Delivery(callback_url).to_json() if callback_url else None,
+            )
+            stored = self.store.create(job)
+        except BaseException:
+            if files_dir is not None:
+                shutil.rmtree(files_dir, ignore_errors=True)
+            raise
         replayed = stored.id != job.id
+        if replayed and files_dir is not None:
+            shutil.rmtree(files_dir, ignore_errors=True)  # the stored job has its own files
         if not replayed:
             try:
                 self.runner.submit(job.id)
             except (RunnerBusy, RunnerClosed):
                 self.store.cancel(job.id)  # never ran: leave no trace of it
                 self.store.delete(job.id)
+                if files_dir is not None:
+                    shutil.rmtree(files_dir, ignore_errors=True)
                 raise
         current = self.store.wait(stored.id, wait) if wait else self.store.get(stored.id)
         finished = bool(wait) and current.status.finished
@@ -401,8 +564,8 @@ def _json(payload: Any, status: int = 200) -> Response:
     )
 
 
-def _json_body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
-    """The request's JSON object; an empty body is ``{}``. Unknown fields are refused."""
+def _json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object; an empty body is ``{}``."""
     data = request.get_data(cache=False)
     if not data.strip():
         return {}
@@ -414,6 +577,11 @@ def _json_body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
         raise InvalidRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _check_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    """Refuse unknown fields: a typo such as ``tmeout`` must not pass silently."""
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidRequest(
@@ -421,7 +589,10 @@ def _json_body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
             + ", ".join(sorted(allowed)),
             code="unknown_field",
         )
-    return body
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.args.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 def _idempotency_key(body: Mapping[str, Any]) -> str | None:

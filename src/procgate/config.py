@@ -22,7 +22,17 @@ _SECTIONS = {
     "server": {"host", "port", "threads", "workers"},
     "runner": {"kind", "max_workers", "max_queue"},
     "store": {"url", "max_jobs", "ttl", "prefix"},
-    "gate": {"max_body", "max_wait"},
+    "gate": {
+        "max_body",
+        "max_wait",
+        "max_upload",
+        "max_files",
+        "callback_allow",
+        "callback_secret",
+        "callback_attempts",
+        "callback_backoff",
+        "callback_timeout",
+    },
     "run": {"allow_programs", "allow_any_program", "allow_shell", "timeout", "max_output"},
     "commands": None,  # one table per command, checked below
 }

@@ -49,6 +49,8 @@ class Spec:
     timeout: float | None = None
     max_output: int = 10 << 20
     kill_grace: float = 5.0
+    stdin_path: str | None = None  # a file to read stdin from, instead of ``stdin``
+    files_dir: str | None = None  # the job's private upload directory, removed at the end
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,10 @@ class Job:
     finished_at: datetime | None = None
     owner: str | None = None  # the runner that took the job (see runners.liveness)
     idempotency_key: str | None = None
+    link: str | None = None  # the job's URL as its submitter saw it (for callbacks)
+    callback_url: str | None = None
+    callback_context: Any = None  # any JSON value, POSTed back with the job
+    callback: Mapping[str, Any] | None = None  # delivery state (procgate.callbacks.Delivery)
 
     @property
     def idempotency_scope(self) -> str | None:
@@ -97,6 +103,26 @@ class Outcome:
     error: str | None = None
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of output as it was read, numbered in arrival order across both streams.
+
+    ``index`` counts from 1 per job; ``offset`` is where ``data`` starts in its stream.
+    The index orders stdout and stderr against each other (SSE event ids); the offset
+    serves byte-offset polling.
+    """
+
+    index: int
+    stream: str
+    offset: int
+    data: bytes
+
+
+#: What ``read_output`` returns. (Stores have a method named ``list``, which hides the
+#: builtin in their class bodies' annotations.)
+Chunks = list[Chunk]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +180,7 @@ def job_to_json(job: Job, url: str) -> dict[str, Any]:
         "started_at": format_time(job.started_at),
         "finished_at": format_time(job.finished_at),
         "duration": job.duration,
+        "callback": dict(job.callback) if job.callback is not None else None,
     }
 
 
@@ -177,6 +204,8 @@ def job_to_record(job: Job) -> dict[str, Any]:
                 "timeout": spec.timeout,
                 "max_output": spec.max_output,
                 "kill_grace": spec.kill_grace,
+                "stdin_path": spec.stdin_path,
+                "files_dir": spec.files_dir,
             }
         ),
         "status": job.status.value,
@@ -189,6 +218,12 @@ def job_to_record(job: Job) -> dict[str, Any]:
         "finished_at": _timestamp(job.finished_at),
         "owner": job.owner,
         "idempotency_key": job.idempotency_key,
+        "link": job.link,
+        "callback_url": job.callback_url,
+        "callback_context": (
+            json.dumps(job.callback_context) if job.callback_context is not None else None
+        ),
+        "callback": json.dumps(job.callback) if job.callback is not None else None,
     }
 
 
@@ -208,6 +243,8 @@ def job_from_record(record: Mapping[str, Any], stdout: bytes = b"", stderr: byte
             timeout=spec["timeout"],
             max_output=spec["max_output"],
             kill_grace=spec["kill_grace"],
+            stdin_path=spec.get("stdin_path"),
+            files_dir=spec.get("files_dir"),
         ),
         status=JobStatus(record["status"]),
         returncode=int(returncode) if returncode not in (None, "") else None,
@@ -221,6 +258,10 @@ def job_from_record(record: Mapping[str, Any], stdout: bytes = b"", stderr: byte
         finished_at=_datetime(record.get("finished_at")),
         owner=_optional_str(record.get("owner")),
         idempotency_key=_optional_str(record.get("idempotency_key")),
+        link=_optional_str(record.get("link")),
+        callback_url=_optional_str(record.get("callback_url")),
+        callback_context=_optional_json(record.get("callback_context")),
+        callback=_optional_json(record.get("callback")),
     )
 
 
@@ -232,6 +273,10 @@ def _datetime(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
     return datetime.fromtimestamp(float(value), timezone.utc)
+
+
+def _optional_json(value: Any) -> Any:
+    return None if value is None or value == "" else json.loads(value)
 
 
 def _optional_str(value: Any) -> str | None:

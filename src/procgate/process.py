@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from procgate.jobs import JobStatus, Outcome, Spec
 
@@ -50,9 +51,12 @@ def execute(
     process group, then SIGKILL after ``spec.kill_grace`` seconds.
     """
     try:
+        stdin: Any = subprocess.PIPE if spec.stdin else subprocess.DEVNULL
+        if spec.stdin_path is not None:
+            stdin = open(spec.stdin_path, "rb")  # noqa: SIM115 - closed below, after Popen
         proc = subprocess.Popen(
             list(spec.argv),
-            stdin=subprocess.PIPE if spec.stdin else subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=dict(spec.env),
@@ -61,6 +65,9 @@ def execute(
         )
     except OSError as exc:
         return Outcome(JobStatus.ERROR, error=f"could not start {spec.argv[0]}: {exc}")
+    finally:
+        if spec.stdin_path is not None and not isinstance(stdin, int):
+            stdin.close()  # the child has its own copy
     return _Supervisor(proc, spec, on_output, cancelled, poll_interval).run()
 
 
@@ -139,7 +146,7 @@ class _Supervisor:
             for pipe, stream in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
                 if pipe is not None:
                     selector.register(pipe, selectors.EVENT_READ, stream)
-            if proc.stdin is not None:
+            if proc.stdin is not None and self.stdin_view:
                 os.set_blocking(proc.stdin.fileno(), False)
                 selector.register(proc.stdin, selectors.EVENT_WRITE, "stdin")
             self.pidfd = _pidfd(proc.pid)

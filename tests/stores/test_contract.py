@@ -13,7 +13,8 @@ import pytest
 
 from procgate import JobNotFound, JobStatus, JobStore, MemoryStore, open_store
 from procgate.errors import ConfigError, InvalidRequest
-from procgate.jobs import Job, Outcome, Spec, new_job_id
+from procgate.jobs import Chunk, Job, Outcome, Spec, new_job_id
+from procgate.runners.sync import OutputWriter
 from procgate.stores.redis import RedisStore
 from procgate.stores.sqlite import SQLiteStore
 
@@ -168,9 +169,10 @@ def test_output_appends_in_order_per_stream(store: JobStore) -> None:
     job = store.create(new_job())
     store.start(job.id)
     big = bytes(range(256)) * 8192  # 2 MiB of every byte value
-    store.append_output(job.id, "stdout", b"\xff\x00")
-    store.append_output(job.id, "stderr", b"err")
-    store.append_output(job.id, "stdout", big)
+    write = OutputWriter(store, job.id)
+    write("stdout", b"\xff\x00")
+    write("stderr", b"err")
+    write("stdout", big)
     got = store.get(job.id)
     assert got.stdout == b"\xff\x00" + big
     assert got.stderr == b"err"
@@ -268,8 +270,9 @@ def test_concurrent_writers(store: JobStore) -> None:
                 job = store.create(new_job())
                 made.append(job.id)
                 store.start(job.id)
+                write = OutputWriter(store, job.id)
                 for k in range(5):
-                    store.append_output(job.id, "stdout", f"{n}:{i}:{k};".encode())
+                    write("stdout", f"{n}:{i}:{k};".encode())
                 store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -396,7 +399,7 @@ def test_jobs_survive_reopening(make_store: MakeStore) -> None:
     first = make_store("shared")
     job = first.create(new_job())
     first.start(job.id)
-    first.append_output(job.id, "stdout", b"kept\xff")
+    OutputWriter(first, job.id)("stdout", b"kept\xff")
     first.finish(job.id, Outcome(JobStatus.FAILED, 3, "boom", True, False))
     first.close()
     again = make_store("shared").get(job.id)
@@ -412,7 +415,7 @@ def test_two_store_objects_share_state(make_store: MakeStore) -> None:
     job = one.create(new_job())
     assert two.start(job.id) is not None
     assert one.start(job.id) is None
-    two.append_output(job.id, "stderr", b"x")
+    OutputWriter(two, job.id)("stderr", b"x")
     one.cancel(job.id)
     assert two.cancel_requested(job.id)
     timer = threading.Timer(0.1, two.finish, (job.id, Outcome(JobStatus.CANCELLED, -15)))
@@ -490,3 +493,105 @@ def test_sqlite_path_is_fixed_at_open(
         assert not (tmp_path / "two" / "jobs.db").exists()
     finally:
         store.close()
+
+
+def test_read_output_by_index(store: JobStore) -> None:
+    """Chunks come back in order, with indexes, streams and offsets, from any point."""
+    job = store.create(new_job())
+    store.start(job.id)
+    write = OutputWriter(store, job.id)
+    write("stdout", b"a")
+    write("stderr", b"\xffE")
+    write("stdout", b"bc")
+    assert store.read_output(job.id) == [
+        Chunk(1, "stdout", 0, b"a"),
+        Chunk(2, "stderr", 0, b"\xffE"),
+        Chunk(3, "stdout", 1, b"bc"),
+    ]
+    assert store.read_output(job.id, after=2) == [Chunk(3, "stdout", 1, b"bc")]
+    assert store.read_output(job.id, after=3) == []
+    with pytest.raises(JobNotFound):
+        store.read_output("nope")
+
+
+def test_get_without_output(store: JobStore) -> None:
+    """get(output=False) has everything but the output."""
+    job = store.create(new_job())
+    store.start(job.id)
+    OutputWriter(store, job.id)("stdout", b"lots")
+    light = store.get(job.id, output=False)
+    assert light.status is JobStatus.RUNNING
+    assert light.stdout == b""
+    assert store.get(job.id).stdout == b"lots"
+
+
+def test_wait_output_wakes_on_output_and_on_finish(store: JobStore) -> None:
+    """wait_output returns when a chunk past ``after`` arrives, or when the job ends."""
+    job = store.create(new_job())
+    store.start(job.id)
+    write = OutputWriter(store, job.id)
+    started = time.monotonic()
+    store.wait_output(job.id, 0, 0.1)
+    assert time.monotonic() - started >= 0.09
+    timer = threading.Timer(0.1, write, ("stdout", b"x"))
+    timer.start()
+    started = time.monotonic()
+    store.wait_output(job.id, 0, 10)
+    assert time.monotonic() - started < 5
+    timer.join()
+    started = time.monotonic()
+    store.wait_output(job.id, 0, 10)  # chunk 1 exists: at once
+    assert time.monotonic() - started < 1
+    timer = threading.Timer(0.1, store.finish, (job.id, Outcome(JobStatus.SUCCEEDED, 0)))
+    timer.start()
+    started = time.monotonic()
+    store.wait_output(job.id, 1, 10)
+    assert time.monotonic() - started < 5
+    timer.join()
+
+
+def test_callback_state_is_kept(store: JobStore) -> None:
+    """set_callback records delivery state on a finished job; a deleted job is ignored."""
+    job = store.create(new_job())
+    store.start(job.id)
+    store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
+    state = {
+        "url": "http://x/",
+        "status": "delivered",
+        "attempts": 2,
+        "last_status": 200,
+        "last_error": None,
+    }
+    store.set_callback(job.id, state)
+    assert store.get(job.id).callback == state
+    store.delete(job.id)
+    store.set_callback(job.id, state)
+    with pytest.raises(JobNotFound):
+        store.get(job.id)
+
+
+def test_callback_fields_round_trip(store: JobStore) -> None:
+    """Callback URL, context (any JSON) and the submitter's link are stored as given."""
+    import dataclasses
+
+    job = dataclasses.replace(
+        new_job(),
+        link="http://h/jobs/x",
+        callback_url="http://cb/",
+        callback_context={"n": [1, "two", None]},
+        callback={
+            "url": "http://cb/",
+            "status": "pending",
+            "attempts": 0,
+            "last_status": None,
+            "last_error": None,
+        },
+    )
+    store.create(job)
+    got = store.get(job.id)
+    assert (got.link, got.callback_url, got.callback_context, got.callback) == (
+        job.link,
+        job.callback_url,
+        job.callback_context,
+        job.callback,
+    )

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from procgate.errors import ConfigError
 from procgate.runners.process import ProcessRunner
-from procgate.runners.sync import SyncRunner
+from procgate.runners.sync import FinishHook, SyncRunner
 from procgate.runners.thread import ThreadRunner
 from procgate.stores import JobStore
 
@@ -19,8 +19,12 @@ class Runner(Protocol):
     kind: str
     owner: str  # stamped on the jobs it takes; see procgate.runners.liveness
 
-    def open(self, store: JobStore) -> None:
-        """Bind to the store the jobs live in; called once, by the Gate."""
+    def open(self, store: JobStore, on_finish: FinishHook | None = None) -> None:
+        """Bind to the store the jobs live in; called once, by the Gate.
+
+        ``on_finish(job_id)`` must be called once for each job this runner finishes, and
+        for each job it was handed that was cancelled while it waited.
+        """
         ...
 
     def submit(self, job_id: str) -> None:

@@ -13,14 +13,15 @@ import contextlib
 import logging
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
 from procgate import process
-from procgate.jobs import JobStatus, Outcome, Spec
+from procgate.jobs import Job, JobStatus, Outcome, Spec
+from procgate.process import CancelCheck, OutputCallback
+from procgate.runners.sync import run_job
 from procgate.runners.thread import CLOSE_TIMEOUT, ThreadRunner
 from procgate.stores import JobStore
 
@@ -43,9 +44,11 @@ class ProcessRunner(ThreadRunner):
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[Callable[[JobStore, str], None]]:
-        worker = _Worker(self._halt)
+        worker = _Worker()
         try:
-            yield worker.run
+            yield lambda store, job_id: run_job(
+                store, job_id, self._halt, self._on_finish, worker.execute
+            )
         finally:
             worker.stop()
 
@@ -53,56 +56,36 @@ class ProcessRunner(ThreadRunner):
 class _Worker:
     """The parent's handle on one worker process."""
 
-    def __init__(self, halt: threading.Event) -> None:
-        self._halt = halt
+    def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
 
-    def run(self, store: JobStore, job_id: str) -> None:
-        """Execute one job in the worker; never raises (see ``run_job``)."""
+    def execute(self, job: Job, on_output: OutputCallback, cancelled: CancelCheck) -> Outcome:
+        """Run the job in the worker, relaying its output and our cancel requests."""
         try:
-            job = store.start(job_id)
-            if job is None:
-                return
             conn = self._connection()
-            conn.send(("run", job_id, _pack_spec(job.spec)))
-            outcome = self._follow(store, job_id, conn)
+            conn.send(("run", job.id, _pack_spec(job.spec)))
+            return self._follow(conn, on_output, cancelled)
         except (EOFError, OSError):
-            logger.warning("worker process died while running job %s", job_id)
+            logger.warning("worker process died while running job %s", job.id)
             self.stop()
-            outcome = Outcome(JobStatus.ERROR, error="the worker process running it died")
-        except Exception:
-            logger.exception("job %s failed inside procgate", job_id)
-            outcome = Outcome(JobStatus.ERROR, error="internal error in procgate")
-        try:
-            store.finish(job_id, outcome)
-        except Exception:
-            logger.exception("job %s could not be finished", job_id)
+            return Outcome(JobStatus.ERROR, error="the worker process running it died")
 
-    def _follow(self, store: JobStore, job_id: str, conn: Connection) -> Outcome:
-        """Relay the worker's reports to the store, and cancel requests to the worker."""
+    def _follow(
+        self, conn: Connection, on_output: OutputCallback, cancelled: CancelCheck
+    ) -> Outcome:
         cancel_sent = False
         next_check = time.monotonic()
         while True:
             if conn.poll(process.POLL_INTERVAL):
                 message = conn.recv()
-                if message[0] == "out":
-                    store.append_output(job_id, message[1], message[2])
-                    continue
-                outcome = Outcome(JobStatus(message[1]), *message[2:])
-                if outcome.status is JobStatus.CANCELLED and self._halt.is_set():
-                    outcome = Outcome(
-                        JobStatus.CANCELLED,
-                        outcome.returncode,
-                        "cancelled: the server shut down",
-                        outcome.stdout_truncated,
-                        outcome.stderr_truncated,
-                    )
-                return outcome
-            now = time.monotonic()
+                if message[0] != "out":
+                    return Outcome(JobStatus(message[1]), *message[2:])
+                on_output(message[1], message[2])
+            now = time.monotonic()  # checked even while output pours in
             if not cancel_sent and now >= next_check:
                 next_check = now + process.POLL_INTERVAL
-                if self._halt.is_set() or store.cancel_requested(job_id):
+                if cancelled():
                     conn.send(("cancel",))
                     cancel_sent = True
 
@@ -135,4 +118,6 @@ def _pack_spec(spec: Spec) -> tuple[Any, ...]:
         spec.timeout,
         spec.max_output,
         spec.kill_grace,
+        spec.stdin_path,
+        spec.files_dir,
     )

@@ -4,42 +4,99 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import threading
+from collections.abc import Callable
 
 from procgate import process
-from procgate.errors import RunnerClosed
-from procgate.jobs import JobStatus, Outcome
+from procgate.errors import JobNotFound, RunnerClosed
+from procgate.jobs import Chunk, Job, JobStatus, Outcome
+from procgate.process import CancelCheck, OutputCallback
 from procgate.runners.liveness import Heartbeat, new_owner
 from procgate.stores import JobStore
 
 logger = logging.getLogger("procgate")
 
 
-def run_job(store: JobStore, job_id: str, halt: threading.Event) -> None:
+#: Runs a started job's process: ``execute(job, on_output, cancelled) -> Outcome``.
+Execute = Callable[[Job, OutputCallback, CancelCheck], Outcome]
+
+#: Called with a job id once that job has finished (see ``Runner.open``).
+FinishHook = Callable[[str], None]
+
+
+def execute_here(job: Job, on_output: OutputCallback, cancelled: CancelCheck) -> Outcome:
+    """Run the job's process from this process."""
+    return process.execute(job.spec, on_output=on_output, cancelled=cancelled)
+
+
+class OutputWriter:
+    """The one writer of a job's output: numbers chunks from 1, keeps stream offsets."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.index = 0
+        self.offsets = {"stdout": 0, "stderr": 0}
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        self.index += 1
+        self.store.append_output(self.job_id, Chunk(self.index, stream, self.offsets[stream], data))
+        self.offsets[stream] += len(data)
+
+
+def run_job(
+    store: JobStore,
+    job_id: str,
+    halt: threading.Event,
+    on_finish: FinishHook | None = None,
+    execute: Execute = execute_here,
+) -> None:
     """Start, execute and finish one job, writing every step to the store.
 
-    Does nothing when the job was cancelled while queued. ``halt`` is the runner shutting
-    down: its running children are stopped like a cancel. Never raises: a failure of the
-    store or of procgate itself finishes the job as ``error`` and is logged.
+    A job cancelled while it was queued is not started. ``halt`` is the runner shutting
+    down: its running children are stopped like a cancel. Whatever happens, the job's
+    upload directory is removed, and ``on_finish(job_id)`` is called once if the job
+    finished (here, or by a cancel while it waited). Never raises: a failure of the store
+    or of procgate itself finishes the job as ``error`` and is logged.
     """
+    job: Job | None = None
+    finished = False
     try:
         job = store.start(job_id)
-        if job is None:
+        if job is None:  # cancelled while queued, or deleted: nothing to run
+            job = store.get(job_id, output=False)
+            finished = job.status.finished
             return
-        outcome = process.execute(
-            job.spec,
-            on_output=lambda stream, data: store.append_output(job_id, stream, data),
-            cancelled=lambda: halt.is_set() or store.cancel_requested(job_id),
+        outcome = execute(
+            job,
+            OutputWriter(store, job_id),
+            lambda: halt.is_set() or store.cancel_requested(job_id),
         )
         if outcome.status is JobStatus.CANCELLED and halt.is_set():
             outcome = dataclasses.replace(outcome, error="cancelled: the server shut down")
-        store.finish(job_id, outcome)
+        _discard_files(job)  # before the finish: a finished job has no files left
+        finished = store.finish(job_id, outcome)
+    except JobNotFound:
+        pass
     except Exception:
         logger.exception("job %s failed inside procgate", job_id)
+        _discard_files(job)
         try:
-            store.finish(job_id, Outcome(JobStatus.ERROR, error="internal error in procgate"))
+            finished = store.finish(
+                job_id, Outcome(JobStatus.ERROR, error="internal error in procgate")
+            )
         except Exception:
             logger.exception("job %s could not be marked as error", job_id)
+    finally:
+        _discard_files(job)
+        if finished and on_finish is not None:
+            on_finish(job_id)
+
+
+def _discard_files(job: Job | None) -> None:
+    if job is not None and job.spec.files_dir is not None:
+        shutil.rmtree(job.spec.files_dir, ignore_errors=True)
 
 
 class SyncRunner:
@@ -55,12 +112,14 @@ class SyncRunner:
     def __init__(self) -> None:
         self.owner = new_owner()
         self._store: JobStore | None = None
+        self._on_finish: FinishHook | None = None
         self._halt = threading.Event()
         self._heartbeat: Heartbeat | None = None
 
-    def open(self, store: JobStore) -> None:
+    def open(self, store: JobStore, on_finish: FinishHook | None = None) -> None:
         """Bind to the store, and start heartbeats (which sweep up lost jobs at once)."""
         self._store = store
+        self._on_finish = on_finish
         self._heartbeat = Heartbeat(store, self.owner)
         self._heartbeat.start()
 
@@ -69,7 +128,7 @@ class SyncRunner:
             raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
         if self._halt.is_set():
             raise RunnerClosed("the runner is shutting down")
-        run_job(self._store, job_id, self._halt)
+        run_job(self._store, job_id, self._halt, self._on_finish)
 
     def close(self) -> None:
         self._halt.set()

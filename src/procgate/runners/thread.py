@@ -99,4 +99,4 @@ class ThreadRunner(SyncRunner):
     @contextlib.contextmanager
     def _slot(self) -> Iterator[Callable[[JobStore, str], None]]:
         """What one pool thread runs its jobs with, for as long as the thread lives."""
-        yield lambda store, job_id: run_job(store, job_id, self._halt)
+        yield lambda store, job_id: run_job(store, job_id, self._halt, self._on_finish)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from procgate.errors import ConfigError
-from procgate.jobs import Job, JobPage, JobStatus, Outcome
+from procgate.jobs import Chunk, Chunks, Job, JobPage, JobStatus, Outcome
 from procgate.stores.memory import MemoryStore
 from procgate.stores.sqlite import SQLiteStore
 
@@ -30,8 +31,11 @@ class JobStore(Protocol):
         """
         ...
 
-    def get(self, job_id: str) -> Job:
-        """The job with its output so far; ``JobNotFound`` if absent."""
+    def get(self, job_id: str, *, output: bool = True) -> Job:
+        """The job with its output so far (empty with ``output=False``, which is cheaper).
+
+        ``JobNotFound`` if absent.
+        """
         ...
 
     def list(
@@ -49,8 +53,24 @@ class JobStore(Protocol):
         """``queued`` -> ``running``; None when the job is no longer queued (cancelled)."""
         ...
 
-    def append_output(self, job_id: str, stream: str, data: bytes) -> None:
-        """Append bytes to ``"stdout"`` or ``"stderr"`` of a running job."""
+    def append_output(self, job_id: str, chunk: Chunk) -> None:
+        """Store the next chunk of a running job's output.
+
+        A job has one writer (the runner that started it), which numbers chunks from 1
+        and keeps each stream's offsets.
+        """
+        ...
+
+    def read_output(self, job_id: str, after: int = 0) -> Chunks:
+        """The job's chunks with ``index > after``, in order; ``JobNotFound`` if absent."""
+        ...
+
+    def wait_output(self, job_id: str, after: int, timeout: float) -> None:
+        """Block until a chunk past ``after`` exists, the job finishes, or the timeout."""
+        ...
+
+    def set_callback(self, job_id: str, state: Mapping[str, Any]) -> None:
+        """Record the delivery state of the job's callback (a finished job may change so)."""
         ...
 
     def finish(self, job_id: str, outcome: Outcome) -> bool:

@@ -6,10 +6,12 @@ import dataclasses
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from procgate.errors import ConfigError, InvalidRequest, JobNotFound
-from procgate.jobs import ACTIVE, Job, JobPage, JobStatus, Outcome, utcnow
+from procgate.jobs import ACTIVE, Chunk, Chunks, Job, JobPage, JobStatus, Outcome, utcnow
 
 
 @dataclass(slots=True)
@@ -18,9 +20,8 @@ class _Entry:
 
     job: Job
     seq: int
-    finished: threading.Condition  # shares the store's lock; notified when the job ends
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
+    changed: threading.Condition  # shares the store's lock; notified on output and the end
+    chunks: list[Chunk] = field(default_factory=list)
     cancel: bool = False
 
 
@@ -67,10 +68,11 @@ class MemoryStore:
             self._evict()
         return job
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, *, output: bool = True) -> Job:
         with self._lock:
             self._evict()
-            return self._snapshot(self._entry(job_id))
+            entry = self._entry(job_id)
+            return self._snapshot(entry) if output else entry.job
 
     def list(
         self,
@@ -110,11 +112,39 @@ class MemoryStore:
             )
             return entry.job
 
-    def append_output(self, job_id: str, stream: str, data: bytes) -> None:
+    def append_output(self, job_id: str, chunk: Chunk) -> None:
         with self._lock:
             entry = self._entries.get(job_id)
             if entry is not None:  # deleted meanwhile: nobody can read it any more
-                (entry.stdout if stream == "stdout" else entry.stderr).extend(data)
+                entry.chunks.append(chunk)
+                entry.changed.notify_all()
+
+    def read_output(self, job_id: str, after: int = 0) -> Chunks:
+        with self._lock:
+            chunks = self._entry(job_id).chunks
+            # Indexes run 1, 2, 3...: chunk n sits at position n - 1.
+            return chunks[max(0, after) :]
+
+    def wait_output(self, job_id: str, after: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                entry = self._entry(job_id)
+                remaining = deadline - time.monotonic()
+                if (
+                    len(entry.chunks) > after
+                    or entry.job.status.finished
+                    or remaining <= 0
+                    or self._closed
+                ):
+                    return
+                entry.changed.wait(remaining)
+
+    def set_callback(self, job_id: str, state: Mapping[str, Any]) -> None:
+        with self._lock:
+            entry = self._entries.get(job_id)
+            if entry is not None:
+                entry.job = dataclasses.replace(entry.job, callback=dict(state))
 
     def finish(self, job_id: str, outcome: Outcome) -> bool:
         with self._lock:
@@ -157,7 +187,7 @@ class MemoryStore:
                 remaining = deadline - time.monotonic()
                 if entry.job.status.finished or remaining <= 0 or self._closed:
                     return self._snapshot(entry)
-                entry.finished.wait(remaining)
+                entry.changed.wait(remaining)
 
     def heartbeat(self, owner: str) -> None:
         with self._lock:
@@ -189,7 +219,7 @@ class MemoryStore:
         with self._lock:
             self._closed = True
             for entry in self._entries.values():
-                entry.finished.notify_all()
+                entry.changed.notify_all()
 
     def _entry(self, job_id: str) -> _Entry:
         try:
@@ -200,7 +230,9 @@ class MemoryStore:
     @staticmethod
     def _snapshot(entry: _Entry) -> Job:
         return dataclasses.replace(
-            entry.job, stdout=bytes(entry.stdout), stderr=bytes(entry.stderr)
+            entry.job,
+            stdout=b"".join(c.data for c in entry.chunks if c.stream == "stdout"),
+            stderr=b"".join(c.data for c in entry.chunks if c.stream == "stderr"),
         )
 
     @staticmethod
@@ -215,7 +247,7 @@ class MemoryStore:
             stderr_truncated=outcome.stderr_truncated,
             finished_at=utcnow(),
         )
-        entry.finished.notify_all()
+        entry.changed.notify_all()
 
     def _drop(self, job_id: str) -> None:
         entry = self._entries.pop(job_id)

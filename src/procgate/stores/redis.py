@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from procgate.errors import ConfigError, InvalidRequest, JobNotFound
-from procgate.jobs import Job, JobPage, JobStatus, Outcome, job_from_record, job_to_record
+from procgate.jobs import (
+    Chunk,
+    Chunks,
+    Job,
+    JobPage,
+    JobStatus,
+    Outcome,
+    job_from_record,
+    job_to_record,
+)
 
 try:
     import redis
@@ -89,7 +99,14 @@ if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[1]) end
 return ARGV[1]
 """
 
-# KEYS: job, jobs, done, finished, stdout, stderr, end. ARGV: id, idempotency key prefix.
+# KEYS: job hash. ARGV: field, value. Sets the field only while the job exists.
+_SET_IF_EXISTS_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: job, jobs, done, finished, output stream, end. ARGV: id, idempotency key prefix.
 # Deletes a finished job; returns 1, or 0 when it is still active or absent.
 _DELETE_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -99,7 +116,7 @@ if scope then
     local key = ARGV[2] .. scope
     if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
 end
-redis.call('DEL', KEYS[1], KEYS[5], KEYS[6], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -154,6 +171,7 @@ class RedisStore:
         self._finish = self.redis.register_script(_FINISH_SCRIPT)
         self._cancel = self.redis.register_script(_CANCEL_SCRIPT)
         self._delete = self.redis.register_script(_DELETE_SCRIPT)
+        self._set_if_exists = self.redis.register_script(_SET_IF_EXISTS_SCRIPT)
         self._lock = threading.Lock()
         self._next_evict = 0.0
         self._closed = False
@@ -202,9 +220,9 @@ class RedisStore:
         self._evict()
         return job
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, *, output: bool = True) -> Job:
         self._evict()
-        jobs = self._read([job_id])
+        jobs = self._read([job_id], output=output)
         if not jobs:
             raise JobNotFound(f"no job with id {job_id!r}")
         return jobs[0]
@@ -259,8 +277,41 @@ class RedisStore:
             return None
         return self.get(job_id)
 
-    def append_output(self, job_id: str, stream: str, data: bytes) -> None:
-        self.redis.append(self._key("out", job_id, stream), data)
+    def append_output(self, job_id: str, chunk: Chunk) -> None:
+        # Explicit entry ids ``<index>-1``: a reader resumes after any chunk by its index.
+        self.redis.xadd(
+            self._key("out", job_id),
+            {"s": chunk.stream, "o": chunk.offset, "d": chunk.data},
+            id=f"{chunk.index}-1",
+        )
+
+    def read_output(self, job_id: str, after: int = 0) -> Chunks:
+        entries = self.redis.xrange(self._key("out", job_id), f"{after + 1}-0", "+")
+        if not entries:
+            self._require(job_id)
+        return [_chunk(entry_id, fields) for entry_id, fields in entries]
+
+    def wait_output(self, job_id: str, after: int, timeout: float) -> None:
+        """Block on the job's output and end streams: no polling."""
+        head = self.redis.hget(self._job_key(job_id), "status")
+        if head is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        if JobStatus(head.decode()).finished or timeout <= 0 or self._closed:
+            return
+        try:
+            self.redis.xread(
+                {self._key("out", job_id): f"{after}-1", self._key("end", job_id): "0-0"},
+                count=1,
+                block=max(1, int(timeout * 1000)),
+            )
+        except (redis.RedisError, OSError, ValueError):
+            if not self._closed:
+                raise
+
+    def set_callback(self, job_id: str, state: Mapping[str, Any]) -> None:
+        self._set_if_exists(
+            keys=[self._job_key(job_id)], args=["callback", json.dumps(dict(state))]
+        )
 
     def finish(self, job_id: str, outcome: Outcome) -> bool:
         if not self._finish_job(job_id, outcome):
@@ -345,21 +396,29 @@ class RedisStore:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _read(self, ids: Iterable[str]) -> _Jobs:
+    def _read(self, ids: Iterable[str], *, output: bool = True) -> _Jobs:
         """Jobs with their output, each read atomically; absent ids are skipped."""
         ids = list(ids)
         with self.redis.pipeline(transaction=True) as pipe:
             for job_id in ids:
                 pipe.hgetall(self._job_key(job_id))
-                pipe.get(self._key("out", job_id, "stdout"))
-                pipe.get(self._key("out", job_id, "stderr"))
+                if output:
+                    pipe.xrange(self._key("out", job_id), "-", "+")
             replies = pipe.execute()
+        step = 2 if output else 1
         jobs = []
-        for index in range(0, len(replies), 3):
-            fields, stdout, stderr = replies[index : index + 3]
-            if fields:
-                record = {key.decode(): value.decode() for key, value in fields.items()}
-                jobs.append(job_from_record(record, stdout or b"", stderr or b""))
+        for index in range(0, len(replies), step):
+            fields = replies[index]
+            if not fields:
+                continue
+            record = {key.decode(): value.decode() for key, value in fields.items()}
+            streams: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+            for entry_id, entry in replies[index + 1] if output else ():
+                chunk = _chunk(entry_id, entry)
+                streams[chunk.stream].append(chunk.data)
+            jobs.append(
+                job_from_record(record, b"".join(streams["stdout"]), b"".join(streams["stderr"]))
+            )
         return jobs
 
     def _require(self, job_id: str) -> None:
@@ -394,8 +453,7 @@ class RedisStore:
                     self._key("jobs"),
                     self._key("done"),
                     self._key("finished"),
-                    self._key("out", job_id, "stdout"),
-                    self._key("out", job_id, "stderr"),
+                    self._key("out", job_id),
                     self._key("end", job_id),
                 ],
                 args=[job_id, self._key("idem", "")],
@@ -425,3 +483,12 @@ class RedisStore:
         excess = self.redis.zcard(self._key("jobs")) - self.max_jobs
         if excess > 0:
             self._remove_many(self.redis.zrange(self._key("done"), 0, excess - 1))
+
+
+def _chunk(entry_id: bytes, fields: Mapping[bytes, bytes]) -> Chunk:
+    return Chunk(
+        index=int(entry_id.split(b"-")[0]),
+        stream=fields[b"s"].decode(),
+        offset=int(fields[b"o"]),
+        data=fields[b"d"],
+    )

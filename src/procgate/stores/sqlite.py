@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from procgate.errors import ConfigError, InvalidRequest, JobNotFound
 from procgate.jobs import (
+    Chunk,
+    Chunks,
     Job,
     JobPage,
     JobStatus,
@@ -42,27 +45,36 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner TEXT,
     idempotency_key TEXT,
     scope TEXT UNIQUE,  -- command + idempotency key: the constraint behind idempotency
-    cancel INTEGER NOT NULL DEFAULT 0
+    cancel INTEGER NOT NULL DEFAULT 0,
+    link TEXT,
+    callback_url TEXT,
+    callback_context TEXT,
+    callback TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_command ON jobs (command, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS output (
-    seq INTEGER PRIMARY KEY,
     job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,  -- the chunk's number: 1, 2, 3... per job, both streams
     stream INTEGER NOT NULL,  -- 0 stdout, 1 stderr
-    data BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS output_by_job ON output (job_id, seq);
+    off INTEGER NOT NULL,  -- where the data starts in its stream
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, beat REAL NOT NULL);
 """
 
 _COLUMNS = (
     "id, command, args, spec, status, returncode, error, stdout_truncated, stderr_truncated, "
-    "created_at, started_at, finished_at, owner, idempotency_key"
+    "created_at, started_at, finished_at, owner, idempotency_key, link, callback_url, "
+    "callback_context, callback"
 )
+#: Stored in the database; a file of another schema is refused rather than misread.
+SCHEMA_VERSION = 1
 _ACTIVE_SQL = "('queued', 'running')"
 _STREAMS = {"stdout": 0, "stderr": 1}
+_STREAM_NAMES = ("stdout", "stderr")
 
 # The class defines a method named ``list``; these keep the builtin usable in annotations.
 _Jobs = list[Job]
@@ -114,9 +126,24 @@ class SQLiteStore:
         directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
-            with self._db() as db:
+            with self._db(write=True) as db:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
+                db.execute("BEGIN IMMEDIATE")
+                (version,) = db.execute("PRAGMA user_version").fetchone()
+                fresh = (
+                    db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None
+                )
+                if fresh:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("COMMIT")
+            if not fresh and version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"schema version {version}, this procgate needs {SCHEMA_VERSION}: "
+                    "move the file away to start afresh"
+                )
         except (OSError, sqlite3.Error) as exc:
             self.close()
             raise ConfigError(f"cannot open SQLite store {path!r}: {exc}") from None
@@ -196,7 +223,7 @@ class SQLiteStore:
             self._evict(db)
         return job
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, *, output: bool = True) -> Job:
         with self._db() as db:
             self._evict(db)
             row = db.execute(
@@ -205,7 +232,7 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 raise JobNotFound(f"no job with id {job_id!r}")
-            return self._jobs(db, [row])[0]
+            return self._jobs(db, [row], output=output)[0]
 
     def list(
         self,
@@ -254,11 +281,39 @@ class SQLiteStore:
             return None
         return self.get(job_id)
 
-    def append_output(self, job_id: str, stream: str, data: bytes) -> None:
+    def append_output(self, job_id: str, chunk: Chunk) -> None:
         with self._db(write=True) as db:
             db.execute(
-                "INSERT INTO output (job_id, stream, data) VALUES (?, ?, ?)",
-                (job_id, _STREAMS[stream], data),
+                "INSERT INTO output (job_id, idx, stream, off, data) VALUES (?, ?, ?, ?, ?)",
+                (job_id, chunk.index, _STREAMS[chunk.stream], chunk.offset, chunk.data),
+            )
+        self._notify()
+
+    def read_output(self, job_id: str, after: int = 0) -> Chunks:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT idx, stream, off, data FROM output WHERE job_id = ? AND idx > ? "
+                "ORDER BY idx",
+                (job_id, after),
+            ).fetchall()
+        if not rows:
+            self._require(job_id)
+        return [Chunk(idx, _STREAM_NAMES[stream], off, data) for idx, stream, off, data in rows]
+
+    def wait_output(self, job_id: str, after: int, timeout: float) -> None:
+        """Wake on this process's writes; poll other processes' (1 ms growing to 50 ms)."""
+        self._poll(
+            "SELECT (SELECT status FROM jobs WHERE id = ?1), "
+            "EXISTS (SELECT 1 FROM output WHERE job_id = ?1 AND idx > ?2)",
+            (job_id, after),
+            job_id,
+            timeout,
+        )
+
+    def set_callback(self, job_id: str, state: Mapping[str, Any]) -> None:
+        with self._db(write=True) as db:
+            db.execute(
+                "UPDATE jobs SET callback = ? WHERE id = ?", (json.dumps(dict(state)), job_id)
             )
 
     def finish(self, job_id: str, outcome: Outcome) -> bool:
@@ -307,23 +362,27 @@ class SQLiteStore:
         process is seen within ``poll_interval`` seconds; one finished by this process
         (the usual case: the worker that took the request runs the job) at once.
         """
+        self._poll("SELECT status, 0 FROM jobs WHERE id = ?1", (job_id,), job_id, timeout)
+        return self.get(job_id)
+
+    def _poll(self, query: str, params: Sequence[Any], job_id: str, timeout: float) -> None:
+        """Run ``query`` (giving status, and whether there is news) until done or timeout."""
         deadline = time.monotonic() + timeout
         delay = 0.001
         with self._db() as db:
             while True:
                 with self._changed:
                     generation = self._generation
-                row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                if row is None:
+                row = db.execute(query, params).fetchone()
+                if row is None or row[0] is None:
                     raise JobNotFound(f"no job with id {job_id!r}")
                 remaining = deadline - time.monotonic()
-                if JobStatus(row[0]).finished or remaining <= 0 or self._closed:
-                    break
+                if JobStatus(row[0]).finished or row[1] or remaining <= 0 or self._closed:
+                    return
                 with self._changed:
                     if self._generation == generation:
                         self._changed.wait(min(delay, remaining))
                 delay = min(delay * 1.5, self.poll_interval)
-        return self.get(job_id)
 
     def _notify(self) -> None:
         """Wake this process's waiters: some job may have finished."""
@@ -399,7 +458,7 @@ class SQLiteStore:
         ).rowcount
 
     @staticmethod
-    def _jobs(db: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> _Jobs:
+    def _jobs(db: sqlite3.Connection, rows: Sequence[sqlite3.Row], *, output: bool = True) -> _Jobs:
         """Jobs for rows, with their output, read after the rows.
 
         A runner writes all output before it finishes a job, so a row read as finished
@@ -407,11 +466,14 @@ class SQLiteStore:
         """
         if not rows:
             return []
+        if not output:
+            return [job_from_record(dict(row)) for row in rows]
         ids = [row["id"] for row in rows]
         chunks: dict[tuple[str, int], list[bytes]] = {}
         marks = ", ".join("?" for _ in ids)
         for job_id, stream, data in db.execute(
-            f"SELECT job_id, stream, data FROM output WHERE job_id IN ({marks}) ORDER BY seq",
+            f"SELECT job_id, stream, data FROM output WHERE job_id IN ({marks}) "
+            "ORDER BY job_id, idx",
             ids,
         ):
             chunks.setdefault((job_id, stream), []).append(data)

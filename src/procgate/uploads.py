@@ -1,0 +1,106 @@
+"""File uploads: multipart requests, each file saved in a private per-job directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.utils import secure_filename
+
+from procgate.errors import InvalidRequest, ProcgateError
+
+_FIELD = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PLACEHOLDER = re.compile(r"\{file:([^{}]*)\}")
+
+
+class TooManyFiles(ProcgateError):
+    """More file parts than the Gate's ``max_files``."""
+
+    status = 413
+    code = "too_many_files"
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A multipart request: its JSON part, and where each file part was saved."""
+
+    body: dict[str, Any]
+    directory: str
+    paths: dict[str, str]  # field name -> absolute path of the saved file
+
+    def discard(self) -> None:
+        """Remove the directory: the job did not (or will no longer) use it."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def substitute(self, args: Sequence[str]) -> list[str]:
+        """Replace each ``{file:FIELD}`` in the args by that file's path."""
+
+        def path(match: re.Match[str]) -> str:
+            field = match.group(1)
+            if field not in self.paths:
+                raise InvalidRequest(f"args refer to {{file:{field}}}, but no such file was sent")
+            return self.paths[field]
+
+        return [_PLACEHOLDER.sub(path, arg) for arg in args]
+
+    def stdin_path(self, field: object) -> str | None:
+        """The file named by ``"stdin_file"``, if any."""
+        if field is None:
+            return None
+        if not isinstance(field, str) or field not in self.paths:
+            raise InvalidRequest("stdin_file must name a file part of the request")
+        return self.paths[field]
+
+
+def save_upload(
+    form: MultiDict[str, str], files: MultiDict[str, FileStorage], max_files: int
+) -> Upload:
+    """Read the ``request`` part as the job's JSON, and save every file part.
+
+    Files go to ``<new private dir>/<field>/<sanitised file name>``: a client picks
+    neither directory nor path (no traversal), only a file name that keeps its extension.
+    """
+    body = _request_part(form)
+    if len(files) > max_files:
+        raise TooManyFiles(f"at most {max_files} files per request")
+    directory = tempfile.mkdtemp(prefix="procgate-job-")  # mode 0700
+    paths: dict[str, str] = {}
+    try:
+        for field, storage in files.items(multi=True):
+            if not _FIELD.fullmatch(field):
+                raise InvalidRequest(
+                    f"file field {field!r} must be 1-64 letters, digits, '_' or '-'"
+                )
+            if field in paths:
+                raise InvalidRequest(f"file field {field!r} is sent twice")
+            name = secure_filename(storage.filename or "") or "upload"
+            os.mkdir(os.path.join(directory, field), 0o700)
+            path = os.path.join(directory, field, name)
+            storage.save(path)
+            paths[field] = path
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return Upload(body, directory, paths)
+
+
+def _request_part(form: Mapping[str, str]) -> dict[str, Any]:
+    text = form.get("request")
+    if text is None or not text.strip():
+        return {}
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(
+            f"the request part is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request part must be a JSON object", code="invalid_json")
+    return body

@@ -1,0 +1,240 @@
+"""Live output: raw follow, byte-offset polling and Server-Sent Events, on every store."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from procgate import Gate, JobStore, MemoryStore, SQLiteStore, ThreadRunner
+from procgate.stores.redis import RedisStore
+from tests.conftest import register_defaults, wait_for
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
+    if request.param == "memory":
+        return MemoryStore()
+    if request.param == "sqlite":
+        return SQLiteStore(str(tmp_path / "jobs.db"))
+    return RedisStore(request.getfixturevalue("redis_url"), prefix=f"{tmp_path.name}:")
+
+
+@pytest.fixture
+def client(store: JobStore) -> Iterator[Client]:
+    gate = register_defaults(Gate(store=store, runner=ThreadRunner(max_workers=4)))
+    gate.register("py", ["python3", "-c"], timeout=60, kill_grace=1)
+    yield Client(gate)
+    gate.close()
+
+
+def start(client: Client, *args: str, name: str = "sh") -> str:
+    response = client.post(f"/commands/{name}", json={"args": list(args)})
+    assert response.status_code == 202
+    return str(response.json["id"])
+
+
+def parse_sse(text: str) -> list[dict[str, Any]]:
+    """Events as dicts: id, event, data (decoded JSON); comments are skipped."""
+    events = []
+    for block in text.split("\n\n"):
+        fields: dict[str, Any] = {}
+        for line in block.splitlines():
+            if line.startswith(":") or not line:
+                continue
+            key, _, value = line.partition(": ")
+            fields[key] = value
+        if fields:
+            fields["data"] = json.loads(fields["data"])
+            events.append(fields)
+    return events
+
+
+class Follower:
+    """Reads a streaming response on a thread, recording what arrives and when."""
+
+    def __init__(
+        self,
+        client: Client,
+        url: str,
+        headers: dict[str, str] | None = None,
+        hang_up_after: int | None = None,
+    ) -> None:
+        self.hang_up_after = hang_up_after
+        self.parts: list[bytes] = []
+        self.done = threading.Event()
+        self.response = client.get(url, buffered=False, headers=headers or {})
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        """Like a server thread: read, and close the response from the same thread."""
+        try:
+            for part in self.response.response:
+                self.parts.append(part)
+                if self.hang_up_after is not None and len(self.parts) >= self.hang_up_after:
+                    break
+        finally:
+            self.response.close()
+            self.done.set()
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def test_follow_stdout_streams_while_running(client: Client) -> None:
+    """?follow=1 sends output as it is written, and ends when the job ends."""
+    job_id = start(client, "echo one; sleep 0.5; echo two >&2; echo three; sleep 0.3")
+    follower = Follower(client, f"/jobs/{job_id}/stdout?follow=1")
+    assert follower.response.status_code == 200
+    assert follower.response.mimetype == "application/octet-stream"
+    wait_for(lambda: follower.data == b"one\n")
+    assert not follower.done.is_set()
+    assert follower.done.wait(10)
+    assert follower.data == b"one\nthree\n"
+
+
+def test_follow_after_the_end_gets_everything_at_once(client: Client) -> None:
+    """A follower connecting after the job ended gets all output and the end at once."""
+    job_id = start(client, "echo a; echo b >&2")
+    client.get(f"/jobs/{job_id}?wait=10")
+    started = time.monotonic()
+    data = client.get(f"/jobs/{job_id}/stderr?follow=1").data
+    assert data == b"b\n"
+    assert time.monotonic() - started < 2
+
+
+def test_follow_unknown_job_is_404(client: Client) -> None:
+    """Following a job that does not exist is a JSON 404, not an empty stream."""
+    assert client.get("/jobs/nope/stdout?follow=1").status_code == 404
+    assert client.get("/jobs/nope/events").status_code == 404
+    assert client.get("/jobs/nope/output").status_code == 404
+
+
+def test_output_by_offset(client: Client) -> None:
+    """?offset= returns the bytes from there, the next offset and whether it is complete."""
+    job_id = start(client, "printf 12345; sleep 0.5; printf 678")
+    wait_for(lambda: client.get(f"/jobs/{job_id}/output").data == b"12345")
+    first = client.get(f"/jobs/{job_id}/output?stream=stdout&offset=0")
+    assert first.data == b"12345"
+    assert first.headers["X-Output-Offset"] == "5"
+    assert first.headers["X-Output-Complete"] == "false"
+    nothing = client.get(f"/jobs/{job_id}/output?offset=5")
+    assert nothing.data == b""
+    assert nothing.headers["X-Output-Offset"] == "5"
+    later = client.get(f"/jobs/{job_id}/output?offset=5&wait=10")  # long-polls for news
+    assert later.data == b"678"
+    client.get(f"/jobs/{job_id}?wait=10")
+    final = client.get(f"/jobs/{job_id}/output?offset=3")
+    assert final.data == b"45678"
+    assert final.headers["X-Output-Offset"] == "8"
+    assert final.headers["X-Output-Complete"] == "true"
+    assert final.headers["X-Job-Status"] == "succeeded"
+    assert client.get(f"/jobs/{job_id}/output?stream=stderr").data == b""
+    assert client.get(f"/jobs/{job_id}/output?stream=both").status_code == 400
+    assert client.get(f"/jobs/{job_id}/output?offset=-1").status_code == 400
+
+
+def test_events_stream(client: Client) -> None:
+    """SSE: status events, output events in order across streams, then the whole job."""
+    script = "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; exit 3"
+    job_id = start(client, script)
+    response = client.get(f"/jobs/{job_id}/events")
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    events = parse_sse(response.get_data(as_text=True))
+    names = [e["event"] for e in events]
+    assert names[-1] == "end"
+    statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
+    assert statuses[-1] == "failed"
+    assert "running" in statuses
+    outputs = [e["data"] for e in events if e["event"] == "output"]
+    assert [(o["stream"], o["data"]) for o in outputs] == [
+        ("stdout", "out1\n"),
+        ("stderr", "err1\n"),
+        ("stdout", "out2\n"),
+    ]
+    assert [o["offset"] for o in outputs] == [0, 0, 5]
+    assert [int(e["id"]) for e in events if e["event"] == "output"] == [1, 2, 3]
+    end = events[-1]["data"]
+    assert end["status"] == "failed"
+    assert end["returncode"] == 3
+    assert end["stdout"] == "out1\nout2\n"
+    assert end["stdout_truncated"] is False
+    assert end["error"] is None
+
+
+def test_events_resume_without_gaps_or_repeats(client: Client) -> None:
+    """Reconnecting with Last-Event-ID sends only the chunks after that id."""
+    job_id = start(client, "for i in 1 2 3 4 5; do echo $i; done")
+    client.get(f"/jobs/{job_id}?wait=10")
+    chunks = client.get(f"/jobs/{job_id}/output").data
+    all_events = parse_sse(client.get(f"/jobs/{job_id}/events").get_data(as_text=True))
+    outputs = [e for e in all_events if e["event"] == "output"]
+    assert "".join(e["data"]["data"] for e in outputs).encode() == chunks
+    middle = outputs[0]["id"]
+    resumed = parse_sse(
+        client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": middle}).get_data(
+            as_text=True
+        )
+    )
+    again = [e for e in resumed if e["event"] == "output"]
+    assert [e["id"] for e in again] == [e["id"] for e in outputs[1:]]
+    assert resumed[-1]["event"] == "end"
+    by_query = parse_sse(
+        client.get(f"/jobs/{job_id}/events?last_event_id={outputs[-1]['id']}").get_data(
+            as_text=True
+        )
+    )
+    assert [e["event"] for e in by_query] == ["status", "end"]
+    bad = client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": "x"})
+    assert bad.status_code == 400
+
+
+def test_events_binary_output_is_base64(client: Client) -> None:
+    """Output that is not UTF-8 travels base64 in its event, marked so."""
+    job_id = start(client, "printf '\\377\\376'")
+    events = parse_sse(client.get(f"/jobs/{job_id}/events").get_data(as_text=True))
+    output = next(e["data"] for e in events if e["event"] == "output")
+    assert output["encoding"] == "base64"
+    assert base64.b64decode(output["data"]) == b"\xff\xfe"
+
+
+def test_events_live_then_cancel(client: Client) -> None:
+    """A live SSE follower sees output as it comes and the cancel at the end."""
+    job_id = start(client, "echo started; sleep 100")
+    follower = Follower(client, f"/jobs/{job_id}/events")
+    wait_for(lambda: b"started" in follower.data)
+    client.delete(f"/jobs/{job_id}")
+    assert follower.done.wait(10)
+    events = parse_sse(follower.data.decode())
+    assert events[-1]["event"] == "end"
+    assert events[-1]["data"]["status"] == "cancelled"
+
+
+def test_disconnected_follower_releases_and_blocks_nothing(client: Client) -> None:
+    """A follower that goes away mid-stream holds nothing; the job runs on unhindered."""
+    job_id = start(client, "for i in $(seq 1 50); do echo line $i; sleep 0.01; done")
+    follower = Follower(client, f"/jobs/{job_id}/stdout?follow=1", hang_up_after=1)
+    assert follower.done.wait(10)
+    job = client.get(f"/jobs/{job_id}?wait=20").json
+    assert job["status"] == "succeeded"
+    assert job["stdout"].count("line") == 50
+
+
+def test_many_followers(client: Client) -> None:
+    """Twenty followers of one job all receive the same bytes."""
+    job_id = start(client, "for i in $(seq 1 20); do echo $i; sleep 0.02; done")
+    followers = [Follower(client, f"/jobs/{job_id}/stdout?follow=1") for _ in range(20)]
+    for follower in followers:
+        assert follower.done.wait(20)
+    expected = "".join(f"{i}\n" for i in range(1, 21)).encode()
+    assert {f.data for f in followers} == {expected}

@@ -1,0 +1,144 @@
+"""File uploads: multipart requests, placeholders, stdin files, limits, cleanup."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import Client, stream_encode_multipart
+
+from procgate import Gate
+from tests.conftest import make_runner, wait_for
+
+
+@pytest.fixture
+def uploads_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where the Gate makes its per-job directories (the temporary directory)."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
+@pytest.fixture
+def client(runner_kind: str, uploads_dir: Path) -> Iterator[Client]:
+    gate = Gate(runner=make_runner(runner_kind), max_upload=1 << 20, max_files=3)
+    gate.register("show", 'echo "$1"; cat "$1"', shell=True)
+    gate.register("cat", ["cat"])
+    gate.register("sleep", 'sleep "$1"', shell=True, kill_grace=0.5)
+    yield Client(gate)
+    gate.close()
+
+
+def post(client: Client, name: str, request: Any = None, **files: Any) -> Any:
+    data: dict[str, Any] = {}
+    if request is not None:
+        data["request"] = json.dumps(request) if not isinstance(request, str) else request
+    data.update(files)
+    return client.post(f"/commands/{name}", data=data, content_type="multipart/form-data")
+
+
+def test_file_placeholder_in_args(client: Client, uploads_dir: Path) -> None:
+    """{file:FIELD} becomes the saved file's path, with its (sanitised) name and extension."""
+    response = post(
+        client,
+        "show",
+        {"args": ["{file:video}"], "wait": True},
+        video=(io.BytesIO(b"\x00frames"), "../../etc/clip.mp4"),
+    )
+    assert response.status_code == 200, response.json
+    job = response.json
+    path, _, content = job["stdout"].partition("\n")
+    assert path.startswith(str(uploads_dir))
+    assert path.endswith("/video/etc_clip.mp4")
+    assert content == "\x00frames" or job["encoding"] == "base64"
+    assert job["args"] == ["{file:video}"]
+    assert list(uploads_dir.iterdir()) == []  # removed when the job ended
+
+
+def test_stdin_file(client: Client, uploads_dir: Path) -> None:
+    """ "stdin_file" feeds a file part to the command's stdin."""
+    big = b"line\n" * 100_000
+    response = post(
+        client, "cat", {"stdin_file": "input", "wait": True}, input=(io.BytesIO(big), "in.txt")
+    )
+    assert response.status_code == 200
+    assert client.get(f"/jobs/{response.json['id']}/stdout").data == big
+    assert list(uploads_dir.iterdir()) == []
+
+
+def test_directory_removed_whatever_the_outcome(
+    client: Client, uploads_dir: Path, runner_kind: str
+) -> None:
+    """Failed, timed out and cancelled jobs leave no files behind either."""
+    failed = post(client, "show", {"args": ["{file:f}x"], "wait": True}, f=(io.BytesIO(b"1"), "a"))
+    assert failed.json["status"] == "failed"
+    assert list(uploads_dir.iterdir()) == []
+    if runner_kind == "sync":
+        return
+    running = post(client, "sleep", {"args": ["30"]}, f=(io.BytesIO(b"1"), "a"))
+    job_id = running.json["id"]
+    wait_for(lambda: client.get(f"/jobs/{job_id}").json["status"] == "running")
+    assert len(list(uploads_dir.iterdir())) == 1
+    client.delete(f"/jobs/{job_id}?wait=10")
+    wait_for(lambda: not list(uploads_dir.iterdir()))
+
+
+@pytest.mark.parametrize(
+    ("request_part", "files", "status", "code"),
+    [
+        ({"args": ["{file:nope}"]}, {"f": "a"}, 400, "invalid_request"),
+        ({"stdin_file": "nope"}, {"f": "a"}, 400, "invalid_request"),
+        ({"stdin_file": "f", "stdin": "x"}, {"f": "a"}, 400, "invalid_request"),
+        ("{broken", {"f": "a"}, 400, "invalid_json"),
+        ("[1]", {"f": "a"}, 400, "invalid_json"),
+        ({"argz": []}, {"f": "a"}, 400, "unknown_field"),
+        ({}, {"bad/name": "a"}, 400, "invalid_request"),
+        ({}, {"a": "1", "b": "2", "c": "3", "d": "4"}, 413, "too_many_files"),
+    ],
+)
+def test_bad_uploads_are_refused_and_cleaned(
+    client: Client,
+    uploads_dir: Path,
+    request_part: Any,
+    files: dict[str, str],
+    status: int,
+    code: str,
+) -> None:
+    """Bad multipart requests get a JSON 4xx, run nothing and leave no files."""
+    parts = {name: (io.BytesIO(content.encode()), "x.txt") for name, content in files.items()}
+    response = post(client, "show", request_part, **parts)
+    assert response.status_code == status, response.json
+    assert response.json["error"]["code"] == code
+    assert client.get("/jobs").json["jobs"] == []
+    assert list(uploads_dir.iterdir()) == []
+
+
+def test_upload_over_limit_is_413(client: Client, uploads_dir: Path) -> None:
+    """A multipart body over max_upload is refused with 413."""
+    # Encoded in memory: werkzeug's test client would spool a body this big to a
+    # temporary file that it never closes when the app does not read it all.
+    stream, _, boundary = stream_encode_multipart(
+        {"f": FileStorage(io.BytesIO(b"x" * (2 << 20)), "big", "f")}, use_tempfile=False
+    )
+    response = client.post(
+        "/commands/show",
+        data=stream.getvalue(),
+        content_type=f"multipart/form-data; boundary={boundary}",
+    )
+    assert response.status_code == 413
+    assert response.json["error"]["code"] == "request_entity_too_large"
+    assert list(uploads_dir.iterdir()) == []
+
+
+def test_json_requests_keep_their_small_limit(client: Client) -> None:
+    """max_upload applies to multipart only: a JSON body still has max_body."""
+    gate_limit = 1 << 20
+    response = client.post("/commands/cat", json={"stdin": "x" * (gate_limit + 10)})
+    assert response.status_code == 413
