@@ -475,7 +475,7 @@ def test_closed_runner_is_503(runner_kind: str) -> None:
 class BrokenStore(MemoryStore):
     """A store whose reads fail: stands in for a bug."""
 
-    def get(self, job_id: str) -> Any:
+    def get(self, job_id: str, *, output: bool = True) -> Any:
         raise RuntimeError("secret internals")
 
 

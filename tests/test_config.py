@@ -98,7 +98,7 @@ description = "relative paths"
         ("[server\n", "invalid TOML"),
         ("[nonsense]\n", "unknown section"),
         ("[server]\nhots = 1\n", "unknown key(s) hots"),
-        ("[commands.x]\nargs = ['echo']\n", "unknown key(s) args"),
+        ("[commands.x]\nargz = ['echo']\n", "unknown key(s) argz"),
         ("[commands.x]\ntimeout = 1\n", "needs argv"),
         ("[commands.x]\nargv = ['no-such-program-xyz']\n", "not found"),
         ("[commands.x]\nargv = []\n", "non-empty list"),

@@ -11,6 +11,7 @@ import math
 import os
 import shlex
 import shutil
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +19,19 @@ from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 from werkzeug.routing import Map, MapAdapter, Rule
 from werkzeug.wrappers import Request, Response
 
-from procgate import streaming
+from procgate import audit, streaming
+from procgate.auth import (
+    Token,
+    Tokens,
+    check_signature,
+    client_address,
+    parse_networks,
+    require_address,
+)
 from procgate.callbacks import Delivery, Notifier, check_callback_url
 from procgate.commands import (
     DEFAULT_KILL_GRACE,
     DEFAULT_MAX_OUTPUT,
-    DEFAULT_TIMEOUT,
     SHELL,
     Command,
     child_env,
@@ -35,9 +43,12 @@ from procgate.errors import (
     Forbidden,
     InvalidRequest,
     JobNotFound,
+    PayloadTooLarge,
     ProcgateError,
+    RateLimited,
     RunnerBusy,
     RunnerClosed,
+    TooManyRunning,
     UnknownCommand,
 )
 from procgate.jobs import Job, JobStatus, Spec, job_to_json, new_job_id
@@ -72,6 +83,13 @@ _RUN_FIELDS = _JOB_FIELDS | {"shell"}
 _MAX_LIST = 1000
 
 
+class _Request(Request):
+    """A request, with who sent it: the client address and the bearer token, if any."""
+
+    client: str = ""
+    token: Token | None = None
+
+
 class Gate:
     """A WSGI application that runs registered commands as jobs.
 
@@ -98,6 +116,13 @@ class Gate:
         callback_attempts: int = 5,  # tries per callback before it is marked failed
         callback_backoff: float = 1.0,  # seconds before the first retry; doubles each time
         callback_timeout: float = 10.0,  # seconds per attempt
+        tokens: Iterable[Token] | None = None,  # bearer tokens; None: no authentication
+        allow_ips: Iterable[str] = (),  # CIDRs that may call at all; empty: any
+        trusted_proxies: Iterable[str] = (),  # CIDRs whose X-Forwarded-For is believed
+        max_args: int = 1000,  # args per request
+        max_arg_length: int = 1 << 16,  # characters per arg
+        max_stdin: int | None = None,  # bytes of stdin (text, base64 or stdin_file)
+        max_running: int | None = None,  # jobs queued or running at once, all commands
     ) -> None:
         if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
             raise ConfigError("max_body must be a positive number of bytes")
@@ -132,6 +157,13 @@ class Gate:
             backoff=callback_backoff,
             timeout=callback_timeout,
         )
+        self.tokens = Tokens(tokens) if tokens is not None else None
+        self.allow_ips = parse_networks(allow_ips, "allow_ips")
+        self.trusted_proxies = parse_networks(trusted_proxies, "trusted_proxies")
+        self.max_args = max_args
+        self.max_arg_length = max_arg_length
+        self.max_stdin = max_stdin
+        self.max_running = max_running
         self._finish_hooks: list[FinishCallback] = []
         self._command_hooks: dict[str, FinishCallback] = {}
         self.url_map = Map(
@@ -158,40 +190,24 @@ class Gate:
         name: str,
         argv: Sequence[str] | str,
         *,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        max_output: int = DEFAULT_MAX_OUTPUT,
-        env: Mapping[str, str] | None = None,
-        allow_env: Iterable[str] = (),
-        cwd: str | None = None,
-        shell: bool = False,
-        description: str = "",
-        kill_grace: float = DEFAULT_KILL_GRACE,
         on_finish: FinishCallback | None = None,
+        **policy: Any,
     ) -> Command:
         """Make ``POST /commands/<name>`` run ``argv`` plus the request's args.
 
         The program is resolved now: a missing one raises ``ConfigError`` at startup, not a
-        500 later. ``timeout`` (seconds, None for none) is the most a request may ask for;
-        ``max_output`` is bytes kept per stream; ``env`` is added to the child's minimal
-        environment and ``allow_env`` lists the keys a request may set. With ``shell=True``,
-        ``argv`` is a script for ``/bin/sh -c`` and request args are its ``$1``, ``$2``...
-        ``on_finish(job, callback_context)`` is called once for each finished job of this
-        command, like the hooks of ``Gate.on_finish``.
+        500 later. ``policy`` is the command's policy, as ``procgate.commands.make_command``
+        takes it: ``timeout`` (seconds, None for none; the most a request may ask for),
+        ``max_output`` (bytes kept per stream), ``env`` and ``allow_env``, ``cwd``,
+        ``shell`` (``argv`` is then a script whose ``$1``... are the request args),
+        ``kill_grace``, ``args``/``options``/``dashdash`` (the argument policy),
+        ``allow_ips``, ``hmac_secret``/``webhook``, ``max_running``, ``max_rate``,
+        ``limits`` (rlimits), ``user``/``group``. ``on_finish(job, callback_context)`` is
+        called once for each finished job of this command, like ``Gate.on_finish`` hooks.
         """
         if name in self.commands:
             raise ConfigError(f"command {name!r} is already registered")
-        command = make_command(
-            name,
-            argv,
-            timeout=timeout,
-            max_output=max_output,
-            env=env,
-            allow_env=allow_env,
-            cwd=cwd,
-            shell=shell,
-            description=description,
-            kill_grace=kill_grace,
-        )
+        command = make_command(name, argv, **policy)
         self.commands[name] = command
         if on_finish is not None:
             self._command_hooks[name] = on_finish
@@ -219,7 +235,7 @@ class Gate:
         return self.wsgi_app(environ, start_response)
 
     def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        request = Request(environ)
+        request = _Request(environ)
         uploading = request.mimetype == "multipart/form-data"
         request.max_content_length = self.max_upload if uploading else self.max_body
         request.max_form_memory_size = self.max_body  # the non-file parts
@@ -230,11 +246,22 @@ class Gate:
             request.close()  # spooled upload files: saved to the job's directory by now
         return response(environ, start_response)
 
-    def dispatch(self, request: Request) -> Response:
-        """Route a request to its ``on_<endpoint>`` handler; every error becomes JSON."""
+    def dispatch(self, request: _Request) -> Response:
+        """Route a request to its ``on_<endpoint>`` handler; every error becomes JSON.
+
+        Before the handler: the client address is worked out (``trusted_proxies``), checked
+        against ``allow_ips``, and the bearer token identified. ``GET /health`` is open to
+        all, for load balancers.
+        """
         adapter = self.url_map.bind_to_environ(request.environ)
         try:
             endpoint, values = adapter.match()
+            request.client = client_address(
+                request.remote_addr, request.headers.get("X-Forwarded-For"), self.trusted_proxies
+            )
+            if endpoint != "health":
+                require_address(request.client, self.allow_ips, "this server")
+                request.token = self._authenticate(request, endpoint, values)
             handler = getattr(self, f"on_{endpoint}")
             response: Response = handler(request, adapter, **values)
         except (HTTPException, ProcgateError) as exc:
@@ -255,6 +282,9 @@ class Gate:
             retry_after = getattr(exc, "retry_after", None)
             if retry_after is not None:
                 response.headers["Retry-After"] = str(retry_after)
+            challenge = getattr(exc, "challenge", None)
+            if challenge is not None:
+                response.headers["WWW-Authenticate"] = challenge
             return response
         original = exc.get_response(request.environ)
         code = _snake((exc.name or "error").lower())
@@ -272,15 +302,23 @@ class Gate:
     def on_health(self, request: Request, adapter: MapAdapter) -> Response:
         return _json({"status": "ok"})
 
-    def on_commands(self, request: Request, adapter: MapAdapter) -> Response:
-        return _json({"commands": [c.to_json() for c in self.commands.values()]})
+    def on_commands(self, request: _Request, adapter: MapAdapter) -> Response:
+        visible = [c for c in self.commands.values() if self._shows(request, c.name)]
+        return _json({"commands": [c.to_json() for c in visible]})
 
-    def on_command(self, request: Request, adapter: MapAdapter, name: str) -> Response:
+    def on_command(self, request: _Request, adapter: MapAdapter, name: str) -> Response:
         command = self.commands.get(name)
-        if command is None:
+        if command is None or (request.method != "POST" and not self._shows(request, name)):
             raise UnknownCommand(f"no command named {name!r}")
         if request.method != "POST":  # GET, and the HEAD werkzeug adds to it
             return _json(command.to_json())
+        require_address(request.client, command.allow_ips, f"command {name!r}")
+        if command.hmac_secret is not None:
+            check_signature(command.hmac_secret, request.get_data(), request.headers)
+        else:
+            self._may_run(request, name)
+        if command.webhook:
+            return self._webhook(command, request, adapter)
         upload = None
         if request.mimetype == "multipart/form-data":
             upload = save_upload(request.form, request.files, self.max_files)
@@ -289,7 +327,7 @@ class Gate:
             body = _json_body(request)
         try:
             _check_fields(body, _UPLOAD_FIELDS if upload is not None else _JOB_FIELDS)
-            args = _string_list(body.get("args", []), "args")
+            args = self._args(body.get("args", []))
             spec = command.spec(
                 upload.substitute(args) if upload is not None else args,
                 env=_env(body.get("env")),
@@ -301,14 +339,16 @@ class Gate:
                 if stdin_path is not None and spec.stdin:
                     raise InvalidRequest("send stdin or stdin_file, not both")
                 spec = dataclasses.replace(spec, stdin_path=stdin_path, files_dir=upload.directory)
+            self._check_stdin(spec)
             job = Job(id=new_job_id(), command=name, args=tuple(args), spec=spec)
         except BaseException:
             if upload is not None:
                 upload.discard()
             raise
-        return self._launch(job, body, request, adapter)
+        return self._launch(job, body, request, adapter, command)
 
-    def on_run(self, request: Request, adapter: MapAdapter) -> Response:
+    def on_run(self, request: _Request, adapter: MapAdapter) -> Response:
+        self._may_run(request, None)
         if not (self.allowed_programs or self.allow_any_program or self.allow_shell):
             raise Forbidden(
                 "raw mode is off: build the Gate with allow_programs=[...], "
@@ -332,11 +372,13 @@ class Gate:
                 raise Forbidden("shell mode is off on this server", code="shell_not_allowed")
             if not isinstance(raw, str) or not raw.strip():
                 raise InvalidRequest("with shell, args must be a non-empty command string")
-            _check_text(raw, "args")
+            self._args([raw])
             args: list[str] = [raw]
             argv: tuple[str, ...] = (SHELL, "-c", raw)
         else:
-            args = _split(raw)
+            args = self._args(_split(raw))
+            if not args:
+                raise InvalidRequest("args must name a program")
             argv = (self._allowed_program(args[0]), *args[1:])
         timeout = _timeout(body.get("timeout"))
         if timeout is not None and self.run_timeout is not None and timeout > self.run_timeout:
@@ -352,10 +394,11 @@ class Gate:
             max_output=self.run_max_output,
             kill_grace=DEFAULT_KILL_GRACE,
         )
+        self._check_stdin(spec)
         job = Job(id=new_job_id(), command=None, args=tuple(args), spec=spec)
-        return self._launch(job, body, request, adapter)
+        return self._launch(job, body, request, adapter, None)
 
-    def on_jobs(self, request: Request, adapter: MapAdapter) -> Response:
+    def on_jobs(self, request: _Request, adapter: MapAdapter) -> Response:
         status = request.args.get("status")
         try:
             wanted = JobStatus(status) if status is not None else None
@@ -365,20 +408,24 @@ class Gate:
                 + ", ".join(s.value for s in JobStatus)
             ) from None
         limit = _int_arg(request, "limit", 100, 1, _MAX_LIST)
+        token = request.token
         page = self.store.list(
             status=wanted,
             command=request.args.get("command"),
             limit=limit,
             cursor=request.args.get("cursor"),
+            token=None if token is None or token.admin else token.id,
         )
         return _json(
             {"jobs": [self._job_json(job, adapter) for job in page.jobs], "next": page.next}
         )
 
-    def on_job(self, request: Request, adapter: MapAdapter, job_id: str) -> Response:
+    def on_job(self, request: _Request, adapter: MapAdapter, job_id: str) -> Response:
         wait = self._wait(request, {})
+        job = self._visible(request, job_id)
         if request.method == "DELETE":
-            job = self.store.get(job_id, output=False)
+            if request.token is not None and request.token.read_only:
+                raise Forbidden(f"token {request.token.id!r} is read-only")
             if job.status.finished and self.store.delete(job_id):
                 if job.spec.files_dir is not None:  # cancelled before a runner cleaned up
                     shutil.rmtree(job.spec.files_dir, ignore_errors=True)
@@ -386,6 +433,7 @@ class Gate:
                 del response.headers["Content-Type"]  # there is no content
                 return response
             job = self.store.cancel(job_id)
+            audit.record("cancel_requested", job)
             if wait:
                 job = self.store.wait(job_id, wait)
             return _json(self._job_json(job, adapter), 202)
@@ -393,10 +441,10 @@ class Gate:
         return _json(self._job_json(job, adapter))
 
     def on_output(
-        self, request: Request, adapter: MapAdapter, job_id: str, stream: str
+        self, request: _Request, adapter: MapAdapter, job_id: str, stream: str
     ) -> Response:
+        self._visible(request, job_id)  # a 404 now, not an empty stream
         if _flag(request, "follow"):
-            self.store.get(job_id, output=False)  # a 404 now, not an empty stream
             return Response(
                 streaming.follow(self.store, job_id, stream),
                 mimetype="application/octet-stream",
@@ -412,8 +460,9 @@ class Gate:
         response.headers["X-Output-Truncated"] = "true" if truncated else "false"
         return response
 
-    def on_output_from(self, request: Request, adapter: MapAdapter, job_id: str) -> Response:
+    def on_output_from(self, request: _Request, adapter: MapAdapter, job_id: str) -> Response:
         """Polling by byte offset, like Jenkins' progressive log and Rundeck's output API."""
+        self._visible(request, job_id)
         stream = request.args.get("stream", "stdout")
         if stream not in ("stdout", "stderr"):
             raise InvalidRequest("stream must be stdout or stderr")
@@ -425,14 +474,14 @@ class Gate:
         response.headers["X-Job-Status"] = part.job.status.value
         return response
 
-    def on_events(self, request: Request, adapter: MapAdapter, job_id: str) -> Response:
+    def on_events(self, request: _Request, adapter: MapAdapter, job_id: str) -> Response:
         """Server-Sent Events; ``Last-Event-ID`` (or ``?last_event_id=``) resumes."""
         text = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
         try:
             last = int(text)
         except ValueError:
             raise InvalidRequest("Last-Event-ID must be an event id from this stream") from None
-        self.store.get(job_id, output=False)  # a 404 now, not an empty stream
+        self._visible(request, job_id)  # a 404 now, not an empty stream
         response = Response(
             streaming.events(
                 self.store, job_id, lambda job: self._job_json(job, adapter), max(0, last)
@@ -445,6 +494,114 @@ class Gate:
         return response
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _authenticate(
+        self, request: _Request, endpoint: str, values: Mapping[str, Any]
+    ) -> Token | None:
+        """The request's token; None when auth is off or a signature stands in for it."""
+        if self.tokens is None:
+            return None
+        if endpoint == "command" and request.method == "POST":
+            command = self.commands.get(str(values.get("name")))
+            if command is not None and command.hmac_secret is not None:
+                return None  # on_command checks the signature
+        return self.tokens.identify(request.headers.get("Authorization"))
+
+    def _shows(self, request: _Request, name: str) -> bool:
+        """Whether the request's token may see a command (all, without auth)."""
+        token = request.token
+        if token is None or token.admin or token.read_only or token.commands is None:
+            return True
+        return name in token.commands
+
+    def _may_run(self, request: _Request, name: str | None) -> None:
+        """``Forbidden`` unless the token may run the command (``None``: raw mode)."""
+        token = request.token
+        if self.tokens is None or token is None:
+            return
+        if token.read_only:
+            raise Forbidden(f"token {token.id!r} is read-only")
+        if name is None and not token.admin:
+            raise Forbidden(f"token {token.id!r} may not use POST /run (admin only)")
+        if name is not None and not token.may_run(name):
+            raise Forbidden(f"token {token.id!r} may not run {name!r}")
+
+    def _visible(self, request: _Request, job_id: str) -> Job:
+        """The job, if the token may see it: its own, or any for admins (404 otherwise)."""
+        job = self.store.get(job_id, output=False)
+        token = request.token
+        if self.tokens is not None and not (
+            token is not None and (token.admin or job.token_id == token.id)
+        ):
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job
+
+    def _args(self, value: Any) -> list[str]:
+        args = _string_list(value, "args")
+        if len(args) > self.max_args:
+            raise InvalidRequest(f"at most {self.max_args} args per request")
+        for index, arg in enumerate(args, 1):
+            if len(arg) > self.max_arg_length:
+                raise InvalidRequest(
+                    f"argument {index} is longer than {self.max_arg_length} characters"
+                )
+        return args
+
+    def _check_stdin(self, spec: Spec) -> None:
+        if self.max_stdin is None:
+            return
+        size = len(spec.stdin)
+        if spec.stdin_path is not None:
+            size = os.path.getsize(spec.stdin_path)
+        if size > self.max_stdin:
+            raise PayloadTooLarge(f"stdin is limited to {self.max_stdin} bytes")
+
+    def _check_capacity(self, command: Command | None) -> None:
+        """429 when the Gate or the command has its ``max_running`` or ``max_rate`` reached.
+
+        Counted in the store, so the limits hold across worker processes and hosts, to
+        within the requests that race past the count together.
+        """
+        if self.max_running is not None and self.store.count(active=True) >= self.max_running:
+            raise TooManyRunning(f"{self.max_running} jobs are already queued or running")
+        if command is None:
+            return
+        if (
+            command.max_running is not None
+            and self.store.count(command=command.name, active=True) >= command.max_running
+        ):
+            raise TooManyRunning(
+                f"command {command.name!r} already has {command.max_running} jobs queued or running"
+            )
+        rate = command.max_rate
+        if rate is not None:
+            since = time.time() - rate.window
+            if self.store.count(command=command.name, since=since) >= rate.count:
+                raise RateLimited(
+                    f"command {command.name!r} is limited to {rate.text}",
+                    retry_after=max(1, math.ceil(rate.window / rate.count)),
+                )
+
+    def _webhook(self, command: Command, request: _Request, adapter: MapAdapter) -> Response:
+        """A signed webhook: its raw body (any format) is the job's stdin, no args.
+
+        The event's name and delivery id (GitHub, Gitea, GitLab headers) are passed as
+        ``PROCGATE_EVENT`` and ``PROCGATE_DELIVERY``.
+        """
+        env = {}
+        for header in ("X-GitHub-Event", "X-Gitea-Event", "X-Gitlab-Event"):
+            if header in request.headers:
+                env["PROCGATE_EVENT"] = request.headers[header]
+        for header in ("X-GitHub-Delivery", "X-Gitea-Delivery", "X-Gitlab-Event-UUID"):
+            if header in request.headers:
+                env["PROCGATE_DELIVERY"] = request.headers[header]
+        for key, value in env.items():
+            _check_text(value, key)
+        spec = command.spec([], env={}, stdin=request.get_data(), timeout=None)
+        spec = dataclasses.replace(spec, env={**spec.env, **env})
+        self._check_stdin(spec)
+        job = Job(id=new_job_id(), command=command.name, args=(), spec=spec)
+        return self._launch(job, {}, request, adapter, command)
 
     def _job_finished(self, job_id: str) -> None:
         """A job finished: run the Python hooks, then queue its HTTP callback."""
@@ -470,7 +627,12 @@ class Gate:
             )
 
     def _launch(
-        self, job: Job, body: Mapping[str, Any], request: Request, adapter: MapAdapter
+        self,
+        job: Job,
+        body: Mapping[str, Any],
+        request: _Request,
+        adapter: MapAdapter,
+        command: Command | None,
     ) -> Response:
         """Store the job, hand it to the runner, and answer 200 (finished) or 202.
 
@@ -483,8 +645,11 @@ class Gate:
             callback_url = body.get("callback_url")
             if callback_url is not None:
                 callback_url = check_callback_url(callback_url, self.callback_allow)
+            self._check_capacity(command)
             job = dataclasses.replace(
                 job,
+                token_id=request.token.id if request.token is not None else None,
+                client=request.client or None,
                 owner=self.runner.owner,
                 idempotency_key=_idempotency_key(body),
                 link=self._job_url(job.id, adapter),
@@ -501,6 +666,7 @@ class Gate:
         if replayed and files_dir is not None:
             shutil.rmtree(files_dir, ignore_errors=True)  # the stored job has its own files
         if not replayed:
+            audit.record("queued", stored)
             try:
                 self.runner.submit(job.id)
             except (RunnerBusy, RunnerClosed):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from procgate.auth import hash_token
 from procgate.config import Config, read_config
 from procgate.errors import ConfigError
 
@@ -33,7 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check = commands.add_parser("check", help="validate a config file and list its commands")
     check.add_argument("--config", required=True, help="path of the TOML config file")
+    token = commands.add_parser(
+        "token", help="make a new bearer token and print it with its [[auth.tokens]] entry"
+    )
+    token.add_argument("--id", required=True, help="the token's id (shown in the audit log)")
     options = parser.parse_args(argv)
+    if options.action == "token":
+        return _token(options.id)
     try:
         config = read_config(options.config)
         if options.action == "check":
@@ -42,6 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"procgate: error: {exc.message}", file=sys.stderr)
         return 2
+
+
+def _token(token_id: str) -> int:
+    secret = secrets.token_urlsafe(32)
+    print(f"token: {secret}")
+    print("# give the token to its user; put only this in the config file:")
+    print("[[auth.tokens]]")
+    print(f'id = "{token_id}"')
+    print(f'sha256 = "{hash_token(secret)}"')
+    return 0
 
 
 def _check(config: Config) -> int:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import grp
 import math
 import os
+import pwd
 import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from procgate.auth import IPNetwork, parse_networks
 from procgate.errors import ConfigError, Forbidden, InvalidRequest
 from procgate.jobs import Spec
+from procgate.policy import ArgPolicy, parse_policy
 
 #: Output kept per stream unless a command says otherwise: 10 MiB.
 DEFAULT_MAX_OUTPUT = 10 << 20
@@ -50,6 +54,15 @@ class Command:
     shell: bool = False
     description: str = ""
     kill_grace: float = DEFAULT_KILL_GRACE
+    args: ArgPolicy = field(default_factory=ArgPolicy)
+    allow_ips: tuple[IPNetwork, ...] = ()
+    hmac_secret: bytes | None = field(default=None, repr=False)
+    webhook: bool = False
+    max_running: int | None = None
+    max_rate: Rate | None = None
+    rlimits: Mapping[str, int] = field(default_factory=dict)
+    user: str | None = None
+    group: str | None = None
 
     def spec(
         self,
@@ -74,15 +87,28 @@ class Command:
                 f"timeout {timeout:g} exceeds the command's limit of {self.timeout:g} s",
                 code="invalid_timeout",
             )
+        argv = (*self.argv, *self.args.check(args))
+        if self.rlimits:
+            limits = [f"--{name}={value}" for name, value in self.rlimits.items()]
+            argv = (self._prlimit(), *limits, "--", *argv)
         return Spec(
-            argv=(*self.argv, *args),
+            argv=argv,
             env=child_env(self.env, env),
             cwd=self.cwd,
             stdin=stdin,
             timeout=timeout if timeout is not None else self.timeout,
             max_output=self.max_output,
             kill_grace=self.kill_grace,
+            user=self.user,
+            group=self.group,
         )
+
+    @staticmethod
+    def _prlimit() -> str:
+        found = resolve_program("prlimit", child_env()["PATH"])
+        if found is None:  # checked at registration; gone since
+            raise ConfigError("prlimit (util-linux) is needed for rlimits")
+        return found
 
     def to_json(self) -> dict[str, Any]:
         """What ``GET /commands`` shows: configured env values are left out (secrets)."""
@@ -95,6 +121,14 @@ class Command:
             "allow_env": sorted(self.allow_env),
             "cwd": self.cwd,
             "description": self.description,
+            "args": self.args.to_json(),
+            "signed": self.hmac_secret is not None,
+            "webhook": self.webhook,
+            "max_running": self.max_running,
+            "max_rate": self.max_rate.text if self.max_rate is not None else None,
+            "limits": dict(self.rlimits),
+            "user": self.user,
+            "group": self.group,
         }
 
 
@@ -110,8 +144,28 @@ def make_command(
     shell: bool = False,
     description: str = "",
     kill_grace: float = DEFAULT_KILL_GRACE,
+    args: Any = "any",
+    options: Iterable[str] | None = None,
+    dashdash: bool = False,
+    allow_ips: Iterable[str] = (),
+    hmac_secret: str | bytes | None = None,
+    webhook: bool = False,
+    max_running: int | None = None,
+    max_rate: str | None = None,
+    limits: Mapping[str, int] | None = None,
+    user: str | None = None,
+    group: str | None = None,
 ) -> Command:
-    """Validate a command's policy and resolve its program now: a bad one fails at startup."""
+    """Validate a command's policy and resolve its program now: a bad one fails at startup.
+
+    ``args`` is the argument policy (``"any"``, ``"none"`` or a list of rules, see
+    ``procgate.policy``) with ``options`` and ``dashdash``. ``allow_ips``: CIDRs that may
+    call it. ``hmac_secret``: requests must be signed like GitHub/GitLab webhooks (then no
+    bearer token is needed); with ``webhook``, the raw body goes to stdin. ``max_running``
+    jobs at once and ``max_rate`` (``"10/minute"``) per command, across processes sharing
+    the store. ``limits``: rlimits (``cpu``, ``as``, ``nofile``, ``fsize``, ``nproc``...,
+    applied by util-linux ``prlimit``). ``user``/``group``: run as them (needs root).
+    """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"command name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
     env = dict(env or {})
@@ -137,6 +191,17 @@ def make_command(
         raise ConfigError(f"command {name!r}: kill_grace must be a positive number of seconds")
     if cwd is not None and not os.path.isdir(cwd):
         raise ConfigError(f"command {name!r}: cwd {cwd!r} is not a directory")
+    where = f"command {name!r}"
+    policy = parse_policy(args, options=options, dashdash=dashdash, where=where)
+    secret = hmac_secret.encode() if isinstance(hmac_secret, str) else hmac_secret
+    if secret is not None and not secret:
+        raise ConfigError(f"{where}: hmac_secret must not be empty")
+    if webhook and secret is None:
+        raise ConfigError(f"{where}: a webhook command needs an hmac_secret")
+    if max_running is not None and (not isinstance(max_running, int) or max_running < 1):
+        raise ConfigError(f"{where}: max_running must be a whole number >= 1")
+    rlimits = _rlimits(limits or {}, where)
+    _check_identity(user, group, where)
     return Command(
         name=name,
         argv=base,
@@ -148,7 +213,75 @@ def make_command(
         shell=shell,
         description=description,
         kill_grace=float(kill_grace),
+        args=policy,
+        allow_ips=parse_networks(allow_ips, f"{where}: allow_ips"),
+        hmac_secret=secret,
+        webhook=bool(webhook),
+        max_running=max_running,
+        max_rate=Rate.parse(max_rate, where) if max_rate is not None else None,
+        rlimits=rlimits,
+        user=user,
+        group=group,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``count`` jobs per ``window`` seconds, from text such as ``"10/minute"``."""
+
+    count: int
+    window: float
+    text: str
+
+    @classmethod
+    def parse(cls, text: object, where: str) -> Rate:
+        spec = text.strip() if isinstance(text, str) else ""
+        match = _RATE.fullmatch(spec)
+        if match is None:
+            raise ConfigError(f"{where}: max_rate must look like '10/minute' (second|minute|hour)")
+        count = int(match.group(1))
+        if count < 1:
+            raise ConfigError(f"{where}: max_rate must allow at least one job")
+        return cls(count, _WINDOWS[match.group(2)], spec)
+
+
+_RATE = re.compile(r"([0-9]+)\s*/\s*(second|minute|hour|day)")
+_WINDOWS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+#: rlimits a command may set: prlimit's long option for each.
+RLIMITS = frozenset(
+    {"as", "core", "cpu", "data", "fsize", "memlock", "nofile", "nproc", "rss", "stack"}
+)
+
+
+def _rlimits(limits: Mapping[str, int], where: str) -> dict[str, int]:
+    if not isinstance(limits, Mapping):
+        raise ConfigError(f"{where}: limits must be a table of rlimit = number")
+    for key, value in limits.items():
+        if key not in RLIMITS:
+            raise ConfigError(
+                f"{where}: unknown limit {key!r}; known: {', '.join(sorted(RLIMITS))}"
+            )
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}: limit {key} must be a whole number >= 0")
+    if limits and resolve_program("prlimit", child_env()["PATH"]) is None:
+        raise ConfigError(f"{where}: limits need prlimit (util-linux) on the PATH")
+    return dict(limits)
+
+
+def _check_identity(user: str | None, group: str | None, where: str) -> None:
+    """A user or group to run as must exist, and only root can switch to them."""
+    if user is None and group is None:
+        return
+    if os.geteuid() != 0:
+        raise ConfigError(f"{where}: user/group need procgate to run as root")
+    try:
+        if user is not None:
+            pwd.getpwnam(user)
+        if group is not None:
+            grp.getgrnam(group)
+    except KeyError as exc:
+        raise ConfigError(f"{where}: no such user or group: {exc}") from None
 
 
 def child_env(*layers: Mapping[str, str]) -> dict[str, str]:

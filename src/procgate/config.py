@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from procgate.app import Gate
+from procgate.auth import Token, make_token
 from procgate.errors import ConfigError
 from procgate.runners import Runner, by_kind
 from procgate.stores import open_store
@@ -22,7 +23,13 @@ _SECTIONS = {
     "server": {"host", "port", "threads", "workers"},
     "runner": {"kind", "max_workers", "max_queue"},
     "store": {"url", "max_jobs", "ttl", "prefix"},
+    "auth": {"tokens", "allow_ips", "trusted_proxies"},
     "gate": {
+        "max_args",
+        "max_arg_length",
+        "max_stdin",
+        "max_running",
+        "callback_secret_env",
         "max_body",
         "max_wait",
         "max_upload",
@@ -49,7 +56,20 @@ _COMMAND_KEYS = {
     "shell",
     "description",
     "kill_grace",
+    "args",
+    "options",
+    "dashdash",
+    "allow_ips",
+    "hmac_secret",
+    "hmac_secret_env",
+    "webhook",
+    "max_running",
+    "max_rate",
+    "limits",
+    "user",
+    "group",
 }
+_TOKEN_KEYS = {"id", "sha256", "commands", "read_only", "admin"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +135,10 @@ class Config:
             if "argv" not in options:
                 raise ConfigError(f"[commands.{name}] needs argv")
             argv = options.pop("argv")
+            if "hmac_secret_env" in options:
+                options["hmac_secret"] = _from_env(
+                    options.pop("hmac_secret_env"), f"[commands.{name}] hmac_secret_env"
+                )
             if not options.get("shell") and isinstance(argv, list) and argv:
                 argv = [_relative_to(base, argv[0]), *argv[1:]]
             if isinstance(options.get("cwd"), str):
@@ -150,6 +174,16 @@ def read_config(path: str) -> Config:
         _check_keys(table, _COMMAND_KEYS, f"[commands.{name}]")
     server = data.get("server", {})
     gate = dict(data.get("gate", {}))
+    if "callback_secret_env" in gate:
+        gate["callback_secret"] = _from_env(
+            gate.pop("callback_secret_env"), "[gate] callback_secret_env"
+        )
+    auth = data.get("auth", {})
+    if "tokens" in auth:
+        gate["tokens"] = _tokens(auth["tokens"])
+    for key in ("allow_ips", "trusted_proxies"):
+        if key in auth:
+            gate[key] = auth[key]
     run = data.get("run", {})
     renamed = {"timeout": "run_timeout", "max_output": "run_max_output"}
     gate.update({renamed.get(key, key): value for key, value in run.items()})
@@ -170,6 +204,37 @@ def read_config(path: str) -> Config:
 def create_app(config_path: str) -> Gate:
     """A Gate built from a TOML config file: ``gunicorn 'procgate:create_app("x.toml")'``."""
     return read_config(config_path).build()
+
+
+def _tokens(tables: Any) -> list[Token]:
+    """``[[auth.tokens]]``: id, sha256, and optional commands, read_only, admin."""
+    if not isinstance(tables, list):
+        raise ConfigError("[auth] tokens must be an array of tables: [[auth.tokens]]")
+    tokens = []
+    for table in tables:
+        if not isinstance(table, dict):
+            raise ConfigError("[[auth.tokens]] entries must be tables")
+        _check_keys(table, _TOKEN_KEYS, "[[auth.tokens]]")
+        if "id" not in table or "sha256" not in table:
+            raise ConfigError("[[auth.tokens]] needs id and sha256")
+        tokens.append(
+            make_token(
+                table["id"],
+                table["sha256"],
+                commands=table.get("commands"),
+                read_only=table.get("read_only", False),
+                admin=table.get("admin", False),
+            )
+        )
+    return tokens
+
+
+def _from_env(name: Any, where: str) -> str:
+    """A secret kept out of the config file, in the server's environment."""
+    value = os.environ.get(str(name))
+    if not value:
+        raise ConfigError(f"{where}: environment variable {name!r} is not set")
+    return value
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:

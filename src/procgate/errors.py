@@ -36,6 +36,13 @@ class Forbidden(ProcgateError):
     code = "forbidden"
 
 
+class PayloadTooLarge(ProcgateError):
+    """Part of the request is over its limit (stdin, for instance)."""
+
+    status = 413
+    code = "payload_too_large"
+
+
 class UnknownCommand(ProcgateError):
     """No command of that name was registered."""
 
@@ -55,6 +62,28 @@ class RunnerBusy(ProcgateError):
 
     status = 429
     code = "runner_busy"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyRunning(ProcgateError):
+    """A command (or the Gate) already has as many jobs queued or running as it allows."""
+
+    status = 429
+    code = "too_many_running"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(ProcgateError):
+    """A command's ``max_rate`` is used up for now."""
+
+    status = 429
+    code = "rate_limited"
 
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)

@@ -51,6 +51,8 @@ class Spec:
     kill_grace: float = 5.0
     stdin_path: str | None = None  # a file to read stdin from, instead of ``stdin``
     files_dir: str | None = None  # the job's private upload directory, removed at the end
+    user: str | None = None  # run as this user (the server must be root)
+    group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,8 @@ class Job:
     callback_url: str | None = None
     callback_context: Any = None  # any JSON value, POSTed back with the job
     callback: Mapping[str, Any] | None = None  # delivery state (procgate.callbacks.Delivery)
+    token_id: str | None = None  # the id of the bearer token that created it
+    client: str | None = None  # the client address it came from
 
     @property
     def idempotency_scope(self) -> str | None:
@@ -206,6 +210,8 @@ def job_to_record(job: Job) -> dict[str, Any]:
                 "kill_grace": spec.kill_grace,
                 "stdin_path": spec.stdin_path,
                 "files_dir": spec.files_dir,
+                "user": spec.user,
+                "group": spec.group,
             }
         ),
         "status": job.status.value,
@@ -224,6 +230,8 @@ def job_to_record(job: Job) -> dict[str, Any]:
             json.dumps(job.callback_context) if job.callback_context is not None else None
         ),
         "callback": json.dumps(job.callback) if job.callback is not None else None,
+        "token_id": job.token_id,
+        "client": job.client,
     }
 
 
@@ -245,6 +253,8 @@ def job_from_record(record: Mapping[str, Any], stdout: bytes = b"", stderr: byte
             kill_grace=spec["kill_grace"],
             stdin_path=spec.get("stdin_path"),
             files_dir=spec.get("files_dir"),
+            user=spec.get("user"),
+            group=spec.get("group"),
         ),
         status=JobStatus(record["status"]),
         returncode=int(returncode) if returncode not in (None, "") else None,
@@ -262,6 +272,8 @@ def job_from_record(record: Mapping[str, Any], stdout: bytes = b"", stderr: byte
         callback_url=_optional_str(record.get("callback_url")),
         callback_context=_optional_json(record.get("callback_context")),
         callback=_optional_json(record.get("callback")),
+        token_id=_optional_str(record.get("token_id")),
+        client=_optional_str(record.get("client")),
     )
 
 

@@ -62,6 +62,9 @@ def execute(
             env=dict(spec.env),
             cwd=spec.cwd,
             start_new_session=True,
+            user=spec.user,
+            group=spec.group,
+            extra_groups=[] if spec.user is not None else None,
         )
     except OSError as exc:
         return Outcome(JobStatus.ERROR, error=f"could not start {spec.argv[0]}: {exc}")

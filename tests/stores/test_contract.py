@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -595,3 +596,36 @@ def test_callback_fields_round_trip(store: JobStore) -> None:
         job.callback_context,
         job.callback,
     )
+
+
+def test_count(store: JobStore) -> None:
+    """count() by command, active only, and since a time: what limits are built on."""
+    import dataclasses
+
+    old = dataclasses.replace(new_job("a"), created_at=datetime.fromtimestamp(1000, timezone.utc))
+    store.create(old)
+    finished(store, command="a")
+    running = store.create(new_job("a"))
+    store.start(running.id)
+    store.create(new_job("b"))
+    assert store.count() == 4
+    assert store.count(command="a") == 3
+    assert store.count(active=True) == 3
+    assert store.count(command="a", active=True) == 2
+    assert store.count(command="b", active=True) == 1
+    assert store.count(since=time.time() - 60) == 3
+    assert store.count(command="a", since=time.time() - 60) == 2
+    assert store.count(command="nope") == 0
+
+
+def test_list_by_token(store: JobStore) -> None:
+    """list(token=...) shows only the jobs that token created."""
+    import dataclasses
+
+    mine = store.create(dataclasses.replace(new_job(), token_id="ci", client="10.0.0.1"))
+    store.create(dataclasses.replace(new_job(), token_id="ops"))
+    store.create(new_job())
+    page = store.list(token="ci")
+    assert [j.id for j in page.jobs] == [mine.id]
+    assert (page.jobs[0].token_id, page.jobs[0].client) == ("ci", "10.0.0.1")
+    assert len(store.list().jobs) == 3

@@ -120,4 +120,6 @@ def _pack_spec(spec: Spec) -> tuple[Any, ...]:
         spec.kill_grace,
         spec.stdin_path,
         spec.files_dir,
+        spec.user,
+        spec.group,
     )

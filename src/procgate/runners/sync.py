@@ -8,7 +8,7 @@ import shutil
 import threading
 from collections.abc import Callable
 
-from procgate import process
+from procgate import audit, process
 from procgate.errors import JobNotFound, RunnerClosed
 from procgate.jobs import Chunk, Job, JobStatus, Outcome
 from procgate.process import CancelCheck, OutputCallback
@@ -68,6 +68,7 @@ def run_job(
             job = store.get(job_id, output=False)
             finished = job.status.finished
             return
+        audit.record("running", job)
         outcome = execute(
             job,
             OutputWriter(store, job_id),
@@ -90,8 +91,19 @@ def run_job(
             logger.exception("job %s could not be marked as error", job_id)
     finally:
         _discard_files(job)
+        if finished:
+            _audit_finish(store, job_id)
         if finished and on_finish is not None:
             on_finish(job_id)
+
+
+def _audit_finish(store: JobStore, job_id: str) -> None:
+    if audit.logger.isEnabledFor(logging.INFO):
+        try:
+            job = store.get(job_id, output=False)
+        except JobNotFound:
+            return
+        audit.record(job.status.value, job)
 
 
 def _discard_files(job: Job | None) -> None:

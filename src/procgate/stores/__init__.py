@@ -45,8 +45,17 @@ class JobStore(Protocol):
         command: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        token: str | None = None,
     ) -> JobPage:
-        """Jobs newest first, filtered; ``InvalidRequest`` for a cursor it did not issue."""
+        """Jobs newest first, filtered (``token``: created by that token id);
+        ``InvalidRequest`` for a cursor it did not issue."""
+        ...
+
+    def count(
+        self, *, command: str | None = None, active: bool = False, since: float | None = None
+    ) -> int:
+        """How many jobs (of a command): only queued and running ones with ``active``,
+        only those created at or after ``since`` (Unix time) with ``since``."""
         ...
 
     def start(self, job_id: str) -> Job | None:

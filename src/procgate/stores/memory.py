@@ -81,6 +81,7 @@ class MemoryStore:
         command: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        token: str | None = None,
     ) -> JobPage:
         before = _parse_cursor(cursor)
         jobs: list[Job] = []
@@ -95,12 +96,26 @@ class MemoryStore:
                     continue
                 if command is not None and entry.job.command != command:
                     continue
+                if token is not None and entry.job.token_id != token:
+                    continue
                 if len(jobs) == limit:
                     more = True
                     break
                 jobs.append(self._snapshot(entry))
                 last_seq = entry.seq
         return JobPage(jobs, str(last_seq) if more and last_seq is not None else None)
+
+    def count(
+        self, *, command: str | None = None, active: bool = False, since: float | None = None
+    ) -> int:
+        with self._lock:
+            return sum(
+                1
+                for e in self._entries.values()
+                if (command is None or e.job.command == command)
+                and (not active or e.job.status in ACTIVE)
+                and (since is None or e.job.created_at.timestamp() >= since)
+            )
 
     def start(self, job_id: str) -> Job | None:
         with self._lock:

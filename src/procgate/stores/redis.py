@@ -25,6 +25,9 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed extras
     redis = None  # type: ignore[assignment]  # checked in RedisStore.__init__
 
+#: Separates the owner and the command in the values of the active-jobs hash.
+_SEP = "\x1f"
+
 # The class defines a method named ``list``; these keep the builtin usable in annotations.
 _Jobs = list[Job]
 _Values = list[Any]
@@ -81,8 +84,9 @@ return 0
 """
 )
 
-# KEYS: job, jobs zset, active hash, seq counter, idempotency key (or ""). ARGV: id, owner,
-# then field/value pairs. Returns the id of the stored job: the existing one when the
+# KEYS: job, jobs zset, active hash, seq counter, idempotency key (or ""), created zset,
+# the command's created zset. ARGV: id, active entry (owner US command), job key prefix,
+# created_at, then field/value pairs. Returns the id of the stored job: the existing one when the
 # idempotency key is taken by a job that still exists.
 _CREATE_SCRIPT = """
 if KEYS[5] ~= '' then
@@ -92,9 +96,11 @@ if KEYS[5] ~= '' then
     end
 end
 local seq = redis.call('INCR', KEYS[4])
-redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[7], ARGV[4], ARGV[1])
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[1]) end
 return ARGV[1]
 """
@@ -106,7 +112,8 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS: job, jobs, done, finished, output stream, end. ARGV: id, idempotency key prefix.
+# KEYS: job, jobs, done, finished, output stream, end. ARGV: id, idempotency key prefix,
+# created zset, created zset prefix of commands.
 # Deletes a finished job; returns 1, or 0 when it is still active or absent.
 _DELETE_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -116,6 +123,9 @@ if scope then
     local key = ARGV[2] .. scope
     if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
 end
+local command = redis.call('HGET', KEYS[1], 'command') or ''
+redis.call('ZREM', ARGV[3], ARGV[1])
+redis.call('ZREM', ARGV[4] .. command, ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -211,8 +221,16 @@ class RedisStore:
                 self._key("active"),
                 self._key("seq"),
                 self._key("idem", scope) if scope is not None else "",
+                self._key("created"),
+                self._key("created", job.command or ""),
             ],
-            args=[job.id, job.owner or "", self._key("job", ""), *fields],
+            args=[
+                job.id,
+                f"{job.owner or ''}{_SEP}{job.command or ''}",
+                self._key("job", ""),
+                record["created_at"],
+                *fields,
+            ],
         )
         stored_id = stored.decode() if isinstance(stored, bytes) else str(stored)
         if stored_id != job.id:
@@ -234,6 +252,7 @@ class RedisStore:
         command: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        token: str | None = None,
     ) -> JobPage:
         self._evict()
         if cursor is not None:
@@ -253,9 +272,9 @@ class RedisStore:
             ids = [member.decode() for member, _ in batch]
             with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in ids:
-                    pipe.hmget(self._job_key(job_id), "status", "command")
+                    pipe.hmget(self._job_key(job_id), "status", "command", "token_id")
                 heads = pipe.execute()
-            for (job_id, (_, seq)), (job_status, job_command) in zip(
+            for (job_id, (_, seq)), (job_status, job_command, job_token) in zip(
                 zip(ids, batch, strict=True), heads, strict=True
             ):
                 if job_status is None:  # deleted between the two reads
@@ -263,6 +282,8 @@ class RedisStore:
                 if status is not None and job_status.decode() != status.value:
                     continue
                 if command is not None and (job_command or b"").decode() != command:
+                    continue
+                if token is not None and (job_token or b"").decode() != token:
                     continue
                 found.append((job_id, int(seq)))
             upper = f"({int(batch[-1][1])}"
@@ -376,14 +397,35 @@ class RedisStore:
         return {owner.decode(): float(beat) for owner, beat in beats.items()}
 
     def active_owners(self) -> set[str]:
-        owners = self.redis.hvals(self._key("active"))
-        return {owner.decode() for owner in owners if owner}
+        entries = self.redis.hvals(self._key("active"))
+        return {owner for owner, _ in map(_active_entry, entries) if owner}
+
+    def count(
+        self, *, command: str | None = None, active: bool = False, since: float | None = None
+    ) -> int:
+        if active:
+            entries = self.redis.hgetall(self._key("active"))
+            ids = [
+                job_id
+                for job_id, entry in entries.items()
+                if command is None or _active_entry(entry)[1] == command
+            ]
+            if since is None:
+                return len(ids)
+            key = self._key("created") if command is None else self._key("created", command)
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.zscore(key, job_id)
+                scores = pipe.execute()
+            return sum(1 for score in scores if score is not None and score >= since)
+        key = self._key("created") if command is None else self._key("created", command)
+        return int(self.redis.zcount(key, "-inf" if since is None else since, "+inf"))
 
     def mark_lost(self, owner: str, error: str) -> int:
         active = self.redis.hgetall(self._key("active"))
         lost = 0
-        for job_id, job_owner in active.items():
-            if job_owner.decode() == owner and self._finish_job(
+        for job_id, entry in active.items():
+            if _active_entry(entry)[0] == owner and self._finish_job(
                 job_id.decode(), Outcome(JobStatus.LOST, error=error)
             ):
                 lost += 1
@@ -456,7 +498,12 @@ class RedisStore:
                     self._key("out", job_id),
                     self._key("end", job_id),
                 ],
-                args=[job_id, self._key("idem", "")],
+                args=[
+                    job_id,
+                    self._key("idem", ""),
+                    self._key("created"),
+                    self._key("created", ""),
+                ],
                 client=client,
             )
         )
@@ -483,6 +530,12 @@ class RedisStore:
         excess = self.redis.zcard(self._key("jobs")) - self.max_jobs
         if excess > 0:
             self._remove_many(self.redis.zrange(self._key("done"), 0, excess - 1))
+
+
+def _active_entry(entry: bytes) -> tuple[str, str]:
+    """(owner, command) of an entry of the active hash."""
+    owner, _, command = entry.decode().partition(_SEP)
+    return owner, command
 
 
 def _chunk(entry_id: bytes, fields: Mapping[bytes, bytes]) -> Chunk:

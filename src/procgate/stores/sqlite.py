@@ -49,10 +49,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     link TEXT,
     callback_url TEXT,
     callback_context TEXT,
-    callback TEXT
+    callback TEXT,
+    token_id TEXT,
+    client TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_command ON jobs (command, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (command, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS output (
     job_id TEXT NOT NULL,
@@ -68,7 +71,7 @@ CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, beat REAL NOT NULL);
 _COLUMNS = (
     "id, command, args, spec, status, returncode, error, stdout_truncated, stderr_truncated, "
     "created_at, started_at, finished_at, owner, idempotency_key, link, callback_url, "
-    "callback_context, callback"
+    "callback_context, callback, token_id, client"
 )
 #: Stored in the database; a file of another schema is refused rather than misread.
 SCHEMA_VERSION = 1
@@ -241,6 +244,7 @@ class SQLiteStore:
         command: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        token: str | None = None,
     ) -> JobPage:
         where: _Ids = ["1"]
         params: list[object] = []
@@ -256,6 +260,9 @@ class SQLiteStore:
         if command is not None:
             where.append("command = ?")
             params.append(command)
+        if token is not None:
+            where.append("token_id = ?")
+            params.append(token)
         params.append(limit + 1)
         with self._db() as db:
             self._evict(db)
@@ -268,6 +275,25 @@ class SQLiteStore:
             rows = rows[:limit]
             jobs = self._jobs(db, rows)
         return JobPage(jobs, str(rows[-1]["seq"]) if more else None)
+
+    def count(
+        self, *, command: str | None = None, active: bool = False, since: float | None = None
+    ) -> int:
+        where: _Ids = ["1"]
+        params: list[object] = []
+        if command is not None:
+            where.append("command = ?")
+            params.append(command)
+        if active:
+            where.append(f"status IN {_ACTIVE_SQL}")
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        with self._db() as db:
+            (count,) = db.execute(
+                f"SELECT count(*) FROM jobs WHERE {' AND '.join(where)}", params
+            ).fetchone()
+        return int(count)
 
     def start(self, job_id: str) -> Job | None:
         with self._db(write=True) as db:

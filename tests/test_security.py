@@ -1,0 +1,398 @@
+"""Authentication, authorization, signatures, address allowlists, limits and the audit log."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from procgate import ConfigError, Gate, ThreadRunner
+from procgate.auth import client_address, hash_token, make_token, parse_networks
+from tests.conftest import wait_for
+
+CI, OPS, ADMIN, VIEWER = "ci-secret", "ops-secret", "admin-secret", "viewer-secret"
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    gate = Gate(
+        runner=ThreadRunner(),
+        tokens=[
+            make_token("ci", hash_token(CI), commands=["echo", "sleep"]),
+            make_token("ops", hash_token(OPS)),
+            make_token("admin", hash_token(ADMIN), admin=True),
+            make_token("viewer", hash_token(VIEWER), read_only=True, admin=True),
+        ],
+        allow_programs=["echo"],
+    )
+    gate.register("echo", ["echo"])
+    gate.register("sleep", ["sleep"], kill_grace=0.5)
+    gate.register("secret", ["true"])
+    gate.register("hook", ["cat"], hmac_secret="hooksecret", webhook=True)
+    gate.register("signed", ["echo"], hmac_secret="s2")
+    yield gate
+    gate.close()
+
+
+@pytest.fixture
+def client(gate: Gate) -> Client:
+    return Client(gate)
+
+
+def test_health_needs_no_token(client: Client) -> None:
+    """Load balancers can check health without credentials."""
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic Y2k6eA=="}, bearer("")],
+)
+def test_missing_or_bad_token_is_401(client: Client, headers: dict[str, str]) -> None:
+    """No token or a wrong one: 401 with WWW-Authenticate, for every endpoint."""
+    for method, path in (("GET", "/commands"), ("POST", "/commands/echo"), ("GET", "/jobs")):
+        response = client.open(path, method=method, headers=headers)
+        assert response.status_code == 401
+        assert response.json["error"]["code"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_token_limited_to_commands(client: Client) -> None:
+    """A token runs only its commands (403 otherwise) and lists only those."""
+    ok = client.post("/commands/echo", json={"args": ["x"], "wait": True}, headers=bearer(CI))
+    assert ok.status_code == 200
+    denied = client.post("/commands/secret", json={}, headers=bearer(CI))
+    assert denied.status_code == 403
+    assert denied.json["error"]["code"] == "forbidden"
+    names = {c["name"] for c in client.get("/commands", headers=bearer(CI)).json["commands"]}
+    assert names == {"echo", "sleep"}
+    assert client.get("/commands/secret", headers=bearer(CI)).status_code == 404
+    assert (
+        client.post("/commands/secret", json={"wait": True}, headers=bearer(OPS)).status_code == 200
+    )
+
+
+def test_jobs_are_private_to_their_token(client: Client) -> None:
+    """A token sees and cancels only its own jobs; an admin sees all."""
+    mine = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
+    other = client.post("/commands/echo", json={"wait": True}, headers=bearer(OPS)).json["id"]
+    assert [j["id"] for j in client.get("/jobs", headers=bearer(CI)).json["jobs"]] == [mine]
+    assert client.get(f"/jobs/{other}", headers=bearer(CI)).status_code == 404
+    assert client.get(f"/jobs/{other}/stdout", headers=bearer(CI)).status_code == 404
+    assert client.get(f"/jobs/{other}/events", headers=bearer(CI)).status_code == 404
+    assert client.delete(f"/jobs/{other}", headers=bearer(CI)).status_code == 404
+    assert client.delete(f"/jobs/{mine}", headers=bearer(OPS)).status_code == 404
+    listed = {j["id"] for j in client.get("/jobs", headers=bearer(ADMIN)).json["jobs"]}
+    assert listed == {mine, other}
+    assert client.delete(f"/jobs/{mine}?wait=10", headers=bearer(ADMIN)).status_code == 202
+
+
+def test_read_only_token(client: Client) -> None:
+    """A read-only (admin) token reads every job but runs and cancels nothing."""
+    job = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
+    assert client.get(f"/jobs/{job}", headers=bearer(VIEWER)).status_code == 200
+    assert client.delete(f"/jobs/{job}", headers=bearer(VIEWER)).status_code == 403
+    assert client.post("/commands/echo", json={}, headers=bearer(VIEWER)).status_code == 403
+    client.delete(f"/jobs/{job}?wait=10", headers=bearer(CI))
+
+
+def test_raw_mode_is_admin_only(client: Client) -> None:
+    """POST /run needs an admin token."""
+    assert client.post("/run", json={"args": ["echo"]}, headers=bearer(OPS)).status_code == 403
+    response = client.post(
+        "/run", json={"args": ["echo", "a"], "wait": True}, headers=bearer(ADMIN)
+    )
+    assert response.status_code == 200
+
+
+def test_github_webhook(client: Client) -> None:
+    """A GitHub-signed webhook needs no token; its raw body is stdin, its event in env."""
+    body = json.dumps({"ref": "refs/heads/main", "zen": "Keep it logically awesome."}).encode()
+    signature = "sha256=" + hmac.new(b"hooksecret", body, hashlib.sha256).hexdigest()
+    headers = {
+        "X-Hub-Signature-256": signature,
+        "X-GitHub-Event": "push",
+        "Content-Type": "application/json",
+    }
+    response = client.post("/commands/hook?wait=10", data=body, headers=headers)
+    assert response.status_code == 200, response.json
+    assert response.json["stdout"] == body.decode()
+    assert response.json["args"] == []
+    wrong = client.post("/commands/hook", data=body + b" ", headers=headers)
+    assert wrong.status_code == 401
+    unsigned = client.post("/commands/hook", data=body, content_type="application/json")
+    assert unsigned.status_code == 401
+
+
+def test_gitlab_token_webhook(client: Client) -> None:
+    """GitLab's X-Gitlab-Token header authenticates a signed command too."""
+    response = client.post(
+        "/commands/signed?wait=10",
+        json={"args": ["from", "gitlab"]},
+        headers={"X-Gitlab-Token": "s2"},
+    )
+    assert response.status_code == 200
+    assert response.json["stdout"] == "from gitlab\n"
+    assert (
+        client.post("/commands/signed", json={}, headers={"X-Gitlab-Token": "no"}).status_code
+        == 401
+    )
+
+
+def test_address_allowlists() -> None:
+    """Global and per-command CIDR lists; X-Forwarded-For only from trusted proxies."""
+    gate = Gate(allow_ips=["127.0.0.0/8", "10.0.0.0/8"], trusted_proxies=["127.0.0.1/32"])
+    gate.register("echo", ["echo"])
+    gate.register("internal", ["echo"], allow_ips=["10.1.0.0/16"])
+    client = Client(gate)
+    try:
+
+        def post(path: str, remote: str, forwarded: str | None = None) -> int:
+            headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+            return client.post(
+                path, json={}, headers=headers, environ_base={"REMOTE_ADDR": remote}
+            ).status_code
+
+        assert post("/commands/echo", "127.0.0.1") == 202
+        assert post("/commands/echo", "192.168.1.5") == 403
+        assert post("/commands/echo", "10.2.3.4") == 202
+        assert post("/commands/internal", "10.2.3.4") == 403
+        assert post("/commands/internal", "10.1.2.3") == 202
+        # the trusted proxy's view of the client counts; a client's own claim does not
+        assert post("/commands/internal", "127.0.0.1", "10.1.9.9") == 202
+        assert post("/commands/internal", "127.0.0.1", "10.1.9.9, 192.168.0.1") == 403
+        assert post("/commands/echo", "10.2.3.4", "127.0.0.1") == 202
+        assert post("/commands/internal", "10.2.3.4", "10.1.0.1") == 403
+        assert client.get("/health", environ_base={"REMOTE_ADDR": "8.8.8.8"}).status_code == 200
+    finally:
+        gate.close()
+
+
+def test_client_address_walks_trusted_proxies() -> None:
+    """The client is the last X-Forwarded-For hop that is not a trusted proxy."""
+    trusted = parse_networks(["10.0.0.0/8"], "t")
+    assert client_address("10.0.0.1", "1.2.3.4, 10.0.0.7", trusted) == "1.2.3.4"
+    assert client_address("10.0.0.1", "6.6.6.6, 1.2.3.4", trusted) == "1.2.3.4"
+    assert client_address("5.5.5.5", "1.2.3.4", trusted) == "5.5.5.5"
+    assert client_address("10.0.0.1", None, trusted) == "10.0.0.1"
+    assert client_address("10.0.0.1", "1.2.3.4", ()) == "10.0.0.1"
+
+
+def test_token_config_errors() -> None:
+    """Tokens need an id, a SHA-256 hex digest, unique ids."""
+    with pytest.raises(ConfigError):
+        make_token("x", "not-hex")
+    with pytest.raises(ConfigError):
+        make_token("", hash_token("a"))
+    with pytest.raises(ConfigError):
+        Gate(tokens=[make_token("a", hash_token("1")), make_token("a", hash_token("2"))])
+
+
+# -- limits --------------------------------------------------------------------------------
+
+
+def test_args_count_and_length_limits() -> None:
+    """Too many or too long args are a 400 naming the limit."""
+    gate = Gate(max_args=3, max_arg_length=5)
+    gate.register("echo", ["echo"])
+    client = Client(gate)
+    try:
+        assert client.post("/commands/echo", json={"args": ["a"] * 4}).status_code == 400
+        response = client.post("/commands/echo", json={"args": ["a", "toolong"]})
+        assert response.status_code == 400
+        assert "argument 2" in response.json["error"]["message"]
+        assert client.post("/commands/echo", json={"args": ["a", "b"]}).status_code == 202
+    finally:
+        gate.close()
+
+
+def test_stdin_limit() -> None:
+    """stdin over max_stdin is a 413."""
+    gate = Gate(max_stdin=10)
+    gate.register("cat", ["cat"])
+    client = Client(gate)
+    try:
+        response = client.post("/commands/cat", json={"stdin": "x" * 11})
+        assert response.status_code == 413
+        assert response.json["error"]["code"] == "payload_too_large"
+        assert client.post("/commands/cat", json={"stdin": "x" * 10}).status_code == 202
+    finally:
+        gate.close()
+
+
+def test_max_running_per_command_and_global() -> None:
+    """Beyond max_running queued-or-running jobs: 429 with Retry-After."""
+    gate = Gate(runner=ThreadRunner(max_workers=4), max_running=3)
+    gate.register("sleep", ["sleep"], max_running=2, kill_grace=0.5)
+    gate.register("other", ["sleep"], kill_grace=0.5)
+    client = Client(gate)
+    try:
+        for _ in range(2):
+            assert client.post("/commands/sleep", json={"args": ["30"]}).status_code == 202
+        third = client.post("/commands/sleep", json={"args": ["30"]})
+        assert third.status_code == 429
+        assert third.json["error"]["code"] == "too_many_running"
+        assert "Retry-After" in third.headers
+        assert client.post("/commands/other", json={"args": ["30"]}).status_code == 202
+        assert client.post("/commands/other", json={"args": ["30"]}).status_code == 429
+    finally:
+        gate.close()
+
+
+def test_max_rate() -> None:
+    """max_rate = "2/minute": the third job within the minute is a 429."""
+    gate = Gate()
+    gate.register("echo", ["echo"], max_rate="2/minute")
+    client = Client(gate)
+    try:
+        assert client.post("/commands/echo", json={"wait": True}).status_code == 200
+        assert client.post("/commands/echo", json={"wait": True}).status_code == 200
+        limited = client.post("/commands/echo", json={})
+        assert limited.status_code == 429
+        assert limited.json["error"]["code"] == "rate_limited"
+        assert int(limited.headers["Retry-After"]) == 30
+    finally:
+        gate.close()
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"max_rate": "ten per minute"}, "max_rate"),
+        ({"max_running": 0}, "max_running"),
+        ({"limits": {"bogus": 1}}, "unknown limit"),
+        ({"limits": {"cpu": -1}}, "whole number"),
+        ({"webhook": True}, "hmac_secret"),
+        ({"allow_ips": ["not-an-ip"]}, "allow_ips"),
+    ],
+)
+def test_policy_config_errors(policy: dict[str, Any], message: str) -> None:
+    """Bad limits and security settings fail at registration."""
+    gate = Gate()
+    try:
+        with pytest.raises(ConfigError, match=message):
+            gate.register("x", ["echo"], **policy)
+    finally:
+        gate.close()
+
+
+def test_rlimits_apply_to_the_child() -> None:
+    """limits are set on the child: here, open files and file size."""
+    gate = Gate()
+    gate.register(
+        "limits", ["sh", "-c", "ulimit -n; ulimit -f"], limits={"nofile": 64, "fsize": 1024 * 1024}
+    )
+    client = Client(gate)
+    try:
+        job = client.post("/commands/limits", json={"wait": True}).json
+    finally:
+        gate.close()
+    assert job["status"] == "succeeded", job
+    assert job["stdout"].split() == ["64", "2048"]  # ulimit -f counts 512-byte blocks
+
+
+def test_cpu_limit_kills_a_spinning_child() -> None:
+    """A CPU-seconds limit stops a busy loop: the job fails, killed by SIGKILL/SIGXCPU."""
+    gate = Gate()
+    gate.register("spin", ["sh", "-c", "while :; do :; done"], limits={"cpu": 1}, timeout=20)
+    client = Client(gate)
+    try:
+        job = client.post("/commands/spin", json={"wait": True}).json
+    finally:
+        gate.close()
+    assert job["status"] == "failed"
+    assert job["error"] in ("killed by SIGXCPU", "killed by SIGKILL")
+
+
+def test_user_needs_root_or_exists() -> None:
+    """Dropping to a user is checked at registration."""
+    gate = Gate()
+    try:
+        with pytest.raises(ConfigError):
+            gate.register("x", ["id"], user="no-such-user-procgate")
+    finally:
+        gate.close()
+
+
+def test_runs_as_configured_user() -> None:
+    """As root, a command with user = "nobody" runs as nobody, without root's groups."""
+    gate = Gate()
+    gate.register("whoami", ["id"], user="nobody", group="nogroup")
+    client = Client(gate)
+    try:
+        job = client.post("/commands/whoami", json={"wait": True}).json
+    finally:
+        gate.close()
+    assert job["status"] == "succeeded", job
+    assert "uid=65534(nobody)" in job["stdout"]
+    assert "groups=65534(nogroup)" in job["stdout"]
+
+
+# -- audit -----------------------------------------------------------------------------------
+
+
+def test_audit_log_lines(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    """One JSON line per transition, with token id and client, never the token or stdin."""
+    with caplog.at_level(logging.INFO, logger="procgate.audit"):
+        job = client.post(
+            "/commands/echo",
+            json={"args": ["hi"], "stdin": "top-secret-stdin", "wait": True},
+            headers=bearer(CI),
+            environ_base={"REMOTE_ADDR": "127.0.0.9"},
+        ).json
+        wait_for(lambda: len([r for r in caplog.records if r.name == "procgate.audit"]) >= 3)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "procgate.audit"]
+    assert [line["event"] for line in lines] == ["queued", "running", "succeeded"]
+    final = lines[-1]
+    assert final["job"] == job["id"]
+    assert final["token"] == "ci"
+    assert final["client"] == "127.0.0.9"
+    assert final["command"] == "echo"
+    assert final["argv"][-1] == "hi"
+    assert final["returncode"] == 0
+    assert isinstance(final["duration"], float)
+    text = caplog.text
+    assert CI not in text
+    assert "top-secret-stdin" not in text
+    assert hash_token(CI) not in text
+
+
+def test_cancel_is_audited(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    """A cancel request is audited with who asked."""
+    job = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
+    with caplog.at_level(logging.INFO, logger="procgate.audit"):
+        client.delete(f"/jobs/{job}?wait=10", headers=bearer(CI))
+    events = [
+        json.loads(r.getMessage())["event"] for r in caplog.records if r.name == "procgate.audit"
+    ]
+    assert "cancel_requested" in events
+    assert "cancelled" in events
+
+
+def test_concurrent_auth_is_consistent(client: Client) -> None:
+    """Many threads with mixed tokens each get exactly their own rights."""
+    results: list[tuple[str, int]] = []
+
+    def call(secret: str) -> None:
+        for _ in range(10):
+            response = client.post("/commands/secret", json={}, headers=bearer(secret))
+            results.append((secret, response.status_code))
+
+    threads = [threading.Thread(target=call, args=(s,)) for s in (CI, OPS) * 4]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {code for secret, code in results if secret == CI} == {403}
+    assert {code for secret, code in results if secret == OPS} == {202}
