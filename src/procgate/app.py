@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import time
@@ -52,6 +53,7 @@ from procgate.errors import (
     UnknownCommand,
 )
 from procgate.jobs import Job, JobStatus, Spec, job_to_json, new_job_id
+from procgate.openapi import openapi
 from procgate.runners import Runner, ThreadRunner
 from procgate.stores import JobStore, MemoryStore
 from procgate.uploads import save_upload
@@ -81,6 +83,9 @@ _UPLOAD_FIELDS = _JOB_FIELDS | {"stdin_file"}
 _MAX_KEY = 255
 _RUN_FIELDS = _JOB_FIELDS | {"shell"}
 _MAX_LIST = 1000
+#: ``?wait=`` values: true, false (or empty), or seconds.
+_WAIT_QUERY = re.compile(r"|true|false|[0-9]{1,9}(\.[0-9]{1,9})?")
+_FLAGS = {"": False, "0": False, "false": False, "1": True, "true": True}
 
 
 class _Request(Request):
@@ -181,6 +186,7 @@ class Gate:
                 ),
                 Rule("/jobs/<job_id>/output", endpoint="output_from", methods=["GET"]),
                 Rule("/jobs/<job_id>/events", endpoint="events", methods=["GET"]),
+                Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
             ]
         )
         self.runner.open(self.store, self._job_finished)
@@ -302,6 +308,12 @@ class Gate:
     def on_health(self, request: Request, adapter: MapAdapter) -> Response:
         return _json({"status": "ok"})
 
+    def on_openapi(self, request: _Request, adapter: MapAdapter) -> Response:
+        """The OpenAPI 3.1 document, with the commands this client may see."""
+        visible = [c for c in self.commands.values() if self._shows(request, c.name)]
+        server = request.host_url.rstrip("/") + request.script_root
+        return _json(openapi(self, server, visible))
+
     def on_commands(self, request: _Request, adapter: MapAdapter) -> Response:
         visible = [c for c in self.commands.values() if self._shows(request, c.name)]
         return _json({"commands": [c.to_json() for c in visible]})
@@ -326,7 +338,7 @@ class Gate:
         else:
             body = _json_body(request)
         try:
-            _check_fields(body, _UPLOAD_FIELDS if upload is not None else _JOB_FIELDS)
+            body = _check_fields(body, _UPLOAD_FIELDS if upload is not None else _JOB_FIELDS)
             args = self._args(body.get("args", []))
             spec = command.spec(
                 upload.substitute(args) if upload is not None else args,
@@ -356,7 +368,7 @@ class Gate:
                 code="run_disabled",
             )
         body = _json_body(request)
-        _check_fields(body, _RUN_FIELDS)
+        body = _check_fields(body, _RUN_FIELDS)
         shell = body.get("shell", False)
         if not isinstance(shell, bool):
             raise InvalidRequest("shell must be true or false")
@@ -399,7 +411,7 @@ class Gate:
         return self._launch(job, body, request, adapter, None)
 
     def on_jobs(self, request: _Request, adapter: MapAdapter) -> Response:
-        status = request.args.get("status")
+        status = request.args.get("status") or None
         try:
             wanted = JobStatus(status) if status is not None else None
         except ValueError:
@@ -411,9 +423,9 @@ class Gate:
         token = request.token
         page = self.store.list(
             status=wanted,
-            command=request.args.get("command"),
+            command=request.args.get("command") or None,
             limit=limit,
-            cursor=request.args.get("cursor"),
+            cursor=request.args.get("cursor") or None,
             token=None if token is None or token.admin else token.id,
         )
         return _json(
@@ -686,17 +698,17 @@ class Gate:
 
     def _wait(self, request: Request, body: Mapping[str, Any]) -> float:
         """Seconds to wait from the body's or the query's ``wait``, capped by ``max_wait``."""
-        if "wait" in body:
-            value: Any = body["wait"]
-        elif "wait" in request.args:
-            text = request.args["wait"].strip().lower()
-            value = {"true": True, "false": False, "": False}.get(text, text)
-            if isinstance(value, str):
-                try:
-                    value = float(value)
-                except ValueError:
-                    raise InvalidRequest("wait must be true, false or seconds") from None
-        else:
+        value: Any = None
+        if "wait" in request.args:  # checked even when the body's wait wins
+            text = request.args["wait"]
+            if not _WAIT_QUERY.fullmatch(text):
+                raise InvalidRequest("wait must be true, false or a number of seconds")
+            value = {"true": True, "false": False, "": False}.get(text)
+            if value is None:
+                value = float(text)
+        if body.get("wait") is not None:
+            value = body["wait"]
+        if value is None:
             return 0.0
         if isinstance(value, bool):
             return self.max_wait if value else 0.0
@@ -746,8 +758,9 @@ def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _check_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    """Refuse unknown fields: a typo such as ``tmeout`` must not pass silently."""
+def _check_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    """Refuse unknown fields (a typo such as ``tmeout`` must not pass silently), and drop
+    the null ones: null means "not given"."""
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidRequest(
@@ -755,10 +768,15 @@ def _check_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
             + ", ".join(sorted(allowed)),
             code="unknown_field",
         )
+    return {key: value for key, value in body.items() if value is not None}
 
 
 def _flag(request: Request, name: str) -> bool:
-    return request.args.get(name, "").strip().lower() in ("1", "true", "yes")
+    """A boolean query parameter: 1/true or 0/false (or absent); anything else is a 400."""
+    text = request.args.get(name, "")
+    if text not in _FLAGS:
+        raise InvalidRequest(f"{name} must be 1, 0, true or false")
+    return _FLAGS[text]
 
 
 def _idempotency_key(body: Mapping[str, Any]) -> str | None:
@@ -819,6 +837,8 @@ def _env(value: Any) -> dict[str, str]:
 def _stdin(body: Mapping[str, Any]) -> bytes:
     value = body.get("stdin")
     encoding = body.get("stdin_encoding", "utf-8")
+    if encoding not in ("utf-8", "base64"):
+        raise InvalidRequest("stdin_encoding must be 'utf-8' or 'base64'")
     if value is None:
         return b""
     if not isinstance(value, str):

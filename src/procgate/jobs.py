@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from procgate.errors import InvalidRequest
+
 
 class JobStatus(str, Enum):
     """Where a job is in its life; the value is the word clients see in JSON."""
@@ -135,6 +137,19 @@ class JobPage:
 
     jobs: list[Job]
     next: str | None
+
+
+#: Cursors are sequence numbers below this (SQLite's INTEGER is 64-bit).
+MAX_CURSOR = 2**63 - 1
+
+
+def parse_cursor(cursor: str | None) -> int | None:
+    """A ``list`` cursor as its sequence number; ``InvalidRequest`` for anything else."""
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or not cursor.isascii() or int(cursor) > MAX_CURSOR:
+        raise InvalidRequest(f"invalid cursor {cursor!r}", code="invalid_cursor")
+    return int(cursor)
 
 
 def new_job_id() -> str:

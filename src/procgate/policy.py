@@ -141,6 +141,11 @@ class ArgPolicy:
                 raise _invalid(f"{where}: {exc}") from None
         return tail
 
+    @property
+    def requires_args(self) -> bool:
+        """Whether a request must send at least one argument."""
+        return self.mode == "rules" and any(not rule.optional for rule in self.rules)
+
     def to_schema(self) -> dict[str, Any]:
         """A JSON Schema (2020-12, as in OpenAPI 3.1) for the request's ``args`` array.
 

@@ -629,3 +629,10 @@ def test_list_by_token(store: JobStore) -> None:
     assert [j.id for j in page.jobs] == [mine.id]
     assert (page.jobs[0].token_id, page.jobs[0].client) == ("ci", "10.0.0.1")
     assert len(store.list().jobs) == 3
+
+
+@pytest.mark.parametrize("cursor", ["", "-1", "1.5", "x", "١٢", str(2**63), "9" * 40])
+def test_bad_cursors_are_invalid_requests(store: JobStore, cursor: str) -> None:
+    """A cursor the store did not issue is an InvalidRequest, never a crash."""
+    with pytest.raises(InvalidRequest):
+        store.list(cursor=cursor)

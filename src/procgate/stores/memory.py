@@ -10,8 +10,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from procgate.errors import ConfigError, InvalidRequest, JobNotFound
-from procgate.jobs import ACTIVE, Chunk, Chunks, Job, JobPage, JobStatus, Outcome, utcnow
+from procgate.errors import ConfigError, JobNotFound
+from procgate.jobs import (
+    ACTIVE,
+    Chunk,
+    Chunks,
+    Job,
+    JobPage,
+    JobStatus,
+    Outcome,
+    parse_cursor,
+    utcnow,
+)
 
 
 @dataclass(slots=True)
@@ -83,7 +93,7 @@ class MemoryStore:
         cursor: str | None = None,
         token: str | None = None,
     ) -> JobPage:
-        before = _parse_cursor(cursor)
+        before = parse_cursor(cursor)
         jobs: list[Job] = []
         last_seq: int | None = None
         more = False
@@ -296,12 +306,3 @@ class MemoryStore:
                     break
         for job_id in doomed:
             self._drop(job_id)
-
-
-def _parse_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        return int(cursor)
-    except ValueError:
-        raise InvalidRequest(f"invalid cursor {cursor!r}", code="invalid_cursor") from None

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from procgate.errors import ConfigError, InvalidRequest, JobNotFound
+from procgate.errors import ConfigError, JobNotFound
 from procgate.jobs import (
     Chunk,
     Chunks,
@@ -18,6 +18,7 @@ from procgate.jobs import (
     Outcome,
     job_from_record,
     job_to_record,
+    parse_cursor,
 )
 
 try:
@@ -255,13 +256,8 @@ class RedisStore:
         token: str | None = None,
     ) -> JobPage:
         self._evict()
-        if cursor is not None:
-            try:
-                upper = f"({int(cursor)}"
-            except ValueError:
-                raise InvalidRequest(f"invalid cursor {cursor!r}", code="invalid_cursor") from None
-        else:
-            upper = "+inf"
+        before = parse_cursor(cursor)
+        upper = f"({before}" if before is not None else "+inf"
         found: list[tuple[str, int]] = []
         while len(found) <= limit:
             batch = self.redis.zrevrangebyscore(

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from procgate.errors import ConfigError, InvalidRequest, JobNotFound
+from procgate.errors import ConfigError, JobNotFound
 from procgate.jobs import (
     Chunk,
     Chunks,
@@ -21,6 +21,7 @@ from procgate.jobs import (
     Outcome,
     job_from_record,
     job_to_record,
+    parse_cursor,
     utcnow,
 )
 
@@ -248,11 +249,9 @@ class SQLiteStore:
     ) -> JobPage:
         where: _Ids = ["1"]
         params: list[object] = []
-        if cursor is not None:
-            try:
-                params.append(int(cursor))
-            except ValueError:
-                raise InvalidRequest(f"invalid cursor {cursor!r}", code="invalid_cursor") from None
+        before = parse_cursor(cursor)
+        if before is not None:
+            params.append(before)
             where.append("seq < ?")
         if status is not None:
             where.append("status = ?")
