@@ -308,3 +308,13 @@ def test_failing_hook_is_logged_and_harmless(caplog: pytest.LogCaptureFixture) -
         gate.close()
     assert first["status"] == second["status"] == "succeeded"
     assert "hook bug" in caplog.text
+
+
+def test_callback_allow_must_be_a_list() -> None:
+    """A string is refused: taken as prefixes one character long it would allow anything."""
+    from procgate import ConfigError
+
+    with pytest.raises(ConfigError, match="callback_allow"):
+        Gate(callback_allow="https://hooks.example.com/")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="allow_programs"):
+        Gate(allow_programs="echo")  # type: ignore[arg-type]

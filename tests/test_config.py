@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,72 @@ callback_timeout = 3
         assert gate.notifier.timeout == 3
     finally:
         gate.close()
+
+
+def test_auth_section(tmp_path: Path) -> None:
+    """[[auth.tokens]], allow_ips and trusted_proxies, and per-command security keys."""
+    from procgate.auth import hash_token
+
+    path = write(
+        tmp_path,
+        f"""
+[store]
+url = "memory://"
+[auth]
+allow_ips = ["127.0.0.0/8"]
+trusted_proxies = ["127.0.0.1/32"]
+[[auth.tokens]]
+id = "ci"
+sha256 = "{hash_token("s3")}"
+commands = ["echo"]
+[[auth.tokens]]
+id = "root"
+sha256 = "{hash_token("r00t")}"
+admin = true
+[commands.echo]
+argv = ["echo"]
+args = [{{ name = "word", pattern = "[a-z]+" }}]
+max_rate = "5/second"
+max_running = 2
+[commands.hook]
+argv = ["cat"]
+webhook = true
+hmac_secret_env = "PROCGATE_TEST_SECRET"
+""",
+    )
+    os.environ["PROCGATE_TEST_SECRET"] = "from-env"
+    try:
+        gate = read_config(path).build()
+    finally:
+        del os.environ["PROCGATE_TEST_SECRET"]
+    try:
+        assert gate.tokens is not None
+        assert [t.id for t in gate.tokens.tokens] == ["ci", "root"]
+        assert gate.commands["hook"].hmac_secret == b"from-env"
+        client = Client(gate)
+        local = {"REMOTE_ADDR": "127.0.0.1"}
+        ok = client.post(
+            "/commands/echo",
+            json={"args": ["hi"], "wait": True},
+            headers={"Authorization": "Bearer s3"},
+            environ_base=local,
+        )
+        assert ok.status_code == 200, ok.json
+        assert ok.json["stdout"] == "hi\n"
+        bad = client.post(
+            "/commands/echo",
+            json={"args": ["HI"]},
+            headers={"Authorization": "Bearer s3"},
+            environ_base=local,
+        )
+        assert bad.status_code == 400
+        assert bad.json["error"]["code"] == "invalid_argument"
+    finally:
+        gate.close()
+
+
+def test_missing_secret_env_is_a_config_error(tmp_path: Path) -> None:
+    """A secret named by *_env that the environment lacks stops the startup."""
+    path = write(tmp_path, "[commands.h]\nargv = ['cat']\nhmac_secret_env = 'PROCGATE_NOT_SET_X'\n")
+    with pytest.raises(ConfigError, match="PROCGATE_NOT_SET_X"):
+        read_config(path).build()

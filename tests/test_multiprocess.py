@@ -256,3 +256,49 @@ def test_follower_in_another_process(
     assert "event: end" in blocks[-1]
     _, _, raw = second.request("GET", f"/jobs/{job['id']}/stderr?follow=1")
     assert raw == b"err 1\nerr 2\nerr 3\n"
+
+
+def test_flood_gets_429s_not_5xx_and_loses_nothing(tmp_path: Path, servers: list[Server]) -> None:
+    """2,000 requests from 32 clients against a 2-worker runner: the server answers every
+    one (202 or 429 with Retry-After, never 5xx), and every accepted job finishes."""
+    config = """
+[store]
+url = "memory://"
+[runner]
+kind = "thread"
+max_workers = 2
+max_queue = 20
+[commands.work]
+argv = ["sleep", "0.01"]
+"""
+    server = start_server(tmp_path, config, "--threads", "40")
+    servers.append(server)
+    statuses: dict[int, int] = {}
+    accepted: list[str] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        for _ in range(n, 2000, 32):
+            status, headers, body = server.request("POST", "/commands/work", {})
+            with lock:
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 202:
+                    accepted.append(json.loads(body)["id"])
+                elif status == 429:
+                    assert int(headers["Retry-After"]) >= 1
+                    assert json.loads(body)["error"]["code"] == "runner_busy"
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert sum(statuses.values()) == 2000
+    assert set(statuses) <= {202, 429}, statuses
+    assert statuses.get(202, 0) >= 20
+    assert server.json("GET", "/health") == (200, {"status": "ok"})  # still responsive
+    for job_id in accepted:
+        status, job = server.json("GET", f"/jobs/{job_id}?wait=30")
+        assert status == 200
+        assert job["status"] == "succeeded", job
+    print(f"flood: {statuses}")

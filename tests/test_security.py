@@ -396,3 +396,48 @@ def test_concurrent_auth_is_consistent(client: Client) -> None:
         thread.join()
     assert {code for secret, code in results if secret == CI} == {403}
     assert {code for secret, code in results if secret == OPS} == {202}
+
+
+def test_any_wsgi_auth_middleware_can_stand_in_front() -> None:
+    """Auth is pluggable: a plain WSGI middleware in front of a token-less Gate works."""
+
+    def basic_auth(app: Any) -> Any:
+        def middleware(environ: dict[str, Any], start_response: Any) -> Any:
+            if environ.get("HTTP_AUTHORIZATION") != "Basic dXNlcjpwdw==":  # user:pw
+                start_response("401 Unauthorized", [("WWW-Authenticate", "Basic")])
+                return [b"who are you?"]
+            return app(environ, start_response)
+
+        return middleware
+
+    gate = Gate()
+    gate.register("echo", ["echo"])
+    client = Client(basic_auth(gate))
+    try:
+        assert client.post("/commands/echo", json={}).status_code == 401
+        response = client.post(
+            "/commands/echo",
+            json={"args": ["in"], "wait": True},
+            headers={"Authorization": "Basic dXNlcjpwdw=="},
+        )
+        assert response.json["stdout"] == "in\n"
+    finally:
+        gate.close()
+
+
+def test_token_command_prints_a_working_entry(tmp_path: Any) -> None:
+    """procgate token makes a secret whose config entry authenticates it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "procgate", "token", "--id", "deploy"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    secret = out.splitlines()[0].removeprefix("token: ")
+    digest = out.split('sha256 = "')[1].split('"')[0]
+    assert hash_token(secret) == digest
+    assert 'id = "deploy"' in out

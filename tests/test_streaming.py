@@ -78,6 +78,8 @@ class Follower:
         """Like a server thread: read, and close the response from the same thread."""
         try:
             for part in self.response.response:
+                if not part:  # the empty first chunk that gets the headers sent
+                    continue
                 self.parts.append(part)
                 if self.hang_up_after is not None and len(self.parts) >= self.hang_up_after:
                     break
@@ -170,6 +172,11 @@ def test_events_stream(client: Client) -> None:
     assert end["stdout"] == "out1\nout2\n"
     assert end["stdout_truncated"] is False
     assert end["error"] is None
+    order = [e["event"] for e in events]
+    last_output = max(i for i, name in enumerate(order) if name == "output")
+    final_status = max(i for i, name in enumerate(order) if name == "status")
+    assert final_status > last_output  # the final status comes after the output
+    assert ": keepalive" not in response.get_data(as_text=True)  # no silence here
 
 
 def test_events_resume_without_gaps_or_repeats(client: Client) -> None:
@@ -238,3 +245,18 @@ def test_many_followers(client: Client) -> None:
         assert follower.done.wait(20)
     expected = "".join(f"{i}\n" for i in range(1, 21)).encode()
     assert {f.data for f in followers} == {expected}
+
+
+def test_keepalives_only_after_silence(client: Client, store: JobStore) -> None:
+    """SSE comments are sent after idle seconds without news, not after every burst."""
+    from procgate import streaming
+
+    job_id = start(client, "echo a; sleep 0.6; echo b; sleep 0.1; echo c")
+    stream = streaming.events(store, job_id, lambda job: {"id": job.id}, idle=0.4)
+    text = b"".join(stream).decode()
+    assert text.count(": keepalive") == 1  # the 0.6 s pause, once
+    assert [e["data"]["data"] for e in parse_sse(text) if e["event"] == "output"] == [
+        "a\n",
+        "b\n",
+        "c\n",
+    ]

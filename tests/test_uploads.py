@@ -142,3 +142,36 @@ def test_json_requests_keep_their_small_limit(client: Client) -> None:
     gate_limit = 1 << 20
     response = client.post("/commands/cat", json={"stdin": "x" * (gate_limit + 10)})
     assert response.status_code == 413
+
+
+def test_request_part_sent_as_a_file(client: Client) -> None:
+    """curl -F request=@req.json: the request part arrives as a file, and still counts."""
+    response = client.post(
+        "/commands/show",
+        data={
+            "request": (io.BytesIO(b'{"args": ["{file:f}"], "wait": true}'), "req.json"),
+            "f": (io.BytesIO(b"content"), "f.txt"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 200, response.json
+    assert response.json["stdout"].endswith("content")
+
+
+def test_close_cleans_queued_uploads_and_calls_hooks(uploads_dir: Path) -> None:
+    """Jobs still queued when the Gate closes are cancelled, their files removed, hooked."""
+    from procgate import ThreadRunner
+
+    gate = Gate(runner=ThreadRunner(max_workers=1))
+    gate.register("sleep", ["sleep"], kill_grace=0.5)
+    gate.register("cat", ["cat"])
+    finished: list[str] = []
+    gate.on_finish(lambda job, ctx: finished.append(job.status.value))
+    client = Client(gate)
+    client.post("/commands/sleep", json={"args": ["30"]})
+    queued = post(client, "cat", {"stdin_file": "f"}, f=(io.BytesIO(b"x"), "x"))
+    assert queued.json["status"] == "queued"
+    assert len(list(uploads_dir.iterdir())) == 1
+    gate.close()
+    assert list(uploads_dir.iterdir()) == []
+    assert sorted(finished) == ["cancelled", "cancelled"]

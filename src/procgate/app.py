@@ -142,7 +142,7 @@ class Gate:
         self.commands: dict[str, Command] = {}
         path = child_env()["PATH"]
         self.allowed_programs: set[str] = set()
-        for program in allow_programs:
+        for program in _names(allow_programs, "allow_programs"):
             found = resolve_program(program, path)
             if found is None:
                 raise ConfigError(f"allow_programs: program {program!r} not found")
@@ -155,7 +155,7 @@ class Gate:
             raise ConfigError("max_upload must be a positive byte count, max_files >= 0")
         self.max_upload = max_upload
         self.max_files = max_files
-        self.callback_allow = tuple(callback_allow)
+        self.callback_allow = _names(callback_allow, "callback_allow")
         self.notifier = Notifier(
             secret=callback_secret,
             max_attempts=callback_attempts,
@@ -873,6 +873,13 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
     if not low <= value <= high:
         raise InvalidRequest(f"{name} must be between {low} and {high}")
     return value
+
+
+def _names(values: Iterable[str], what: str) -> tuple[str, ...]:
+    """A list of strings: a lone string would be taken one character at a time."""
+    if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"{what} must be a list of strings")
+    return tuple(values)
 
 
 def _is_number(value: object) -> bool:

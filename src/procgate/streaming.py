@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,12 @@ KEEPALIVE = 15.0
 
 
 def follow(store: JobStore, job_id: str, stream: str, idle: float = KEEPALIVE) -> Iterator[bytes]:
-    """The stream's bytes so far, then new ones as they are written, until the job ends."""
+    """The stream's bytes so far, then new ones as they are written, until the job ends.
+
+    It starts with an empty chunk, so the server sends the headers at once even when the
+    job is silent (a proxy would time out waiting for them).
+    """
+    yield b""
     for chunk, _ in _chunks(store, job_id, idle):
         if chunk is not None and chunk.stream == stream:
             yield chunk.data
@@ -72,7 +78,8 @@ def events(
     status = None
     after = last_event_id
     for chunk, job in _chunks(store, job_id, idle, after):
-        changed = job.status is not status
+        # A final status waits until the output before it has been sent.
+        changed = job.status is not status and not (chunk is not None and job.status.finished)
         if changed:
             status = job.status
             yield _event("status", after, {"status": status.value})
@@ -92,12 +99,13 @@ def events(
 def _chunks(
     store: JobStore, job_id: str, idle: float, after: int = 0
 ) -> Iterator[tuple[Chunk | None, Job]]:
-    """Every chunk past ``after`` with the job as last read; ``(None, job)`` whenever a
-    read brought no chunk (a status change, ``idle`` seconds of silence, or the end).
+    """Every chunk past ``after`` with the job as last read; ``(None, job)`` when there is
+    no chunk to carry news: the status changed, ``idle`` seconds passed, or the end.
 
     The job is read before its chunks: a runner writes all output before it finishes a
     job, so once a read shows the job finished, the chunks read after it are all of them.
     """
+    status = None
     while True:
         try:
             job = store.get(job_id, output=False)
@@ -110,12 +118,17 @@ def _chunks(
         if job.status.finished:
             yield None, job
             return
-        if not chunks:
+        if job.status is not status and not chunks:
             yield None, job
+        status = job.status
+        if not chunks:
+            started = time.monotonic()
             try:
                 store.wait_output(job_id, after, idle)
             except JobNotFound:
                 return
+            if time.monotonic() - started >= idle:
+                yield None, job  # silence: time for a keepalive
 
 
 def _chunk_json(chunk: Chunk) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from procgate.errors import InvalidRequest, ProcgateError
 
 _FIELD = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PLACEHOLDER = re.compile(r"\{file:([^{}]*)\}")
+_MAX_REQUEST_PART = 1 << 20  # the request part's JSON, like a JSON body
 
 
 class TooManyFiles(ProcgateError):
@@ -67,6 +68,17 @@ def save_upload(
     Files go to ``<new private dir>/<field>/<sanitised file name>``: a client picks
     neither directory nor path (no traversal), only a file name that keeps its extension.
     """
+    if "request" in files:  # curl -F request=@req.json sends the JSON as a file part
+        if "request" in form:
+            raise InvalidRequest("send the request part once")
+        part = files.getlist("request")
+        files = MultiDict([(k, v) for k, v in files.items(multi=True) if k != "request"])
+        if len(part) != 1:
+            raise InvalidRequest("send the request part once")
+        form = MultiDict(form)
+        form["request"] = part[0].read(_MAX_REQUEST_PART + 1).decode("utf-8", "replace")
+        if len(form["request"]) > _MAX_REQUEST_PART:
+            raise InvalidRequest("the request part is too large", code="request_entity_too_large")
     body = _request_part(form)
     if len(files) > max_files:
         raise TooManyFiles(f"at most {max_files} files per request")

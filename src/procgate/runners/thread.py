@@ -61,6 +61,8 @@ class ThreadRunner(SyncRunner):
             if job_id is not None and store is not None:
                 with contextlib.suppress(Exception):
                     store.cancel(job_id)
+                # now cancelled, it only has its upload files removed and hooks called
+                run_job(store, job_id, self._halt, self._on_finish)
         with self._lock:
             threads, self._threads = self._threads, []
         for _ in threads:
