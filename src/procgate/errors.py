@@ -57,37 +57,32 @@ class JobNotFound(ProcgateError):
     code = "job_not_found"
 
 
-class RunnerBusy(ProcgateError):
-    """The runner's queue is full; the client should retry after ``retry_after`` seconds."""
+class _TryLater(ProcgateError):
+    """429: the client should retry after ``retry_after`` seconds (the Retry-After header)."""
 
     status = 429
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RunnerBusy(_TryLater):
+    """The runner's queue is full."""
+
     code = "runner_busy"
 
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
-
-class TooManyRunning(ProcgateError):
+class TooManyRunning(_TryLater):
     """A command (or the Gate) already has as many jobs queued or running as it allows."""
 
-    status = 429
     code = "too_many_running"
 
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
-
-class RateLimited(ProcgateError):
+class RateLimited(_TryLater):
     """A command's ``max_rate`` is used up for now."""
 
-    status = 429
     code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class RunnerClosed(ProcgateError):
