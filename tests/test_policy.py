@@ -19,7 +19,7 @@ from procgate.errors import ConfigError, InvalidRequest
 from procgate.policy import ArgPolicy, ArgRule, parse_policy
 
 # Fixed examples, no database: every run checks the same cases, in a few seconds.
-PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=250)
+PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=400)
 
 TYPES = ["string", "int", "number", "identifier", "path", "url", "email"]
 
@@ -97,6 +97,14 @@ def test_none_refuses_any_arg() -> None:
     assert policy.check([]) == []
     assert "takes no arguments" in refused(policy, ["--"])
     assert refused(policy, [""]).startswith("argument 1:")
+
+
+def test_requires_args() -> None:
+    """Only a rules policy with a required rule needs the request to send args."""
+    assert not ArgPolicy().requires_args
+    assert not parse_policy("none", where="x").requires_args
+    assert not rules({"name": "a", "optional": True}, options=["-v"]).requires_args
+    assert rules({"name": "a"}).requires_args
 
 
 @pytest.mark.parametrize("args", ["-v", [1], ["a", None], None])
@@ -939,6 +947,10 @@ def _satisfies_type(rule: ArgRule, value: str) -> bool:
         )
     if rule.type == "url":
         parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 -- ValueError for a port outside 0-65535
+        except ValueError:
+            return False
         return (
             parts.scheme in ("http", "https")
             and bool(parts.hostname)
@@ -1056,45 +1068,58 @@ def _exactly_described(policy: ArgPolicy) -> bool:
     )
 
 
+def verify(policy: ArgPolicy, args: list[str], schema: dict[str, Any]) -> bool:
+    """Check ``args``: a refusal is an InvalidRequest, an acceptance obeys the policy, and
+    the schema agrees (never stricter; exact where ``_exactly_described``). Accepted?"""
+    try:
+        out = policy.check(args)
+    except InvalidRequest as exc:
+        error: InvalidRequest | None = exc
+    else:
+        error = None
+        assert_obeys(policy, args, out)
+        assert schema_accepts(schema, args)
+    if error is not None:
+        assert error.code == "invalid_argument"
+        assert error.message.startswith("argument ")
+    clean = all("\0" not in arg and not re.search("[\ud800-\udfff]", arg) for arg in args)
+    if clean and _exactly_described(policy):
+        assert schema_accepts(schema, args) == (error is None)
+    return error is None
+
+
 def test_every_type_against_every_near_miss(sandbox: str) -> None:
-    """Every rule type, with and without allow_dash, first or second, against every nasty
-    value: check refuses with InvalidRequest or returns argv that obeys the rule."""
+    """Every rule type, with and without allow_dash, first or after options, against every
+    nasty value in every position: check and to_schema hold up (see ``verify``)."""
     values = sorted({*NASTY, *(value for misses in TRICKY.values() for value in misses)})
+    accepted = 0
     for type_ in TYPES:
         for allow_dash in (False, True):
             rule = {"name": "v", "type": type_, "allow_dash": allow_dash}
             if type_ == "path":
                 rule["base"] = sandbox
-            policy = rules({"name": "s"}, rule, options=["-v"])
-            for value in values:
-                for args in (["--", "s", value], ["s", value], ["-v", "--", "s", value]):
-                    try:
-                        out = policy.check(args)
-                    except InvalidRequest:
-                        continue
-                    assert_obeys(policy, args, out)
+            for policy in (
+                rules(rule),
+                rules({"name": "s"}, {**rule, "optional": True}, options=["-v", "--depth="]),
+            ):
+                schema = policy.to_schema()
+                for value in values:
+                    for args in ([value], ["--", value], [value, "s"], ["-v", "--", "s", value]):
+                        accepted += verify(policy, args, schema)
+    assert accepted > 500  # the loop reaches acceptance too, not only refusals
 
 
 @PROPERTY
 @given(data=st.data())
-def test_accepted_args_obey_the_policy(sandbox: str, data: st.DataObject) -> None:
-    """For any policy and any args, check refuses with InvalidRequest or returns obeying argv.
-
-    Anything else raised (TypeError, OSError, ValueError...) fails the test.
-    """
+def test_check_and_schema_hold_for_any_policy_and_args(sandbox: str, data: st.DataObject) -> None:
+    """For generated policies and hostile or near-valid args, ``verify`` holds: check only
+    ever raises InvalidRequest, and what it accepts obeys the policy and the schema."""
     policy = data.draw(policies(sandbox))
     args = data.draw(arg_lists(policy))
-    try:
-        out = policy.check(args)
-    except InvalidRequest as exc:
-        error = exc
-    else:
-        event(f"accepted ({policy.mode})")  # --hypothesis-show-statistics shows the mix
-        assert_obeys(policy, args, out)
-        return
-    event(f"refused ({policy.mode})")
-    assert error.code == "invalid_argument"
-    assert error.message.startswith("argument ")
+    accepted = verify(policy, args, policy.to_schema())
+    event(
+        f"{'accepted' if accepted else 'refused'} ({policy.mode})"
+    )  # see --hypothesis-show-statistics
 
 
 @PROPERTY
@@ -1106,22 +1131,3 @@ def test_valid_args_are_accepted(sandbox: str, data: st.DataObject) -> None:
         return
     args, expected, _ = data.draw(valid_requests(policy))
     assert policy.check(args) == expected
-
-
-@PROPERTY
-@given(data=st.data())
-def test_schema_accepts_what_check_accepts(sandbox: str, data: st.DataObject) -> None:
-    """to_schema never rejects a request check accepts, and is exact where it can be."""
-    policy = data.draw(policies(sandbox))
-    args = data.draw(arg_lists(policy))
-    schema = policy.to_schema()
-    try:
-        policy.check(args)
-    except InvalidRequest:
-        accepted = False
-    else:
-        accepted = True
-        assert schema_accepts(schema, args)
-    clean = all("\0" not in arg and not re.search("[\ud800-\udfff]", arg) for arg in args)
-    if clean and _exactly_described(policy):
-        assert schema_accepts(schema, args) == accepted
