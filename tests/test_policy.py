@@ -841,7 +841,7 @@ def _valid_value(draw: st.DrawFn, rule: ArgRule) -> str:
         paths = ["file.txt", "sub/inner.txt", ".", "sub", "link_in/inner.txt", "new.txt"]
         paths += [f"{rule.base}/file.txt", "sub/../file.txt", *(["-dash.txt"] * rule.allow_dash)]
         return draw(st.sampled_from(paths))
-    text = st.text(st.characters(exclude_characters="\0"), max_size=6)
+    text = st.text(st.characters(exclude_characters="\0", codec="utf-8"), max_size=6)
     if rule.pattern is not None:
         text = st.from_regex(rule.pattern, fullmatch=True, alphabet=st.characters(codec="utf-8"))
     return draw(text.filter(lambda v: "\0" not in v and (rule.allow_dash or v[:1] != "-")))
