@@ -234,3 +234,35 @@ def test_missing_secret_env_is_a_config_error(tmp_path: Path) -> None:
     path = write(tmp_path, "[commands.h]\nargv = ['cat']\nhmac_secret_env = 'PROCGATE_NOT_SET_X'\n")
     with pytest.raises(ConfigError, match="PROCGATE_NOT_SET_X"):
         read_config(path).build()
+
+
+def test_secret_and_secret_env_together_are_refused(tmp_path: Path) -> None:
+    """Giving a secret both inline and through the environment is a mistake, not a choice."""
+    path = write(
+        tmp_path,
+        "[commands.h]\nargv = ['cat']\nhmac_secret = 'a'\nhmac_secret_env = 'HOME'\n",
+    )
+    with pytest.raises(ConfigError, match="not both"):
+        read_config(path).build()
+
+
+def test_path_rule_base_is_relative_to_the_config(tmp_path: Path) -> None:
+    """A path rule's relative base is taken from the config file's directory."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("A")
+    path = write(
+        tmp_path,
+        """
+[store]
+url = "memory://"
+[commands.show]
+argv = ["cat"]
+args = [{ name = "file", type = "path", base = "data" }]
+""",
+    )
+    gate = read_config(path).build()
+    try:
+        job = Client(gate).post("/commands/show", json={"args": ["a.txt"], "wait": True}).json
+    finally:
+        gate.close()
+    assert job["stdout"] == "A"

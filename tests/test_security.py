@@ -441,3 +441,65 @@ def test_token_command_prints_a_working_entry(tmp_path: Any) -> None:
     digest = out.split('sha256 = "')[1].split('"')[0]
     assert hash_token(secret) == digest
     assert 'id = "deploy"' in out
+
+
+def test_max_rate_is_not_freed_by_deleting_jobs() -> None:
+    """Deleting finished jobs does not make room under max_rate."""
+    gate = Gate()
+    gate.register("echo", ["echo"], max_rate="2/minute")
+    client = Client(gate)
+    try:
+        for _ in range(2):
+            job = client.post("/commands/echo", json={"wait": True}).json
+            assert client.delete(f"/jobs/{job['id']}").status_code == 204
+        assert client.post("/commands/echo", json={}).status_code == 429
+    finally:
+        gate.close()
+
+
+def test_user_without_group_gets_the_users_group() -> None:
+    """user = "nobody" alone runs with nobody's own group, not root's."""
+    gate = Gate()
+    gate.register("whoami", ["id"], user="nobody")
+    client = Client(gate)
+    try:
+        job = client.post("/commands/whoami", json={"wait": True}).json
+    finally:
+        gate.close()
+    assert "gid=0(" not in job["stdout"]
+    assert "groups=0(" not in job["stdout"]
+
+
+def test_uploads_are_readable_by_the_commands_user(tmp_path: Any) -> None:
+    """A command that runs as another user can read its uploaded files."""
+    import io
+
+    gate = Gate()
+    gate.register("show", 'cat "$1"', shell=True, user="nobody")
+    client = Client(gate)
+    try:
+        response = client.post(
+            "/commands/show",
+            data={
+                "request": json.dumps({"args": ["{file:f}"], "wait": True}),
+                "f": (io.BytesIO(b"for nobody"), "f.txt"),
+            },
+            content_type="multipart/form-data",
+        )
+    finally:
+        gate.close()
+    assert response.json["stdout"] == "for nobody", response.json
+
+
+def test_audit_says_who_cancelled(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    """An admin cancelling another token's job is named in the audit line."""
+    job = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
+    with caplog.at_level(logging.INFO, logger="procgate.audit"):
+        client.delete(
+            f"/jobs/{job}?wait=10",
+            headers=bearer(ADMIN),
+            environ_base={"REMOTE_ADDR": "10.9.9.9"},
+        )
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "procgate.audit"]
+    cancel = next(line for line in lines if line["event"] == "cancel_requested")
+    assert (cancel["token"], cancel["by_token"], cancel["by_client"]) == ("ci", "admin", "10.9.9.9")

@@ -251,12 +251,10 @@ def test_keepalives_only_after_silence(client: Client, store: JobStore) -> None:
     """SSE comments are sent after idle seconds without news, not after every burst."""
     from procgate import streaming
 
-    job_id = start(client, "echo a; sleep 0.6; echo b; sleep 0.1; echo c")
+    job_id = start(client, "echo a; sleep 1; echo b; echo c; echo d")
     stream = streaming.events(store, job_id, lambda job: {"id": job.id}, idle=0.4)
     text = b"".join(stream).decode()
-    assert text.count(": keepalive") == 1  # the 0.6 s pause, once
-    assert [e["data"]["data"] for e in parse_sse(text) if e["event"] == "output"] == [
-        "a\n",
-        "b\n",
-        "c\n",
-    ]
+    # the 1 s pause makes one or two; one per output burst would make more
+    assert 1 <= text.count(": keepalive") <= 2
+    outputs = "".join(e["data"]["data"] for e in parse_sse(text) if e["event"] == "output")
+    assert outputs == "a\nb\nc\nd\n"

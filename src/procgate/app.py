@@ -334,6 +334,8 @@ class Gate:
         upload = None
         if request.mimetype == "multipart/form-data":
             upload = save_upload(request.form, request.files, self.max_files)
+            if command.user is not None:  # the child must be able to read its files
+                upload.give_to(command.user, command.group)
             body = upload.body
         else:
             body = _json_body(request)
@@ -438,14 +440,19 @@ class Gate:
         if request.method == "DELETE":
             if request.token is not None and request.token.read_only:
                 raise Forbidden(f"token {request.token.id!r} is read-only")
+            by = {
+                "by_token": request.token.id if request.token is not None else None,
+                "by_client": request.client or None,
+            }
             if job.status.finished and self.store.delete(job_id):
+                audit.record("deleted", job, **by)
                 if job.spec.files_dir is not None:  # cancelled before a runner cleaned up
                     shutil.rmtree(job.spec.files_dir, ignore_errors=True)
                 response = Response(status=204)
                 del response.headers["Content-Type"]  # there is no content
                 return response
             job = self.store.cancel(job_id)
-            audit.record("cancel_requested", job)
+            audit.record("cancel_requested", job, **by)
             if wait:
                 job = self.store.wait(job_id, wait)
             return _json(self._job_json(job, adapter), 202)

@@ -15,10 +15,22 @@ from procgate.jobs import Job, format_time, utcnow
 logger = logging.getLogger("procgate.audit")
 
 
-def record(event: str, job: Job) -> None:
-    """Log ``event`` (``queued``, ``running``, a final status, ``cancel_requested``)."""
+def record(
+    event: str, job: Job, *, by_token: str | None = None, by_client: str | None = None
+) -> None:
+    """Log ``event`` (``queued``, ``running``, a final status, ``cancel_requested``,
+    ``deleted``); ``by_token`` and ``by_client`` say who asked, when not the job's creator.
+    """
     if not logger.isEnabledFor(logging.INFO):
         return
+    actor = (
+        {}
+        if by_token is None and by_client is None
+        else {
+            "by_token": by_token,
+            "by_client": by_client,
+        }
+    )
     logger.info(
         json.dumps(
             {
@@ -32,6 +44,7 @@ def record(event: str, job: Job) -> None:
                 "status": job.status.value,
                 "returncode": job.returncode,
                 "duration": job.duration,
+                **actor,
             },
             ensure_ascii=False,
         )

@@ -64,7 +64,9 @@ def make_token(
         raise ConfigError("a token needs a non-empty id")
     digest = sha256.lower() if isinstance(sha256, str) else ""
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ConfigError(f"token {id!r}: sha256 must be 64 hex digits (see `procgate hash`)")
+        raise ConfigError(
+            f"token {id!r}: sha256 must be 64 hex digits (make one with `procgate token`)"
+        )
     if commands is not None and (
         isinstance(commands, str) or not all(isinstance(c, str) for c in commands)
     ):

@@ -202,6 +202,8 @@ def make_command(
         raise ConfigError(f"{where}: max_running must be a whole number >= 1")
     rlimits = _rlimits(limits or {}, where)
     _check_identity(user, group, where)
+    if user is not None and group is None:  # else the child would keep root's group
+        group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
     return Command(
         name=name,
         argv=base,
@@ -238,7 +240,9 @@ class Rate:
         spec = text.strip() if isinstance(text, str) else ""
         match = _RATE.fullmatch(spec)
         if match is None:
-            raise ConfigError(f"{where}: max_rate must look like '10/minute' (second|minute|hour)")
+            raise ConfigError(
+                f"{where}: max_rate must look like '10/minute' (second|minute|hour|day)"
+            )
         count = int(match.group(1))
         if count < 1:
             raise ConfigError(f"{where}: max_rate must allow at least one job")

@@ -136,6 +136,10 @@ class Config:
                 raise ConfigError(f"[commands.{name}] needs argv")
             argv = options.pop("argv")
             if "hmac_secret_env" in options:
+                if "hmac_secret" in options:
+                    raise ConfigError(
+                        f"[commands.{name}]: hmac_secret or hmac_secret_env, not both"
+                    )
                 options["hmac_secret"] = _from_env(
                     options.pop("hmac_secret_env"), f"[commands.{name}] hmac_secret_env"
                 )
@@ -143,6 +147,13 @@ class Config:
                 argv = [_relative_to(base, argv[0]), *argv[1:]]
             if isinstance(options.get("cwd"), str):
                 options["cwd"] = os.path.join(base, options["cwd"])
+            if isinstance(options.get("args"), list):  # path rules' bases too
+                options["args"] = [
+                    {**rule, "base": os.path.join(base, rule["base"])}
+                    if isinstance(rule, dict) and isinstance(rule.get("base"), str)
+                    else rule
+                    for rule in options["args"]
+                ]
             try:
                 gate.register(name, argv, **options)
             except TypeError as exc:
@@ -175,6 +186,8 @@ def read_config(path: str) -> Config:
     server = data.get("server", {})
     gate = dict(data.get("gate", {}))
     if "callback_secret_env" in gate:
+        if "callback_secret" in gate:
+            raise ConfigError("[gate]: callback_secret or callback_secret_env, not both")
         gate["callback_secret"] = _from_env(
             gate.pop("callback_secret_env"), "[gate] callback_secret_env"
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import re
 import shutil
 import tempfile
@@ -39,6 +41,15 @@ class Upload:
     def discard(self) -> None:
         """Remove the directory: the job did not (or will no longer) use it."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def give_to(self, user: str, group: str | None) -> None:
+        """Hand the directory and files to the user a command runs as."""
+        uid = pwd.getpwnam(user).pw_uid
+        gid = grp.getgrnam(group).gr_gid if group is not None else pwd.getpwnam(user).pw_gid
+        for root, dirs, files in os.walk(self.directory):
+            os.chown(root, uid, gid)
+            for name in [*dirs, *files]:
+                os.chown(os.path.join(root, name), uid, gid)
 
     def substitute(self, args: Sequence[str]) -> list[str]:
         """Replace each ``{file:FIELD}`` in the args by that file's path."""

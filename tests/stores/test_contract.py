@@ -636,3 +636,12 @@ def test_bad_cursors_are_invalid_requests(store: JobStore, cursor: str) -> None:
     """A cursor the store did not issue is an InvalidRequest, never a crash."""
     with pytest.raises(InvalidRequest):
         store.list(cursor=cursor)
+
+
+def test_rate_counts_survive_deletion(store: JobStore) -> None:
+    """count(since=...) counts creations: deleting jobs does not free a rate limit."""
+    done = finished(store, command="r")
+    store.delete(done.id)
+    store.create(new_job("r"))
+    assert store.count(command="r", since=time.time() - 60) == 2
+    assert store.count(command="r") == 1

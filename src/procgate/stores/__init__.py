@@ -54,8 +54,11 @@ class JobStore(Protocol):
     def count(
         self, *, command: str | None = None, active: bool = False, since: float | None = None
     ) -> int:
-        """How many jobs (of a command): only queued and running ones with ``active``,
-        only those created at or after ``since`` (Unix time) with ``since``."""
+        """How many jobs (of a command): only queued and running ones with ``active``.
+
+        With ``since`` (Unix time, at most a day ago), how many were *created* since then,
+        deleted and evicted ones included: what a rate limit counts.
+        """
         ...
 
     def start(self, job_id: str) -> Job | None:

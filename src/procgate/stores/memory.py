@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +22,9 @@ from procgate.jobs import (
     parse_cursor,
     utcnow,
 )
+
+#: Seconds of job creations kept for rate limits (``count(since=...)``): a day.
+LAUNCHES_KEPT = 86400.0
 
 
 @dataclass(slots=True)
@@ -62,6 +65,7 @@ class MemoryStore:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # oldest first
         self._scopes: dict[str, str] = {}  # idempotency scope -> job id
         self._beats: dict[str, float] = {}
+        self._launches: deque[tuple[float, str | None]] = deque()  # (created, command)
         self._seq = 0
         self._closed = False
         self._next_expiry_scan = 0.0
@@ -73,6 +77,10 @@ class MemoryStore:
                 return self._snapshot(self._entries[self._scopes[scope]])
             self._seq += 1
             self._entries[job.id] = _Entry(job, self._seq, threading.Condition(self._lock))
+            now = job.created_at.timestamp()
+            self._launches.append((now, job.command))
+            while self._launches and self._launches[0][0] < now - LAUNCHES_KEPT:
+                self._launches.popleft()
             if scope is not None:
                 self._scopes[scope] = job.id
             self._evict()
@@ -119,6 +127,12 @@ class MemoryStore:
         self, *, command: str | None = None, active: bool = False, since: float | None = None
     ) -> int:
         with self._lock:
+            if since is not None and not active:
+                return sum(
+                    1
+                    for at, name in self._launches
+                    if at >= since and (command is None or name == command)
+                )
             return sum(
                 1
                 for e in self._entries.values()

@@ -102,6 +102,9 @@ redis.call('ZADD', KEYS[2], seq, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[7], ARGV[4], ARGV[1])
+-- creations are kept a day for rate limits, whatever happens to the jobs
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[4] - 86400)
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', ARGV[4] - 86400)
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[1]) end
 return ARGV[1]
 """
@@ -114,7 +117,7 @@ return 1
 """
 
 # KEYS: job, jobs, done, finished, output stream, end. ARGV: id, idempotency key prefix,
-# created zset, created zset prefix of commands.
+# created zset, created zset prefix of commands (kept: rate limits count deleted jobs).
 # Deletes a finished job; returns 1, or 0 when it is still active or absent.
 _DELETE_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -124,9 +127,6 @@ if scope then
     local key = ARGV[2] .. scope
     if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
 end
-local command = redis.call('HGET', KEYS[1], 'command') or ''
-redis.call('ZREM', ARGV[3], ARGV[1])
-redis.call('ZREM', ARGV[4] .. command, ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -399,7 +399,7 @@ class RedisStore:
     def count(
         self, *, command: str | None = None, active: bool = False, since: float | None = None
     ) -> int:
-        if active:
+        if active:  # (creation counts, for rate limits, come from the created zsets)
             entries = self.redis.hgetall(self._key("active"))
             ids = [
                 job_id
@@ -414,8 +414,17 @@ class RedisStore:
                     pipe.zscore(key, job_id)
                 scores = pipe.execute()
             return sum(1 for score in scores if score is not None and score >= since)
-        key = self._key("created") if command is None else self._key("created", command)
-        return int(self.redis.zcount(key, "-inf" if since is None else since, "+inf"))
+        if since is not None:  # creations, deleted jobs included: what rate limits count
+            key = self._key("created") if command is None else self._key("created", command)
+            return int(self.redis.zcount(key, since, "+inf"))
+        if command is None:
+            return int(self.redis.zcard(self._key("jobs")))
+        ids = self.redis.zrange(self._key("jobs"), 0, -1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self._job_key(job_id.decode()), "command")
+            commands = pipe.execute()
+        return sum(1 for name in commands if name is not None and name.decode() == command)
 
     def mark_lost(self, owner: str, error: str) -> int:
         active = self.redis.hgetall(self._key("active"))

@@ -25,6 +25,9 @@ from procgate.jobs import (
     utcnow,
 )
 
+#: Seconds of job creations kept for rate limits (``count(since=...)``): a day.
+LAUNCHES_KEPT = 86400.0
+
 #: Heartbeats older than this (seconds) are forgotten: their owners are long gone.
 FORGET_OWNERS_AFTER = 86400.0
 
@@ -67,6 +70,11 @@ CREATE TABLE IF NOT EXISTS output (
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, beat REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS launches (  -- job creations of the last day, for rate limits
+    command TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS launches_by_command ON launches (command, at);
 """
 
 _COLUMNS = (
@@ -75,7 +83,7 @@ _COLUMNS = (
     "callback_context, callback, token_id, client"
 )
 #: Stored in the database; a file of another schema is refused rather than misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _ACTIVE_SQL = "('queued', 'running')"
 _STREAMS = {"stdout": 0, "stderr": 1}
 _STREAM_NAMES = ("stdout", "stderr")
@@ -217,6 +225,10 @@ class SQLiteStore:
                     tuple(record.values()),
                 ).rowcount
                 if inserted:
+                    db.execute(
+                        "INSERT INTO launches (command, at) VALUES (?, ?)",
+                        (job.command, record["created_at"]),
+                    )
                     break
                 row = db.execute(
                     f"SELECT {_COLUMNS} FROM jobs WHERE scope = ?",
@@ -285,12 +297,15 @@ class SQLiteStore:
             params.append(command)
         if active:
             where.append(f"status IN {_ACTIVE_SQL}")
+        table = "jobs"
         if since is not None:
-            where.append("created_at >= ?")
+            where.append("created_at >= ?" if active else "at >= ?")
             params.append(since)
+            if not active:  # creations, deleted and evicted jobs included
+                table = "launches"
         with self._db() as db:
             (count,) = db.execute(
-                f"SELECT count(*) FROM jobs WHERE {' AND '.join(where)}", params
+                f"SELECT count(*) FROM {table} WHERE {' AND '.join(where)}", params
             ).fetchone()
         return int(count)
 
@@ -538,6 +553,7 @@ class SQLiteStore:
                 )
                 if row[0] not in expired
             ][:excess]
+        db.execute("DELETE FROM launches WHERE at < ?", (time.time() - LAUNCHES_KEPT,))
         if not doomed:
             return
         db.execute("BEGIN IMMEDIATE")
