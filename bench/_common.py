@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import signal
 import socket
@@ -138,11 +139,19 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(name: str, config: str, workdir: str, extra: Sequence[str] = ()) -> Iterator[Server]:
+def serve(
+    name: str,
+    config: str,
+    workdir: str,
+    extra: Sequence[str] = (),
+    cwd: str | None = None,
+) -> Iterator[Server]:
     """``procgate serve`` of the TOML text ``config`` on a free port, until the block ends.
 
     The config file and the server's log are ``<name>.toml`` and ``<name>.log`` in
-    ``workdir``; ``extra`` is added to the command line (``--workers 1``, say).
+    ``workdir``; ``extra`` is added to the command line (``--workers 1``, say). The server
+    runs in ``cwd`` when given (a config without ``[store] url`` keeps its SQLite file in
+    ``procgate-data/`` there), else in this process's working directory.
     """
     config_path = os.path.join(workdir, f"{name}.toml")
     with open(config_path, "w") as file:
@@ -156,7 +165,7 @@ def serve(name: str, config: str, workdir: str, extra: Sequence[str] = ()) -> It
         # A session of its own: the arbiter, its workers and the runner's worker processes
         # are one process group, which a kill reaches whole.
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
         )
     server = Server(name, port, proc, log_path)
     try:
@@ -189,6 +198,159 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+# -- wrk -------------------------------------------------------------------------------
+
+#: The end of every wrk Lua script: per-thread counters (``responses``, ``non200``,
+#: ``bad``), summed over the threads in ``done()``, which prints one JSON line that
+#: ``run_wrk`` reads. A script puts its own ``wrk.method``, ``wrk.body``, headers and a
+#: ``response(status, headers, body)`` that counts into those globals before this.
+WRK_COUNTERS = r"""
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  responses = 0
+  non200 = 0
+  bad = 0
+end
+
+function done(summary, latency, requests)
+  local total = {responses = 0, non200 = 0, bad = 0}
+  for _, thread in ipairs(threads) do
+    for key, _ in pairs(total) do
+      total[key] = total[key] + thread:get(key)
+    end
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'PROCGATE_BENCH {"responses":%d,"non200":%d,"bad":%d,"duration_us":%d,' ..
+    '"p50_us":%d,"p99_us":%d,"connect":%d,"read":%d,"write":%d,"timeout":%d}\n',
+    total.responses, total.non200, total.bad, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+def run_wrk(
+    wrk: str, script: str, url: str, concurrency: int, duration: float
+) -> tuple[Sample, list[str]]:
+    """``wrk`` with one client thread and the Lua ``script`` (ending in ``WRK_COUNTERS``).
+
+    A response counts as ok unless the script counted it in ``non200`` or ``bad``; socket
+    errors and timeouts are errors too. wrk takes whole seconds.
+    """
+    seconds = max(1, round(duration))
+    argv = [
+        wrk,
+        "-t1",  # one client thread is plenty, and leaves the CPU to the server
+        f"-c{concurrency}",
+        f"-d{seconds}s",
+        "--timeout",
+        "30s",
+        "-s",
+        script,
+        url,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    line = next(
+        (line for line in done.stdout.splitlines() if line.startswith("PROCGATE_BENCH ")), None
+    )
+    if line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
+    result = json.loads(line.split(" ", 1)[1])
+    socket_errors = result["connect"] + result["read"] + result["write"] + result["timeout"]
+    errors = result["non200"] + result["bad"] + socket_errors
+    problems = []
+    if errors:
+        problems.append(
+            f"wrk: {result['non200']} unexpected statuses, {result['bad']} wrong bodies, "
+            f"{socket_errors} socket errors/timeouts"
+        )
+    sample = Sample(
+        ok=result["responses"] - result["non200"] - result["bad"],
+        errors=errors,
+        seconds=result["duration_us"] / 1e6,
+        p50_ms=result["p50_us"] / 1000.0,
+        p99_ms=result["p99_us"] / 1000.0,
+    )
+    return sample, problems
+
+
+# -- /proc -----------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            text = file.read()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, from a scan of ``/proc`` (Linux only)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, []))
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (a gunicorn arbiter's are its workers)."""
+    result = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None and int(fields[1]) == pid:
+                result.append(int(entry))
+    return sorted(result)
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of ``pid`` and its descendants: their own, and their reaped children's.
+
+    The second number grows by the CPU of every child (``echo``, say) that a process of
+    the tree started and waited for, so a difference of two calls splits a measurement's
+    CPU into the server's own and its children's. Processes that come and go between
+    the calls are counted by their parent's second number.
+    """
+    own = reaped = 0
+    for member in descendants(pid):
+        fields = _stat_fields(member)
+        if fields is None:
+            continue
+        own += int(fields[11]) + int(fields[12])  # utime, stime
+        reaped += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return own / CLOCK_TICKS, reaped / CLOCK_TICKS
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """``VmRSS`` and ``VmHWM`` (KiB) of ``pid`` from ``/proc/<pid>/status``."""
+    values = {}
+    with open(f"/proc/{pid}/status") as file:
+        for line in file:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0])
+    return values
 
 
 # -- report ----------------------------------------------------------------------------

@@ -37,12 +37,14 @@ from typing import Any
 
 from _common import (
     HOST,
+    WRK_COUNTERS,
     Sample,
     Server,
     closed_loop,
     cpu_count,
     median,
     procgate_version,
+    run_wrk,
     serve,
     wrk_version,
 )
@@ -72,24 +74,13 @@ argv = ["echo"]
 timeout = 60
 """
 
-# wrk: POST the body, check every response, and print one JSON line when done. Each wrk
-# thread has its own Lua state, so the counters are summed over the threads in done().
-WRK_SCRIPT = r"""
+# wrk: POST the body and check every response; WRK_COUNTERS sums the counters over the
+# wrk threads and prints one JSON line when done.
+WRK_SCRIPT = (
+    r"""
 wrk.method = "POST"
 wrk.body = '{"args": ["hello"], "wait": true}'
 wrk.headers["Content-Type"] = "application/json"
-
-local threads = {}
-
-function setup(thread)
-  table.insert(threads, thread)
-end
-
-function init(args)
-  responses = 0
-  non200 = 0
-  bad = 0
-end
 
 function response(status, headers, body)
   responses = responses + 1
@@ -100,23 +91,9 @@ function response(status, headers, body)
     bad = bad + 1
   end
 end
-
-function done(summary, latency, requests)
-  local total = {responses = 0, non200 = 0, bad = 0}
-  for _, thread in ipairs(threads) do
-    for key, _ in pairs(total) do
-      total[key] = total[key] + thread:get(key)
-    end
-  end
-  local e = summary.errors
-  io.write(string.format(
-    'PROCGATE_BENCH {"responses":%d,"non200":%d,"bad":%d,"duration_us":%d,' ..
-    '"p50_us":%d,"p99_us":%d,"connect":%d,"read":%d,"write":%d,"timeout":%d}\n',
-    total.responses, total.non200, total.bad, summary.duration,
-    latency:percentile(50), latency:percentile(99),
-    e.connect, e.read, e.write, e.timeout))
-end
 """
+    + WRK_COUNTERS
+)
 
 
 @dataclass
@@ -190,41 +167,7 @@ def measure_python(port: int, concurrency: int, duration: float) -> tuple[Sample
 def measure_wrk(
     wrk: str, script: str, port: int, concurrency: int, duration: float
 ) -> tuple[Sample, list[str]]:
-    seconds = max(1, round(duration))  # wrk takes whole seconds
-    argv = [
-        wrk,
-        "-t1",  # one client thread is plenty, and leaves the CPU to the server
-        f"-c{concurrency}",
-        f"-d{seconds}s",
-        "--timeout",
-        "30s",
-        "-s",
-        script,
-        f"http://{HOST}:{port}{PATH}",
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    line = next(
-        (line for line in done.stdout.splitlines() if line.startswith("PROCGATE_BENCH ")), None
-    )
-    if line is None:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
-    result = json.loads(line.split(" ", 1)[1])
-    socket_errors = result["connect"] + result["read"] + result["write"] + result["timeout"]
-    errors = result["non200"] + result["bad"] + socket_errors
-    problems = []
-    if errors:
-        problems.append(
-            f"wrk: {result['non200']} non-200, {result['bad']} wrong bodies, "
-            f"{socket_errors} socket errors/timeouts"
-        )
-    sample = Sample(
-        ok=result["responses"] - result["non200"] - result["bad"],
-        errors=errors,
-        seconds=result["duration_us"] / 1e6,
-        p50_ms=result["p50_us"] / 1000.0,
-        p99_ms=result["p99_us"] / 1000.0,
-    )
-    return sample, problems
+    return run_wrk(wrk, script, f"http://{HOST}:{port}{PATH}", concurrency, duration)
 
 
 # -- servers ---------------------------------------------------------------------------
