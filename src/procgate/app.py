@@ -671,7 +671,7 @@ class Gate:
                 client=request.client or None,
                 owner=self.runner.owner,
                 idempotency_key=_idempotency_key(body),
-                link=self._job_url(job.id, adapter),
+                link=self._job_url(job.id, adapter) if callback_url else None,
                 callback_url=callback_url,
                 callback_context=body.get("callback_context"),
                 callback=Delivery(callback_url).to_json() if callback_url else None,

@@ -63,6 +63,8 @@ class Command:
     rlimits: Mapping[str, int] = field(default_factory=dict)
     user: str | None = None
     group: str | None = None
+    # The child's environment without request env: made once, shared by the jobs' Specs.
+    base_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def spec(
         self,
@@ -93,7 +95,7 @@ class Command:
             argv = (self._prlimit(), *limits, "--", *argv)
         return Spec(
             argv=argv,
-            env=child_env(self.env, env),
+            env={**self.base_env, **env} if env else self.base_env,
             cwd=self.cwd,
             stdin=stdin,
             timeout=timeout if timeout is not None else self.timeout,
@@ -224,6 +226,7 @@ def make_command(
         rlimits=rlimits,
         user=user,
         group=group,
+        base_env=child_env(env),
     )
 
 

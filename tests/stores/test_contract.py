@@ -645,3 +645,23 @@ def test_rate_counts_survive_deletion(store: JobStore) -> None:
     store.create(new_job("r"))
     assert store.count(command="r", since=time.time() - 60) == 2
     assert store.count(command="r") == 1
+
+
+def test_many_waiters_on_many_jobs(store: JobStore) -> None:
+    """Each waiter wakes for its own job's finish, with many waiting at once."""
+    jobs = [store.create(new_job()) for _ in range(8)]
+    for job in jobs:
+        store.start(job.id)
+    results: dict[str, JobStatus] = {}
+
+    def wait(job_id: str) -> None:
+        results[job_id] = store.wait(job_id, 20).status
+
+    threads = [threading.Thread(target=wait, args=(job.id,)) for job in jobs for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for job in jobs:
+        store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
+    for thread in threads:
+        thread.join(30)
+    assert results == {job.id: JobStatus.SUCCEEDED for job in jobs}

@@ -33,7 +33,9 @@ class _Entry:
 
     job: Job
     seq: int
-    changed: threading.Condition  # shares the store's lock; notified on output and the end
+    # Shares the store's lock; notified on output and at the end. Made by the first waiter:
+    # most jobs never have one, and a Condition is most of an idle entry's memory.
+    changed: threading.Condition | None = None
     chunks: list[Chunk] = field(default_factory=list)
     cancel: bool = False
 
@@ -76,7 +78,7 @@ class MemoryStore:
             if scope is not None and scope in self._scopes:
                 return self._snapshot(self._entries[self._scopes[scope]])
             self._seq += 1
-            self._entries[job.id] = _Entry(job, self._seq, threading.Condition(self._lock))
+            self._entries[job.id] = _Entry(job, self._seq)
             now = job.created_at.timestamp()
             self._launches.append((now, job.command))
             while self._launches and self._launches[0][0] < now - LAUNCHES_KEPT:
@@ -156,7 +158,7 @@ class MemoryStore:
             entry = self._entries.get(job_id)
             if entry is not None:  # deleted meanwhile: nobody can read it any more
                 entry.chunks.append(chunk)
-                entry.changed.notify_all()
+                self._notify(entry)
 
     def read_output(self, job_id: str, after: int = 0) -> Chunks:
         with self._lock:
@@ -177,7 +179,7 @@ class MemoryStore:
                     or self._closed
                 ):
                     return
-                entry.changed.wait(remaining)
+                self._condition(entry).wait(remaining)
 
     def set_callback(self, job_id: str, state: Mapping[str, Any]) -> None:
         with self._lock:
@@ -226,7 +228,7 @@ class MemoryStore:
                 remaining = deadline - time.monotonic()
                 if entry.job.status.finished or remaining <= 0 or self._closed:
                     return self._snapshot(entry)
-                entry.changed.wait(remaining)
+                self._condition(entry).wait(remaining)
 
     def heartbeat(self, owner: str) -> None:
         with self._lock:
@@ -258,7 +260,19 @@ class MemoryStore:
         with self._lock:
             self._closed = True
             for entry in self._entries.values():
-                entry.changed.notify_all()
+                self._notify(entry)
+
+    def _condition(self, entry: _Entry) -> threading.Condition:
+        """The entry's condition variable, made on first use; the lock is held."""
+        if entry.changed is None:
+            entry.changed = threading.Condition(self._lock)
+        return entry.changed
+
+    @staticmethod
+    def _notify(entry: _Entry) -> None:
+        """Wake the entry's waiters, if it has any; the lock is held."""
+        if entry.changed is not None:
+            entry.changed.notify_all()
 
     def _entry(self, job_id: str) -> _Entry:
         try:
@@ -286,7 +300,7 @@ class MemoryStore:
             stderr_truncated=outcome.stderr_truncated,
             finished_at=utcnow(),
         )
-        entry.changed.notify_all()
+        MemoryStore._notify(entry)
 
     def _drop(self, job_id: str) -> None:
         entry = self._entries.pop(job_id)
