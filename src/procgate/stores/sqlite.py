@@ -128,8 +128,10 @@ class SQLiteStore:
         self.evict_interval = evict_interval
         self._lock = threading.Lock()
         self._write_lock = threading.RLock()  # re-entered by _evict inside a write
-        self._changed = threading.Condition()  # a job of this process finished
-        self._generation = 0
+        self._changed = threading.Condition()  # news for this process's waiters
+        self._generation = 0  # bumped for news about every job (close, lost jobs)
+        self._watched: dict[str, int] = {}  # job id -> how many threads wait for it
+        self._job_news: dict[str, int] = {}  # job id -> news count, while watched
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
         self._pid = os.getpid()
@@ -327,7 +329,7 @@ class SQLiteStore:
                 "INSERT INTO output (job_id, idx, stream, off, data) VALUES (?, ?, ?, ?, ?)",
                 (job_id, chunk.index, _STREAMS[chunk.stream], chunk.offset, chunk.data),
             )
-        self._notify()
+        self._notify(job_id)
 
     def read_output(self, job_id: str, after: int = 0) -> Chunks:
         with self._db() as db:
@@ -360,7 +362,7 @@ class SQLiteStore:
         with self._db(write=True) as db:
             changed = self._finish(db, "id = ?", (job_id,), outcome)
             if changed:
-                self._notify()
+                self._notify(job_id)
                 self._evict(db)
         if not changed:
             self._require(job_id)
@@ -375,7 +377,7 @@ class SQLiteStore:
                 Outcome(JobStatus.CANCELLED, error="cancelled before it started"),
             )
             db.execute("UPDATE jobs SET cancel = 1 WHERE id = ? AND status = 'running'", (job_id,))
-        self._notify()
+        self._notify(job_id)
         return self.get(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -409,25 +411,52 @@ class SQLiteStore:
         """Run ``query`` (giving status, and whether there is news) until done or timeout."""
         deadline = time.monotonic() + timeout
         delay = 0.001
-        with self._db() as db:
-            while True:
-                with self._changed:
-                    generation = self._generation
-                row = db.execute(query, params).fetchone()
-                if row is None or row[0] is None:
-                    raise JobNotFound(f"no job with id {job_id!r}")
-                remaining = deadline - time.monotonic()
-                if JobStatus(row[0]).finished or row[1] or remaining <= 0 or self._closed:
-                    return
-                with self._changed:
-                    if self._generation == generation:
-                        self._changed.wait(min(delay, remaining))
-                delay = min(delay * 1.5, self.poll_interval)
-
-    def _notify(self) -> None:
-        """Wake this process's waiters: some job may have finished."""
         with self._changed:
-            self._generation += 1
+            self._watched[job_id] = self._watched.get(job_id, 0) + 1
+        try:
+            with self._db() as db:
+                while True:
+                    news = self._news(job_id)
+                    row = db.execute(query, params).fetchone()
+                    if row is None or row[0] is None:
+                        raise JobNotFound(f"no job with id {job_id!r}")
+                    remaining = deadline - time.monotonic()
+                    if JobStatus(row[0]).finished or row[1] or remaining <= 0 or self._closed:
+                        return
+                    # Sleep until this job has news from this process, or the backoff ends
+                    # (news from other processes only shows in the database).
+                    backoff = time.monotonic() + min(delay, remaining)
+                    with self._changed:
+                        while self._news(job_id) == news:
+                            left = backoff - time.monotonic()
+                            if left <= 0:
+                                break
+                            self._changed.wait(left)
+                    delay = min(delay * 1.5, self.poll_interval)
+        finally:
+            with self._changed:
+                self._watched[job_id] -= 1
+                if not self._watched[job_id]:
+                    del self._watched[job_id]
+                    self._job_news.pop(job_id, None)
+
+    def _news(self, job_id: str) -> tuple[int, int]:
+        """What has changed for a job in this process so far: compare, don't read."""
+        return self._generation, self._job_news.get(job_id, 0)
+
+    def _notify(self, job_id: str | None = None) -> None:
+        """Wake this process's waiters of ``job_id`` (of every job when None).
+
+        A woken waiter of another job finds its own news unchanged and sleeps on without
+        querying the database.
+        """
+        with self._changed:
+            if job_id is None:
+                self._generation += 1
+            elif job_id in self._watched:
+                self._job_news[job_id] = self._job_news.get(job_id, 0) + 1
+            else:
+                return
             self._changed.notify_all()
 
     def heartbeat(self, owner: str) -> None:
