@@ -55,7 +55,7 @@ from _common import (
 )
 
 from procgate.commands import make_command
-from procgate.jobs import Job, JobStatus, Outcome, new_job_id
+from procgate.jobs import Chunk, Job, JobStatus, Outcome, new_job_id
 from procgate.runners.liveness import new_owner
 from procgate.stores import JobStore, open_store
 
@@ -69,6 +69,9 @@ PATH = "/commands/echo"
 BODY = b'{"args": ["hello"]}'
 HEADERS = {"Content-Type": "application/json"}
 #: The store calls of one job, in the order the Gate and the thread runner make them.
+#: The one chunk of output each job writes.
+HELLO = Chunk(1, "stdout", 0, b"hello\n")
+
 OPS = ("create", "start", "cancel_requested", "append_output", "finish", "get")
 OUTCOME = Outcome(JobStatus.SUCCEEDED, returncode=0)
 #: Key prefixes in the one redis-server: the in-process store's, and the servers'.
@@ -158,7 +161,7 @@ def fill(store: JobStore, make_job: Callable[[], Job], count: int) -> None:
         job = make_job()
         store.create(job)
         store.start(job.id)
-        store.append_output(job.id, "stdout", b"hello\n")
+        store.append_output(job.id, HELLO)
         store.finish(job.id, OUTCOME)
 
 
@@ -194,7 +197,7 @@ def store_loop(
                 t2 = clock()
                 store.cancel_requested(job_id)
                 t3 = clock()
-                store.append_output(job_id, "stdout", b"hello\n")
+                store.append_output(job.id, HELLO)
                 t4 = clock()
                 store.finish(job_id, OUTCOME)
                 t5 = clock()
