@@ -361,6 +361,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def round_ratio(
+    samples: Sequence[Any], base: Sequence[Any], rate: Callable[[Any], float] = lambda s: s.rate
+) -> float:
+    """Median over the rounds of ``rate`` over the base's in the same round.
+
+    Ratios are taken round by round, so each compares two figures that saw the same noise.
+    """
+    pairs = zip(samples, base, strict=False)
+    return median([rate(s) / rate(b) for s, b in pairs if rate(b) > 0])
+
+
 def cpu_count() -> int:
     """The cores this process may run on (``nproc``)."""
     if hasattr(os, "sched_getaffinity"):

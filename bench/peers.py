@@ -66,6 +66,7 @@ from _common import (
     median,
     memory_kib,
     procgate_version,
+    round_ratio,
     run_wrk,
     serve,
     stop,
@@ -700,8 +701,7 @@ def ratio(row: Row, base: Row | None) -> float:
     """Median over the rounds of the row's jobs/s over the base's in the same round."""
     if base is None or not base.samples or not row.samples:
         return float("nan")
-    pairs = zip(row.samples, base.samples, strict=False)
-    return median([s.rate / b.rate for s, b in pairs if b.rate > 0])
+    return round_ratio(row.samples, base.samples)
 
 
 def throughput_table(

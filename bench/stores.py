@@ -50,6 +50,7 @@ from _common import (
     median,
     percentiles,
     procgate_version,
+    round_ratio,
     serve,
     stop,
 )
@@ -401,12 +402,6 @@ def redis_versions(url: str) -> str:
 # -- report ----------------------------------------------------------------------------
 
 
-def ratios(row: Row, base: Row, rate: Callable[[Any], float]) -> float:
-    """Median over the rounds of the row's jobs/s over the base's in the same round."""
-    pairs = zip(row.samples, base.samples, strict=False)
-    return median([rate(s) / rate(b) for s, b in pairs if rate(b) > 0])
-
-
 def store_table(rows: dict[tuple[str, int], Row]) -> str:
     lines = [
         "| store | threads | µs/job p50 | µs/job p99 | jobs/s | µs/job (1e6 / jobs/s) "
@@ -423,7 +418,7 @@ def store_table(rows: dict[tuple[str, int], Row]) -> str:
             f"| {kind} | {threads} | {median([s.p50_us for s in row.samples]):.0f} "
             f"| {median([s.p99_us for s in row.samples]):.0f} | {rate:.0f} "
             f"| {1e6 / rate if rate else float('nan'):.0f} "
-            f"| {ratios(row, base, lambda s: s.rate):.2f} "
+            f"| {round_ratio(row.samples, base.samples):.2f} "
             f"| {sum(s.errors for s in row.samples)} |"
         )
     return "\n".join(lines)
@@ -467,7 +462,7 @@ def http_table(rows: dict[tuple[str, int], Row], workers: dict[str, str]) -> str
             f"| {median([s.post_p50_ms for s in row.samples]):.2f} "
             f"| {median([s.get_p50_ms for s in row.samples]):.2f} "
             f"| {sum(s.errors for s in row.samples)} "
-            f"| {ratios(row, base, lambda s: s.rate):.2f} |"
+            f"| {round_ratio(row.samples, base.samples):.2f} |"
         )
     return "\n".join(lines)
 

@@ -44,6 +44,7 @@ from _common import (
     cpu_count,
     median,
     procgate_version,
+    round_ratio,
     run_wrk,
     serve,
     wrk_version,
@@ -191,11 +192,7 @@ def table(rows: list[Row], base1: Row, base2: Row) -> str:
         if not row.samples:
             lines.append(f"| {row.label} | {row.skipped or 'skipped'} | | | | | |")
             continue
-        ratios = []
-        for base in (base1, base2):
-            # Ratios round by round (the same noise), then their median.
-            pairs = zip(row.samples, base.samples, strict=False)
-            ratios.append(median([s.rate / b.rate for s, b in pairs if b.rate > 0]))
+        ratios = [round_ratio(row.samples, base.samples) for base in (base1, base2)]
         lines.append(
             f"| {row.label} | {median([s.rate for s in row.samples]):.0f} "
             f"| {median([s.p50_ms for s in row.samples]):.2f} "
