@@ -436,7 +436,9 @@ class Gate:
 
     def on_job(self, request: _Request, adapter: MapAdapter, job_id: str) -> Response:
         wait = self._wait(request, {})
-        job = self._visible(request, job_id)
+        # One read when the answer is this job as it is now; else the output comes later.
+        reply_now = request.method != "DELETE" and not wait
+        job = self._visible(request, job_id, output=reply_now)
         if request.method == "DELETE":
             if request.token is not None and request.token.read_only:
                 raise Forbidden(f"token {request.token.id!r} is read-only")
@@ -456,20 +458,21 @@ class Gate:
             if wait:
                 job = self.store.wait(job_id, wait)
             return _json(self._job_json(job, adapter), 202)
-        job = self.store.wait(job_id, wait) if wait else self.store.get(job_id)
+        if wait:
+            job = self.store.wait(job_id, wait)
         return _json(self._job_json(job, adapter))
 
     def on_output(
         self, request: _Request, adapter: MapAdapter, job_id: str, stream: str
     ) -> Response:
-        self._visible(request, job_id)  # a 404 now, not an empty stream
-        if _flag(request, "follow"):
+        follow = _flag(request, "follow")
+        job = self._visible(request, job_id, output=not follow)  # a 404 now, if any
+        if follow:
             return Response(
                 streaming.follow(self.store, job_id, stream),
                 mimetype="application/octet-stream",
                 direct_passthrough=True,
             )
-        job = self.store.get(job_id)
         truncated = job.stdout_truncated if stream == "stdout" else job.stderr_truncated
         response = Response(
             job.stdout if stream == "stdout" else job.stderr,
@@ -545,9 +548,10 @@ class Gate:
         if name is not None and not token.may_run(name):
             raise Forbidden(f"token {token.id!r} may not run {name!r}")
 
-    def _visible(self, request: _Request, job_id: str) -> Job:
-        """The job, if the token may see it: its own, or any for admins (404 otherwise)."""
-        job = self.store.get(job_id, output=False)
+    def _visible(self, request: _Request, job_id: str, *, output: bool = False) -> Job:
+        """The job (with its output if asked), if the token may see it: its own, or any for
+        admins (404 otherwise)."""
+        job = self.store.get(job_id, output=output)
         token = request.token
         if self.tokens is not None and not (
             token is not None and (token.admin or job.token_id == token.id)
