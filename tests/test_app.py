@@ -641,3 +641,29 @@ def test_many_concurrent_clients(gate: Gate, runner_kind: str) -> None:
         assert job["status"] == "succeeded"
         assert job["stdout"] == f"{key // 100}-{key % 100}\n"
     assert len({job["id"] for job in results.values()}) == 160
+
+
+def test_waiting_request_runs_a_bounded_job_in_its_own_thread() -> None:
+    """wait: true on a command whose timeout fits in max_wait runs the job in the request's
+    thread; a job that could outlast the wait goes to the pool, so the 202 stays possible."""
+    gate = Gate(runner=ThreadRunner(), max_wait=30)
+    gate.register("quick", ["echo", "hi"], timeout=5, kill_grace=1)
+    gate.register("unbounded", ["echo", "hi"], timeout=None)
+    gate.register("long", ["echo", "hi"], timeout=60)
+    threads: dict[str, int] = {}
+    gate.on_finish(lambda job, ctx: threads.setdefault(str(job.command), threading.get_ident()))
+    client = Client(gate)
+    try:
+        for name in ("quick", "unbounded", "long"):
+            response = client.post(f"/commands/{name}", json={"wait": True})
+            assert response.status_code == 200
+            assert response.json["stdout"] == "hi\n"
+        response = client.post("/commands/quick", json={"wait": 2})  # 5 s + grace > 2 s
+        assert response.status_code == 200
+        wait_for(lambda: len(threads) == 3)
+    finally:
+        gate.close()
+    assert threads["quick"] == threading.get_ident()
+    assert threads["unbounded"] != threading.get_ident()
+    assert threads["long"] != threading.get_ident()
+

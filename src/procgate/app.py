@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 from werkzeug.routing import Map, MapAdapter, Rule
 from werkzeug.wrappers import Request, Response
 
-from procgate import audit, streaming
+from procgate import audit, process, streaming
 from procgate.auth import (
     Token,
     Tokens,
@@ -628,6 +628,8 @@ class Gate:
 
     def _job_finished(self, job_id: str) -> None:
         """A job finished: run the Python hooks, then queue its HTTP callback."""
+        if not self._finish_hooks and not self._command_hooks and not self.callback_allow:
+            return  # no hook to run, and no job here can have a callback: skip the read
         try:
             job = self.store.get(job_id)
         except JobNotFound:
@@ -690,8 +692,12 @@ class Gate:
             shutil.rmtree(files_dir, ignore_errors=True)  # the stored job has its own files
         if not replayed:
             audit.record("queued", stored)
+            # A job sure to finish within the wait may run in this thread: the answer is
+            # the same, with two thread hand-offs fewer.
+            longest = process.longest(job.spec)
+            inline = bool(wait) and longest is not None and longest <= wait
             try:
-                self.runner.submit(job.id)
+                self.runner.submit(job.id, inline=inline)
             except (RunnerBusy, RunnerClosed):
                 self.store.cancel(job.id)  # never ran: leave no trace of it
                 self.store.delete(job.id)

@@ -74,6 +74,17 @@ def execute(
     return _Supervisor(proc, spec, on_output, cancelled, poll_interval).run()
 
 
+def longest(spec: Spec) -> float | None:
+    """Seconds within which ``execute(spec)`` has surely returned; None without a timeout.
+
+    The timeout, the grace before SIGKILL, the two ``LINGER`` periods for leftovers of the
+    process group, and a second for polling and the store.
+    """
+    if spec.timeout is None:
+        return None
+    return spec.timeout + spec.kill_grace + 2 * LINGER + 1.0
+
+
 def start_python(module: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
     """Start ``python -m module FD``, FD being one end of a new socket pair; return the other.
 
@@ -163,7 +174,7 @@ class _Supervisor:
     def _loop(self, selector: selectors.BaseSelector) -> None:
         start = time.monotonic()
         deadline = start + self.spec.timeout if self.spec.timeout is not None else None
-        next_check = start
+        next_check = start + self.poll_interval  # the runner saw no cancel as it started
         while True:
             returncode = self.proc.poll()
             if returncode is not None and self.pidfd is not None:

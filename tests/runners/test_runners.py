@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 import pytest
 
@@ -15,7 +17,13 @@ from procgate.runners import by_kind
 from tests.conftest import wait_for, zombie_children
 
 
-def submit(store: MemoryStore, runner: object, *argv: str, timeout: float | None = None) -> str:
+def submit(
+    store: MemoryStore,
+    runner: object,
+    *argv: str,
+    timeout: float | None = None,
+    inline: bool = False,
+) -> str:
     job = Job(
         id=new_job_id(),
         command="t",
@@ -23,7 +31,7 @@ def submit(store: MemoryStore, runner: object, *argv: str, timeout: float | None
         spec=Spec(argv=argv, env=child_env(), timeout=timeout, kill_grace=0.5),
     )
     store.create(job)
-    runner.submit(job.id)  # type: ignore[attr-defined]
+    runner.submit(job.id, inline=inline)  # type: ignore[attr-defined]
     return job.id
 
 
@@ -169,3 +177,113 @@ def test_invalid_pool_sizes() -> None:
         ThreadRunner(max_workers=0)
     with pytest.raises(ConfigError):
         ThreadRunner(max_queue=0)
+
+
+def finishing_threads(runner: ThreadRunner, store: MemoryStore) -> list[int]:
+    """Open ``runner`` on ``store``; the list fills with the thread id of each finish."""
+    threads: list[int] = []
+    runner.open(store, lambda job_id: threads.append(threading.get_ident()))
+    return threads
+
+
+def test_inline_submit_runs_in_the_callers_thread() -> None:
+    """submit(inline=True) with a free slot runs the job before returning, right here."""
+    store, runner = MemoryStore(), ThreadRunner(max_workers=2)
+    threads = finishing_threads(runner, store)
+    try:
+        job_id = submit(store, runner, "/bin/echo", "hi", inline=True)
+        assert store.get(job_id).status is JobStatus.SUCCEEDED  # finished on return
+        assert threads == [threading.get_ident()]
+        assert runner._threads == []  # the pool was not needed
+        job_id = submit(store, runner, "/bin/echo", "hi")  # not inline: the pool
+        assert store.wait(job_id, 10).status is JobStatus.SUCCEEDED
+        wait_for(lambda: len(threads) == 2)
+        assert threads[1] != threading.get_ident()
+    finally:
+        runner.close()
+
+
+def test_inline_submit_respects_max_workers_and_the_queue() -> None:
+    """With every slot taken, or jobs queued, an inline submit queues like any other."""
+    store, runner = MemoryStore(), ThreadRunner(max_workers=1)
+    threads = finishing_threads(runner, store)
+    try:
+        busy = submit(store, runner, "/bin/sleep", "0.5")
+        wait_for(lambda: store.get(busy).status is JobStatus.RUNNING)
+        started = time.monotonic()
+        waiting = submit(store, runner, "/bin/echo", "hi", inline=True)
+        assert time.monotonic() - started < 0.3  # queued, not run here
+        assert store.get(waiting).status is JobStatus.QUEUED
+        assert store.wait(waiting, 10).status is JobStatus.SUCCEEDED
+        wait_for(lambda: len(threads) == 2)
+        assert threading.get_ident() not in threads
+    finally:
+        runner.close()
+
+
+def test_inline_and_pool_jobs_share_max_workers() -> None:
+    """Inline jobs from many threads and pool jobs together never run more than the limit."""
+    store, runner = MemoryStore(max_jobs=1000), ThreadRunner(max_workers=2)
+    runner.open(store)
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            running = store.list(status=JobStatus.RUNNING, limit=100).jobs
+            peak = max(peak, len(running))
+
+    def client(inline: bool) -> None:
+        for _ in range(4):
+            job_id = submit(store, runner, "/bin/sleep", "0.05", inline=inline)
+            store.wait(job_id, 30)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    clients = [threading.Thread(target=client, args=(n % 2 == 0,)) for n in range(8)]
+    try:
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(60)
+    finally:
+        stop.set()
+        watcher.join()
+        runner.close()
+    jobs = store.list(limit=1000).jobs
+    assert len(jobs) == 32
+    assert all(job.status is JobStatus.SUCCEEDED for job in jobs)
+    assert peak == 2
+
+
+def test_close_stops_inline_jobs_and_waits_for_them() -> None:
+    """close() cancels a job running in a caller's thread and returns once it ended."""
+    store, runner = MemoryStore(), ThreadRunner(max_workers=2)
+    runner.open(store)
+    ids: list[str] = []
+    caller = threading.Thread(
+        target=lambda: ids.append(submit(store, runner, "/bin/sleep", "30", inline=True))
+    )
+    caller.start()
+    wait_for(lambda: store.list(status=JobStatus.RUNNING).jobs != [])
+    started = time.monotonic()
+    runner.close()
+    assert time.monotonic() - started < 5
+    caller.join(5)
+    job = store.get(ids[0])
+    assert job.status is JobStatus.CANCELLED
+    assert job.error == "cancelled: the server shut down"
+
+
+def test_process_runner_ignores_inline() -> None:
+    """ProcessRunner keeps its jobs in its worker processes, inline or not."""
+    store, runner = MemoryStore(), ProcessRunner(max_workers=1)
+    threads = finishing_threads(runner, store)
+    try:
+        job_id = submit(store, runner, "/bin/echo", "hi", inline=True)
+        assert store.wait(job_id, 30).status is JobStatus.SUCCEEDED
+        wait_for(lambda: len(threads) == 1)
+        assert threads[0] != threading.get_ident()
+    finally:
+        runner.close()

@@ -27,11 +27,13 @@ class Runner(Protocol):
         """
         ...
 
-    def submit(self, job_id: str) -> None:
+    def submit(self, job_id: str, *, inline: bool = False) -> None:
         """Arrange for a queued job to run.
 
         Cheap and non-blocking, except for SyncRunner. ``RunnerBusy`` when saturated,
-        ``RunnerClosed`` after ``close``.
+        ``RunnerClosed`` after ``close``. ``inline=True`` says the caller will wait for the
+        job to finish anyway, so the runner may run it in the calling thread (SyncRunner
+        always does; ThreadRunner when a slot is free); a runner may ignore it.
         """
         ...
 

@@ -38,6 +38,7 @@ class ProcessRunner(ThreadRunner):
     """
 
     kind = "process"
+    runs_inline = False  # the point is to run jobs in the worker processes
 
     def __init__(self, *, max_workers: int | None = None, max_queue: int = 1000) -> None:
         super().__init__(max_workers=max_workers or os.cpu_count() or 2, max_queue=max_queue)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from procgate import audit, process
 from procgate.errors import JobNotFound, RunnerClosed
-from procgate.jobs import Chunk, Job, JobStatus, Outcome
+from procgate.jobs import Chunk, Job, JobStatus, Outcome, utcnow
 from procgate.process import CancelCheck, OutputCallback
 from procgate.runners.liveness import Heartbeat, new_owner
 from procgate.stores import JobStore
@@ -61,11 +61,12 @@ def run_job(
     or of procgate itself finishes the job as ``error`` and is logged.
     """
     job: Job | None = None
+    final: Job | None = None  # the job as finished, for the audit trail
     finished = False
     try:
         job = store.start(job_id)
         if job is None:  # cancelled while queued, or deleted: nothing to run
-            job = store.get(job_id, output=False)
+            job = final = store.get(job_id, output=False)
             finished = job.status.finished
             return
         audit.record("running", job)
@@ -78,6 +79,7 @@ def run_job(
             outcome = dataclasses.replace(outcome, error="cancelled: the server shut down")
         _discard_files(job)  # before the finish: a finished job has no files left
         finished = store.finish(job_id, outcome)
+        final = _finished(job, outcome)
     except JobNotFound:
         pass
     except Exception:
@@ -89,21 +91,38 @@ def run_job(
             )
         except Exception:
             logger.exception("job %s could not be marked as error", job_id)
+        final = None
     finally:
         _discard_files(job)
         if finished:
-            _audit_finish(store, job_id)
+            _audit_finish(store, job_id, final)
         if finished and on_finish is not None:
             on_finish(job_id)
 
 
-def _audit_finish(store: JobStore, job_id: str) -> None:
-    if audit.logger.isEnabledFor(logging.INFO):
+def _finished(job: Job, outcome: Outcome) -> Job:
+    """The started ``job`` as ``outcome`` finished it (give or take the finish time)."""
+    return dataclasses.replace(
+        job,
+        status=outcome.status,
+        returncode=outcome.returncode,
+        error=outcome.error,
+        stdout_truncated=outcome.stdout_truncated,
+        stderr_truncated=outcome.stderr_truncated,
+        finished_at=utcnow(),
+    )
+
+
+def _audit_finish(store: JobStore, job_id: str, final: Job | None) -> None:
+    """Log the finish; the job is read back only when the runner does not know its end."""
+    if not audit.logger.isEnabledFor(logging.INFO):
+        return
+    if final is None:
         try:
-            job = store.get(job_id, output=False)
+            final = store.get(job_id, output=False)
         except JobNotFound:
             return
-        audit.record(job.status.value, job)
+    audit.record(final.status.value, final)
 
 
 def _discard_files(job: Job | None) -> None:
@@ -135,7 +154,7 @@ class SyncRunner:
         self._heartbeat = Heartbeat(store, self.owner)
         self._heartbeat.start()
 
-    def submit(self, job_id: str) -> None:
+    def submit(self, job_id: str, *, inline: bool = False) -> None:
         if self._store is None:
             raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
         if self._halt.is_set():
