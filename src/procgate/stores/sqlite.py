@@ -85,6 +85,8 @@ _COLUMNS = (
 #: Stored in the database; a file of another schema is refused rather than misread.
 SCHEMA_VERSION = 2
 _ACTIVE_SQL = "('queued', 'running')"
+#: ``UPDATE ... RETURNING`` needs SQLite 3.35 (2021).
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _STREAMS = {"stdout": 0, "stderr": 1}
 _STREAM_NAMES = ("stdout", "stderr")
 
@@ -220,7 +222,7 @@ class SQLiteStore:
         record["scope"] = job.idempotency_scope
         names = ", ".join(record)
         marks = ", ".join("?" for _ in record)
-        with self._db(write=True) as db:
+        with self._transaction() as db:  # one commit for the job and its launch
             while True:
                 inserted = db.execute(
                     f"INSERT INTO jobs ({names}) VALUES ({marks}) ON CONFLICT (scope) DO NOTHING",
@@ -238,6 +240,7 @@ class SQLiteStore:
                 ).fetchone()
                 if row is not None:  # else it was deleted meanwhile: insert again
                     return self._jobs(db, [row])[0]
+        with self._db(write=True) as db:
             self._evict(db)
         return job
 
@@ -312,16 +315,19 @@ class SQLiteStore:
         return int(count)
 
     def start(self, job_id: str) -> Job | None:
+        update = (
+            "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'"
+        )
+        params = (time.time(), job_id)
         with self._db(write=True) as db:
-            changed = db.execute(
-                "UPDATE jobs SET status = 'running', started_at = ? "
-                "WHERE id = ? AND status = 'queued'",
-                (time.time(), job_id),
-            ).rowcount
-        if not changed:
-            self._require(job_id)
-            return None
-        return self.get(job_id)
+            if _RETURNING:  # one statement instead of an update and a read
+                rows = db.execute(f"{update} RETURNING {_COLUMNS}", params).fetchall()
+                if rows:
+                    return self._jobs(db, rows, output=False)[0]  # no output yet
+            elif db.execute(update, params).rowcount:
+                return self.get(job_id, output=False)
+        self._require(job_id)
+        return None
 
     def append_output(self, job_id: str, chunk: Chunk) -> None:
         with self._db(write=True) as db:
