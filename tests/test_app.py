@@ -352,7 +352,8 @@ def test_truncation_flag() -> None:
         gate.close()
     assert job["status"] == "succeeded"
     assert job["stdout_truncated"] is True
-    assert len(job["stdout"]) == 1000
+    assert job["encoding"] == "base64"  # NUL bytes: six bytes each as JSON text
+    assert base64.b64decode(job["stdout"]) == b"\0" * 1000
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -667,3 +668,20 @@ def test_waiting_request_runs_a_bounded_job_in_its_own_thread() -> None:
     assert threads["unbounded"] != threading.get_ident()
     assert threads["long"] != threading.get_ident()
 
+
+def test_output_full_of_control_characters_is_base64() -> None:
+    """Text stays text (tabs, newlines, an ANSI colour); NUL padding is sent as base64."""
+    gate = Gate(runner=ThreadRunner())
+    gate.register("printf", ["printf"])
+    client = Client(gate)
+    try:
+        colour = client.post(
+            "/commands/printf", json={"args": ["\\033[31mred\\033[0m\\tok\\n"], "wait": True}
+        ).json
+        nuls = client.post("/commands/printf", json={"args": ["a\\0\\0\\0b"], "wait": True}).json
+    finally:
+        gate.close()
+    assert colour["encoding"] == "utf-8"
+    assert colour["stdout"] == "\x1b[31mred\x1b[0m\tok\n"
+    assert nuls["encoding"] == "base64"
+    assert base64.b64decode(nuls["stdout"]) == b"a\0\0\0b"

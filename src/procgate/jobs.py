@@ -169,16 +169,35 @@ def format_time(moment: datetime | None) -> str | None:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+#: Bytes JSON escapes as ``\\u00XX``: the C0 controls but tab, newline and carriage return.
+_CONTROLS = bytes(c for c in range(0x20) if c not in b"\t\n\r")
+
+
+def as_text(data: bytes) -> str | None:
+    """``data`` decoded, if it is UTF-8 and text: at most a quarter control characters.
+
+    JSON writes a control character as ``\\u00XX``, six bytes for one; base64 costs a
+    third more than the bytes. So NUL padding, or binary that happens to decode, goes out
+    as base64, while text with colours (ESC) or the odd form feed stays readable.
+    """
+    controls = len(data) - len(data.translate(None, _CONTROLS))
+    if 4 * controls > len(data):
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def job_to_json(job: Job, url: str) -> dict[str, Any]:
     """Render every field, always: clients never have to test for a missing key.
 
-    Both streams share one ``encoding``: ``utf-8`` when both decode, otherwise both are
-    base64, so a client decodes them the same way.
+    Both streams share one ``encoding``, so a client decodes them the same way: ``utf-8``
+    when both are text (see ``as_text``), otherwise both are base64.
     """
-    try:
-        stdout, stderr = job.stdout.decode("utf-8"), job.stderr.decode("utf-8")
-        encoding = "utf-8"
-    except UnicodeDecodeError:
+    stdout, stderr = as_text(job.stdout), as_text(job.stderr)
+    encoding = "utf-8"
+    if stdout is None or stderr is None:
         stdout = base64.b64encode(job.stdout).decode("ascii")
         stderr = base64.b64encode(job.stderr).decode("ascii")
         encoding = "base64"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from procgate.errors import JobNotFound
-from procgate.jobs import Chunk, Job
+from procgate.jobs import Chunk, Job, as_text
 from procgate.stores import JobStore
 
 #: Seconds an SSE stream may stay silent before it sends a comment line (proxies close idle
@@ -132,9 +132,8 @@ def _chunks(
 
 
 def _chunk_json(chunk: Chunk) -> dict[str, Any]:
-    try:
-        data, encoding = chunk.data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
+    data, encoding = as_text(chunk.data), "utf-8"
+    if data is None:
         data, encoding = base64.b64encode(chunk.data).decode("ascii"), "base64"
     return {"stream": chunk.stream, "data": data, "offset": chunk.offset, "encoding": encoding}
 
