@@ -301,6 +301,9 @@ class MemoryStore:
             finished_at=utcnow(),
         )
         MemoryStore._notify(entry)
+        # A finished job changes no more: its waiters hold the condition they wait on,
+        # and a retained job should not (it is most of a small job's memory).
+        entry.changed = None
 
     def _drop(self, job_id: str) -> None:
         entry = self._entries.pop(job_id)
