@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,13 +145,16 @@ def serve(
     workdir: str,
     extra: Sequence[str] = (),
     cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
     """``procgate serve`` of the TOML text ``config`` on a free port, until the block ends.
 
     The config file and the server's log are ``<name>.toml`` and ``<name>.log`` in
     ``workdir``; ``extra`` is added to the command line (``--workers 1``, say). The server
     runs in ``cwd`` when given (a config without ``[store] url`` keeps its SQLite file in
-    ``procgate-data/`` there), else in this process's working directory.
+    ``procgate-data/`` there), else in this process's working directory. ``env`` is added
+    to the server's environment (this process's, with ``PROCGATE_LOG_LEVEL=warning``): a
+    ``PYTHONPATH``, say, to run another procgate source tree.
     """
     config_path = os.path.join(workdir, f"{name}.toml")
     with open(config_path, "w") as file:
@@ -160,12 +163,17 @@ def serve(
     log_path = os.path.join(workdir, f"{name}.log")
     argv = [sys.executable, "-m", "procgate", "serve", "--config", config_path]
     argv += ["--host", HOST, "--port", str(port), *extra]
-    env = dict(os.environ, PROCGATE_LOG_LEVEL="warning")
+    server_env = {**os.environ, "PROCGATE_LOG_LEVEL": "warning", **(env or {})}
     with open(log_path, "wb") as log:
         # A session of its own: the arbiter, its workers and the runner's worker processes
         # are one process group, which a kill reaches whole.
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_env,
+            cwd=cwd,
+            start_new_session=True,
         )
     server = Server(name, port, proc, log_path)
     try:

@@ -12,11 +12,15 @@ every round sees the same noise:
 * Flask-Shell2HTTP in a venv of its own, under gunicorn (1 worker, 16 threads): ``POST
   /echo`` with ``{"args": ["hello"], "force_unique_key": true}`` (202 and a key), then
   ``GET /echo?key=<key>&wait=true``, by a keep-alive Python client, at 1, 4 and 16;
-* ``procgate serve`` with nothing but its defaults, apart from the store and runner kinds:
-  the memory store (1 worker) and the default SQLite store (default workers), each with
-  the thread and the process runner. Sync: ``POST /commands/echo`` with ``{"args":
+* ``procgate serve`` with its defaults and the example config's ``echo`` command
+  (``timeout = 60``, as in ``examples/procgate.toml``), apart from the store and runner
+  kinds: the memory store (1 worker) and the default SQLite store (default workers), each
+  with the thread and the process runner. Sync: ``POST /commands/echo`` with ``{"args":
   ["hello"], "wait": true}`` under wrk; async: ``POST`` without ``wait`` (202), then ``GET
-  /jobs/<id>?wait=10``, by the Python client; both at 1, 4 and 16.
+  /jobs/<id>?wait=10``, by the Python client; both at 1, 4 and 16. With ``--baseline DIR``
+  (another procgate source checkout), each of these servers is also started from
+  ``DIR/src`` (``PYTHONPATH``) and measured right after its twin, in the same rounds; a
+  table gives the current/baseline ratios.
 
 Then, once: lookup errors of Flask-Shell2HTTP with two gunicorn workers (and of procgate's
 SQLite server) when the GET does not reuse the POST's connection, and the memory of a
@@ -31,6 +35,7 @@ not fill). Loopback only: every server binds 127.0.0.1 and every request goes th
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import contextlib
 import http.client
@@ -97,10 +102,13 @@ LOOKUP_JOBS = 200
 #: The memory part: retained jobs, the store's max_jobs, and the big job.
 RETAIN_JOBS = 10_000
 RETAIN_MAX_JOBS = 20_000
+RETAIN_WARMUP = 1_000  # jobs before the retained-memory measurement starts
 BIG_BYTES = 1 << 30
 BIG_CAP = 16 << 20
 #: Seconds the big job may take.
 BIG_TIMEOUT = 300
+#: The ``echo`` command's timeout, as in ``examples/procgate.toml``.
+ECHO_TIMEOUT = 60
 
 STORES = ("memory", "sqlite")
 RUNNERS = ("thread", "process")
@@ -527,13 +535,96 @@ def fs2h_versions(venv: str) -> str:
 
 
 def procgate_config(store: str, runner: str) -> str:
-    """Nothing but the defaults, apart from the store and runner kinds."""
+    """The defaults and the example config's ``echo``, apart from the store and runner kinds.
+
+    ``echo`` is as ``examples/procgate.toml`` has it, ``timeout`` included: a command's
+    timeout is part of its config (a waiting request's job runs in the request's thread
+    only when its timeout fits in the wait).
+    """
     text = ""
     if runner != "thread":  # the thread runner is the default
         text += f'[runner]\nkind = "{runner}"\n\n'
     if store == "memory":  # without [store], the default SQLite file under procgate-data/
         text += '[store]\nurl = "memory://"\n\n'
-    return text + '[commands.echo]\nargv = ["echo"]\n'
+    return text + f'[commands.echo]\nargv = ["echo"]\ntimeout = {ECHO_TIMEOUT}\n'
+
+
+#: What ``--baseline`` checks in a quick child with the baseline's environment: where
+#: ``procgate`` and the CLI that ``python -m procgate serve`` runs come from.
+BASELINE_CHECK = """\
+import procgate, procgate.cli
+print(procgate.__file__)
+print(procgate.cli.__file__)
+print(getattr(procgate, "__version__", "unknown"))
+"""
+
+
+def git_describe(directory: str) -> str:
+    """``git -C directory describe --always --dirty``, or why there is none."""
+    git = shutil.which("git")
+    if git is None:
+        return "git not installed"
+    try:
+        done = subprocess.run(
+            [git, "-C", directory, "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError as exc:
+        return f"no git ({exc})"
+    return done.stdout.strip() if done.returncode == 0 else "not a git checkout"
+
+
+@dataclass
+class Baseline:
+    """Another procgate source checkout that ``--baseline`` runs beside the current one."""
+
+    directory: str
+    #: Added to a baseline server's environment: ``PYTHONPATH`` with ``<directory>/src``.
+    env: dict[str, str]
+    version: str
+    describe: str
+
+
+def baseline_checkout(directory: str) -> Baseline:
+    """The baseline's environment, checked: a child with it must import ``<dir>/src/procgate``.
+
+    RuntimeError, saying why, when there is no ``<dir>/src/procgate`` or when a child
+    started as the servers are (this Python, ``PYTHONPATH=<dir>/src`` first, a working
+    directory without a ``procgate`` of its own) imports ``procgate`` from elsewhere.
+    """
+    directory = os.path.abspath(directory)
+    src = os.path.join(directory, "src")
+    package = os.path.realpath(os.path.join(src, "procgate"))
+    if not os.path.isfile(os.path.join(package, "__init__.py")):
+        raise RuntimeError(f"--baseline {directory}: no procgate package at {package}")
+    pythonpath = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": pythonpath}
+    with tempfile.TemporaryDirectory(prefix="procgate-baseline-check-") as empty:
+        done = subprocess.run(
+            [sys.executable, "-c", BASELINE_CHECK],
+            env={**os.environ, **env},
+            cwd=empty,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    lines = done.stdout.splitlines()
+    if done.returncode != 0 or len(lines) != 3:
+        raise RuntimeError(
+            f"--baseline {directory}: importing procgate with PYTHONPATH={pythonpath} "
+            f"failed ({done.returncode}):\n{done.stderr.strip()}"
+        )
+    for path in lines[:2]:
+        if os.path.dirname(os.path.realpath(path)) != package:
+            raise RuntimeError(
+                f"--baseline {directory}: with PYTHONPATH={pythonpath}, Python imports "
+                f"{path}, not a module of {package}"
+            )
+    return Baseline(directory, env, lines[2], git_describe(directory))
 
 
 def procgate_defaults() -> dict[str, str]:
@@ -574,6 +665,7 @@ max_jobs = {RETAIN_MAX_JOBS}
 
 [commands.echo]
 argv = ["echo"]
+timeout = 60
 """
 
 BIG_CONFIG = f"""\
@@ -592,25 +684,36 @@ def mib(kib: float) -> str:
 
 
 def measure_retained(bench: Bench, workdir: str, jobs: int, notes: list[str]) -> list[str]:
-    """Table rows: the worker's RSS idle and after ``jobs`` retained finished jobs."""
+    """Table rows: the worker's RSS idle, after a warm-up, and after ``jobs`` more retained
+    finished jobs.
+
+    The warm-up (``RETAIN_WARMUP`` jobs, retained too) starts the server's threads and
+    fills its caches, which a server does once whatever it keeps; the growth after it is
+    what the retained jobs cost.
+    """
     with serve("mem-retain", RETAIN_CONFIG, workdir) as server:
         pid = worker_pid(server)
         idle = memory_kib(pid)
+        warm = bench.run(fill_client, server.port, RETAIN_WARMUP, 16)
+        warmed = memory_kib(pid)
         result = bench.run(fill_client, server.port, jobs, 16)
         after = memory_kib(pid)
         listed = count_jobs(server.port)
     notes.append(
-        f"retained jobs: {result['ok']} sync jobs in {result['seconds']:.1f} s "
-        f"({result['errors']} errors), then GET /jobs lists {listed}"
+        f"retained jobs: {warm['ok']} warm-up and {result['ok']} measured sync jobs in "
+        f"{result['seconds']:.1f} s ({warm['errors'] + result['errors']} errors), then "
+        f"GET /jobs lists {listed}"
     )
-    notes.extend(f"  {problem}" for problem in result["problems"])
-    per_job = (after["VmRSS"] - idle["VmRSS"]) * 1024 / max(1, result["ok"])
+    notes.extend(f"  {problem}" for problem in warm["problems"] + result["problems"])
+    per_job = (after["VmRSS"] - warmed["VmRSS"]) * 1024 / max(1, result["ok"])
     return [
         f"| procgate, memory store (max_jobs {RETAIN_MAX_JOBS}), 1 worker: idle "
         f"| {mib(idle['VmRSS'])} | {mib(idle['VmHWM'])} | |",
-        f"| procgate, memory store (max_jobs {RETAIN_MAX_JOBS}): after {result['ok']} "
-        f"finished echo jobs | {mib(after['VmRSS'])} | {mib(after['VmHWM'])} "
-        f"| +{mib(after['VmRSS'] - idle['VmRSS'])} MiB, {per_job / 1024:.2f} KiB/job |",
+        f"| the same after a warm-up of {warm['ok']} jobs | {mib(warmed['VmRSS'])} "
+        f"| {mib(warmed['VmHWM'])} | +{mib(warmed['VmRSS'] - idle['VmRSS'])} MiB |",
+        f"| the same after {result['ok']} more finished echo jobs, all retained "
+        f"| {mib(after['VmRSS'])} | {mib(after['VmHWM'])} "
+        f"| +{mib(after['VmRSS'] - warmed['VmRSS'])} MiB, {per_job / 1024:.2f} KiB/job |",
     ]
 
 
@@ -662,10 +765,13 @@ def measure_big_output(workdir: str, notes: list[str]) -> list[str]:
         conn.close()
         fetched = memory_kib(pid)
     job = json.loads(data) if status == 200 else {}
-    stdout = job.get("stdout") or ""
+    text = job.get("stdout") or ""
+    # NUL bytes come as base64 (see job_to_json); count the bytes, not the characters
+    stdout = base64.b64decode(text) if job.get("encoding") == "base64" else text.encode()
     notes.append(
         f"1 GiB job: {job.get('status')}, stdout_truncated {job.get('stdout_truncated')}, "
-        f"{len(stdout)} chars kept, ran {ran:.2f} s; GET /jobs/<id> answered "
+        f"{len(stdout)} bytes kept ({job.get('encoding')}), ran {ran:.2f} s; "
+        "GET /jobs/<id> answered "
         f"{len(data) / 2**20:.0f} MiB of JSON in {fetch:.2f} s"
     )
     if status != 200 or job.get("status") != "succeeded" or len(stdout) != BIG_CAP:
@@ -736,6 +842,29 @@ def throughput_table(
     return "\n".join(lines)
 
 
+def baseline_table(current: dict[Any, Row], baseline: dict[Any, Row]) -> str:
+    """Each procgate row over its baseline twin: per-round ratios, median over the rounds."""
+    lines = [
+        "| what | server | c | jobs/s | baseline jobs/s | jobs/s ratio | p50 ratio "
+        "| p99 ratio | server CPU ms/job ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, row in current.items():
+        twin = baseline.get(key)
+        if twin is None or not row.samples or not twin.samples:
+            continue
+        lines.append(
+            f"| {row.label} | {row.server} | {row.concurrency} "
+            f"| {median([s.rate for s in row.samples]):.0f} "
+            f"| {median([s.rate for s in twin.samples]):.0f} "
+            f"| {cell(round_ratio(row.samples, twin.samples))} "
+            f"| {cell(round_ratio(row.samples, twin.samples, lambda s: s.p50_ms))} "
+            f"| {cell(round_ratio(row.samples, twin.samples, lambda s: s.p99_ms))} "
+            f"| {cell(round_ratio(row.cpu, twin.cpu, lambda cpu: cpu[0]))} |"
+        )
+    return "\n".join(lines)
+
+
 def machine_line() -> str:
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as file:
@@ -749,7 +878,9 @@ def machine_line() -> str:
     )
 
 
-def versions_line(wrk: str | None, webhook_version: str, fs2h_version: str) -> str:
+def versions_line(
+    wrk: str | None, webhook_version: str, fs2h_version: str, baseline: Baseline | None
+) -> str:
     import gunicorn  # type: ignore[import-untyped]  # the server extra
 
     sync_client = (
@@ -757,8 +888,15 @@ def versions_line(wrk: str | None, webhook_version: str, fs2h_version: str) -> s
         if wrk
         else "Python http.client (no wrk)"
     )
+    procgate = f"procgate {procgate_version()}"
+    if baseline is not None:
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        procgate += (
+            f" (`{git_describe(here)}`), baseline procgate {baseline.version} from "
+            f"{baseline.directory}/src (`{baseline.describe}`)"
+        )
     return (
-        f"Python {platform.python_version()}, procgate {procgate_version()} "
+        f"Python {platform.python_version()}, {procgate} "
         f"(gunicorn {gunicorn.__version__}, SQLite {sqlite3.sqlite_version}); "
         f"{webhook_version}; {fs2h_version}; clients: {sync_client} for sync rows, "
         "Python http.client (keep-alive, one thread per connection, own process) for "
@@ -799,6 +937,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--lookup-jobs", type=int, default=LOOKUP_JOBS, help="jobs per lookup-error check"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another procgate source checkout (with DIR/src/procgate): also run every "
+        "procgate server from it (PYTHONPATH=DIR/src), and compare",
+    )
     parser.add_argument("--output", help="also write the header and tables to this file")
     options = parser.parse_args(argv)
     if options.duration <= 0 or options.rounds < 1:
@@ -831,10 +975,26 @@ def main(argv: list[str] | None = None) -> int:
         webhook_version = webhook_version.replace("webhook version", "adnanh/webhook")
     runners = ("thread",) if options.no_process else RUNNERS
     defaults = procgate_defaults()
+    baseline = None
+    if options.baseline:
+        try:
+            baseline = baseline_checkout(options.baseline)
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(
+            f"baseline: procgate {baseline.version} from {baseline.directory}/src "
+            f"({baseline.describe})",
+            flush=True,
+        )
+    variants = (False, True) if baseline is not None else (False,)
 
     measure_s = options.duration + 0.15 if wrk is None else max(1, round(options.duration)) + 0.1
-    per_round = 2 * options.duration + (len(STORES) * len(runners) * 2 + 2) * 3 * measure_s
-    projected = 25 + options.rounds * per_round
+    procgate_servers = len(STORES) * len(runners) * len(variants)
+    per_round = 2 * options.duration + (procgate_servers * 2 + 2) * 3 * measure_s
+    # Each baseline server adds a start-up and a warm-up.
+    projected = 25 + 3 * (len(variants) - 1) * len(STORES) * len(runners)
+    projected += options.rounds * per_round
     if not options.no_memory:
         projected += 8 + options.retain_jobs / 450
     print(
@@ -866,27 +1026,30 @@ def main(argv: list[str] | None = None) -> int:
         )
         for c in CONCURRENCIES
     }
+    # procgate rows by (mode, store, runner, c), and their twins from --baseline's checkout.
     procgate_rows: dict[tuple[str, str, str, int], Row] = {}
+    baseline_rows: dict[tuple[str, str, str, int], Row] = {}
     for mode in MODES:
         for store in STORES:
             for runner in RUNNERS:
                 for c in CONCURRENCIES:
                     what = "sync" if mode == "sync" else f"async, POST + GET ?wait={WAIT}"
-                    row = Row(
-                        f"procgate {what}, {'memory' if store == 'memory' else 'SQLite'}",
-                        f"{defaults[store]}, {defaults[runner]}",
-                        c,
-                        f"{mode}/{store}/{runner}/c{c}",
-                    )
-                    if runner not in runners:
-                        row.skipped = "skipped (--no-process)"
-                    procgate_rows[mode, store, runner, c] = row
-    all_rows = [
-        *spawn,
-        *webhook_rows.values(),
-        *fs2h_rows.values(),
-        *procgate_rows.values(),
-    ]
+                    for twin in variants:
+                        if twin and runner not in runners:
+                            continue  # a skipped row needs no skipped twin
+                        row = Row(
+                            f"procgate {what}, {'memory' if store == 'memory' else 'SQLite'}"
+                            + (" (baseline)" if twin else ""),
+                            f"{defaults[store]}, {defaults[runner]}",
+                            c,
+                            f"{mode}/{store}/{runner}/c{c}" + ("/baseline" if twin else ""),
+                        )
+                        if runner not in runners:
+                            row.skipped = "skipped (--no-process)"
+                        (baseline_rows if twin else procgate_rows)[mode, store, runner, c] = row
+    all_rows = [*spawn, *webhook_rows.values(), *fs2h_rows.values()]
+    for key, row in procgate_rows.items():  # each baseline row right below its twin
+        all_rows += [row, baseline_rows[key]] if key in baseline_rows else [row]
     lookup_lines: list[str] = []
     memory_lines: list[str] = []
     fs2h_version = "Flask-Shell2HTTP: not run"
@@ -952,12 +1115,16 @@ def main(argv: list[str] | None = None) -> int:
                 idle_rss[key] = memory_kib(pid)["VmRSS"]
             for store in STORES:
                 for runner in runners:
-                    name = f"{store}-{runner}"
-                    home = os.path.join(workdir, name)
-                    os.makedirs(home)
-                    servers[store, runner] = stack.enter_context(
-                        serve(name, procgate_config(store, runner), workdir, cwd=home)
-                    )
+                    for twin in variants:
+                        name = f"{store}-{runner}" + ("-baseline" if twin else "")
+                        home = os.path.join(workdir, name)
+                        os.makedirs(home)
+                        config = procgate_config(store, runner)
+                        env = baseline.env if twin and baseline is not None else None
+                        server = stack.enter_context(
+                            serve(name, config, workdir, cwd=home, env=env)
+                        )
+                        servers[(store, runner, "baseline") if twin else (store, runner)] = server
 
             # Warm-up: starts runner threads and worker processes; every body decoded.
             for key, server in servers.items():
@@ -980,6 +1147,14 @@ def main(argv: list[str] | None = None) -> int:
                 notes.extend(f"{tag}: {problem}" for problem in problems)
 
             duration = options.duration
+
+            def procgate_measure(
+                server: Server, mode: str, c: int
+            ) -> Callable[[], tuple[Sample, list[str]]]:
+                if mode == "sync":
+                    return lambda: bench.sync(server, "procgate", c, duration)
+                return lambda: bench.sample(submit_wait_client, server.port, c, duration)
+
             for number in range(1, options.rounds + 1):
                 for n, row in zip((1, 2), spawn, strict=True):
                     sample, cpu = spawn_with_cpu(n, duration)
@@ -1003,23 +1178,22 @@ def main(argv: list[str] | None = None) -> int:
                             lambda s=server, c=c: bench.sample(fs2h_client, s.port, c, duration),
                             f"{tag}, Flask-Shell2HTTP",
                         )
+                    # Each server's sync, then async; a baseline twin right after its current.
                     for store in STORES:
                         for runner in runners:
-                            server = servers[store, runner]
-                            record(
-                                procgate_rows["sync", store, runner, c],
-                                server,
-                                lambda s=server, c=c: bench.sync(s, "procgate", c, duration),
-                                f"{tag}, procgate sync {store}/{runner}",
-                            )
-                            record(
-                                procgate_rows["async", store, runner, c],
-                                server,
-                                lambda s=server, c=c: bench.sample(
-                                    submit_wait_client, s.port, c, duration
-                                ),
-                                f"{tag}, procgate async {store}/{runner}",
-                            )
+                            for mode in MODES:
+                                for twin in variants:
+                                    rows = baseline_rows if twin else procgate_rows
+                                    server = servers[
+                                        (store, runner, "baseline") if twin else (store, runner)
+                                    ]
+                                    record(
+                                        rows[mode, store, runner, c],
+                                        server,
+                                        procgate_measure(server, mode, c),
+                                        f"{tag}, procgate {mode} {store}/{runner}"
+                                        + (" (baseline)" if twin else ""),
+                                    )
                 summary = ", ".join(
                     f"{row.short} {row.samples[-1].rate:.0f}/s"
                     for row in (*spawn, *webhook_rows.values(), *fs2h_rows.values())
@@ -1096,7 +1270,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     header = [
         f"Machine: {machine_line()}.",
-        f"Versions: {versions_line(wrk, webhook_version, fs2h_version)}.",
+        f"Versions: {versions_line(wrk, webhook_version, fs2h_version, baseline)}.",
         f"{options.rounds} round(s) x {options.duration:g} s per measurement; "
         f"the run took {elapsed:.0f} s.",
     ]
@@ -1105,8 +1279,15 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "### Throughput: `echo hello` per job",
         "",
-        "procgate servers use `procgate serve` defaults (no flags) but for the store and "
-        "runner kinds. Sync: one request per job; async and Flask-Shell2HTTP: two requests "
+        "procgate servers use `procgate serve` defaults (no flags) and the example config's "
+        f"`echo` command (timeout {ECHO_TIMEOUT}), apart from the store and runner kinds"
+        + (
+            "; a (baseline) row is the same server run from the baseline checkout, "
+            "measured right after the row above it"
+            if baseline is not None
+            else ""
+        )
+        + ". Sync: one request per job; async and Flask-Shell2HTTP: two requests "
         "(submit, then wait). Sync rows: "
         + ("wrk, one thread" if wrk else "the Python client (wrk is not installed)")
         + "; two-step rows: the Python client, in its own process.",
@@ -1120,6 +1301,18 @@ def main(argv: list[str] | None = None) -> int:
         "webhook's and Flask-Shell2HTTP's at the same concurrency in the same round, "
         "median over the rounds.",
     ]
+    if baseline is not None:
+        parts += [
+            "",
+            f"### Current over baseline (`{baseline.describe}`)",
+            "",
+            "Each procgate row over its (baseline) twin: that round's figure over the twin's "
+            "in the same round, median over the rounds (so a ratio can differ a little from "
+            "dividing the medians). jobs/s ratio above 1 and latency or CPU ratios below 1 "
+            "favour the current code.",
+            "",
+            baseline_table(procgate_rows, baseline_rows),
+        ]
     if lookup_lines:
         parts += [
             "",
