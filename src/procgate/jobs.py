@@ -55,6 +55,8 @@ class Spec:
     files_dir: str | None = None  # the job's private upload directory, removed at the end
     user: str | None = None  # run as this user (the server must be root)
     group: str | None = None
+    queue: str | None = None  # where a distributed runner sends it (None: its default)
+    retry_on_worker_loss: bool = False  # re-run once if its runner dies while it runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,10 @@ class Outcome:
     error: str | None = None
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+
+
+#: Job ids (an alias the stores use: they have a method named ``list``).
+JobIds = list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +252,8 @@ def job_to_record(job: Job) -> dict[str, Any]:
                 "files_dir": spec.files_dir,
                 "user": spec.user,
                 "group": spec.group,
+                "queue": spec.queue,
+                "retry_on_worker_loss": spec.retry_on_worker_loss,
             }
         ),
         "status": job.status.value,
@@ -289,6 +297,8 @@ def job_from_record(record: Mapping[str, Any], stdout: bytes = b"", stderr: byte
             files_dir=spec.get("files_dir"),
             user=spec.get("user"),
             group=spec.get("group"),
+            queue=spec.get("queue"),
+            retry_on_worker_loss=bool(spec.get("retry_on_worker_loss", False)),
         ),
         status=JobStatus(record["status"]),
         returncode=int(returncode) if returncode not in (None, "") else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -381,6 +382,52 @@ def test_heartbeats_and_lost_jobs(store: JobStore) -> None:
     assert store.active_owners() == {"b"}
     assert "a" not in store.heartbeats()
     assert store.finish(running.id, Outcome(JobStatus.SUCCEEDED, 0)) is False
+
+
+def test_start_claims_the_job_for_its_runner(store: JobStore) -> None:
+    """start(owner=...) makes the job that runner's (a distributed runner's worker)."""
+    job = store.create(new_job(owner=None))
+    assert store.active_owners() == set()
+    started = store.start(job.id, "worker-1")
+    assert started is not None
+    assert started.owner == "worker-1"
+    assert store.get(job.id).owner == "worker-1"
+    assert store.active_owners() == {"worker-1"}
+    assert store.start(job.id, "worker-2") is None  # one runner only
+    assert store.mark_lost("worker-1", "gone") == 1
+    assert store.get(job.id).status is JobStatus.LOST
+
+
+def test_requeue_lost_puts_retryable_jobs_back_once(store: JobStore) -> None:
+    """A dead owner's jobs with retry_on_worker_loss go back to queued, without owner,
+    start time, output or cancel request, and with the flag cleared; the others stay."""
+    retry_spec = dataclasses.replace(new_job().spec, retry_on_worker_loss=True)
+    again = store.create(dataclasses.replace(new_job(), spec=retry_spec))
+    plain = store.create(new_job())
+    other = store.create(dataclasses.replace(new_job(), id=new_job_id(), spec=retry_spec))
+    for job_id, owner in ((again.id, "w1"), (plain.id, "w1"), (other.id, "w2")):
+        store.start(job_id, owner)
+    store.append_output(again.id, Chunk(1, "stdout", 0, b"half"))
+    store.cancel(again.id)  # a cancel request of the first run does not carry over
+    assert store.requeue_lost("w1") == [again.id]
+    job = store.get(again.id)
+    assert job.status is JobStatus.QUEUED
+    assert job.owner is None
+    assert job.started_at is None
+    assert job.stdout == b""
+    assert store.read_output(again.id) == []
+    assert job.spec.retry_on_worker_loss is False
+    assert job.spec.argv == retry_spec.argv
+    assert store.cancel_requested(again.id) is False
+    assert store.get(plain.id).status is JobStatus.RUNNING
+    assert store.active_owners() == {"w1", "w2"}
+    assert store.mark_lost("w1", "gone") == 1  # the plain job only
+    assert store.get(again.id).status is JobStatus.QUEUED
+    restarted = store.start(again.id, "w3")
+    assert restarted is not None
+    assert restarted.owner == "w3"
+    assert store.requeue_lost("w3") == []  # once only: the flag is spent
+    assert store.requeue_lost("w2") == [other.id]
 
 
 def test_wait_wakes_on_cancel_of_queued_job(store: JobStore) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from procgate.errors import ConfigError
-from procgate.jobs import Chunk, Chunks, Job, JobPage, JobStatus, Outcome
+from procgate.jobs import Chunk, Chunks, Job, JobIds, JobPage, JobStatus, Outcome
 from procgate.stores.memory import MemoryStore
 from procgate.stores.sqlite import SQLiteStore
 
@@ -61,8 +61,12 @@ class JobStore(Protocol):
         """
         ...
 
-    def start(self, job_id: str) -> Job | None:
-        """``queued`` -> ``running``; None when the job is no longer queued (cancelled)."""
+    def start(self, job_id: str, owner: str | None = None) -> Job | None:
+        """``queued`` -> ``running``; None when the job is no longer queued (cancelled).
+
+        ``owner``: the runner that takes the job, when it is not the one stamped at
+        ``create`` (a distributed runner's worker); the job is then that owner's.
+        """
         ...
 
     def append_output(self, job_id: str, chunk: Chunk) -> None:
@@ -129,6 +133,15 @@ class JobStore(Protocol):
         """Finish every queued or running job of a dead owner as ``lost``; return how many.
 
         The owner's heartbeat is forgotten too.
+        """
+        ...
+
+    def requeue_lost(self, owner: str) -> JobIds:
+        """Put back in the queue, once, the active jobs of a dead owner that may re-run.
+
+        A job may when its spec has ``retry_on_worker_loss``; the flag is cleared, so it
+        is re-run at most once. Its status goes back to ``queued``, without owner, start
+        time, output or cancel request. Returns their ids, for the caller to submit again.
         """
         ...
 

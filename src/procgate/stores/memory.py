@@ -16,6 +16,7 @@ from procgate.jobs import (
     Chunk,
     Chunks,
     Job,
+    JobIds,
     JobPage,
     JobStatus,
     Outcome,
@@ -143,13 +144,16 @@ class MemoryStore:
                 and (since is None or e.job.created_at.timestamp() >= since)
             )
 
-    def start(self, job_id: str) -> Job | None:
+    def start(self, job_id: str, owner: str | None = None) -> Job | None:
         with self._lock:
             entry = self._entry(job_id)
             if entry.job.status is not JobStatus.QUEUED:
                 return None
             entry.job = dataclasses.replace(
-                entry.job, status=JobStatus.RUNNING, started_at=utcnow()
+                entry.job,
+                status=JobStatus.RUNNING,
+                started_at=utcnow(),
+                owner=owner if owner is not None else entry.job.owner,
             )
             return entry.job
 
@@ -255,6 +259,28 @@ class MemoryStore:
                 self._finish(entry, Outcome(JobStatus.LOST, error=error))
             self._beats.pop(owner, None)
             return len(lost)
+
+    def requeue_lost(self, owner: str) -> JobIds:
+        with self._lock:
+            again = [
+                e
+                for e in self._entries.values()
+                if e.job.owner == owner
+                and e.job.status in ACTIVE
+                and e.job.spec.retry_on_worker_loss
+            ]
+            for entry in again:
+                entry.job = dataclasses.replace(
+                    entry.job,
+                    status=JobStatus.QUEUED,
+                    owner=None,
+                    started_at=None,
+                    spec=dataclasses.replace(entry.job.spec, retry_on_worker_loss=False),
+                )
+                entry.chunks = []
+                entry.cancel = False
+                self._notify(entry)
+            return [entry.job.id for entry in again]
 
     def close(self) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ from procgate.jobs import (
     Chunk,
     Chunks,
     Job,
+    JobIds,
     JobPage,
     JobStatus,
     Outcome,
@@ -134,10 +135,30 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
 """
 
-# KEYS: job. ARGV: started_at. Returns 1 when the job went from queued to running.
+# KEYS: job, active hash. ARGV: started_at, id, new owner (or ""). Returns 1 when the job
+# went from queued to running.
 _START_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+if ARGV[3] ~= '' then
+    redis.call('HSET', KEYS[1], 'owner', ARGV[3])
+    local command = redis.call('HGET', KEYS[1], 'command') or ''
+    redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. '\\31' .. command)
+end
+return 1
+"""
+
+# KEYS: job, active hash, output stream. ARGV: id, owner, spec with the retry flag cleared.
+# Puts a running or queued job of ``owner`` back in the queue; returns 1 if it did.
+_REQUEUE_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'spec', ARGV[3])
+redis.call('HDEL', KEYS[1], 'owner', 'started_at', 'cancel')
+redis.call('DEL', KEYS[3])
+local command = redis.call('HGET', KEYS[1], 'command') or ''
+redis.call('HSET', KEYS[2], ARGV[1], '\\31' .. command)
 return 1
 """
 
@@ -179,6 +200,7 @@ class RedisStore:
             raise ConfigError(f"cannot use Redis store {url!r}: {exc}") from None
         self._create = self.redis.register_script(_CREATE_SCRIPT)
         self._start = self.redis.register_script(_START_SCRIPT)
+        self._requeue = self.redis.register_script(_REQUEUE_SCRIPT)
         self._finish = self.redis.register_script(_FINISH_SCRIPT)
         self._cancel = self.redis.register_script(_CANCEL_SCRIPT)
         self._delete = self.redis.register_script(_DELETE_SCRIPT)
@@ -288,11 +310,14 @@ class RedisStore:
         jobs = self._read([job_id for job_id, _ in found])
         return JobPage(jobs, str(found[-1][1]) if more else None)
 
-    def start(self, job_id: str) -> Job | None:
-        if not self._start(keys=[self._job_key(job_id)], args=[time.time()]):
+    def start(self, job_id: str, owner: str | None = None) -> Job | None:
+        if not self._start(
+            keys=[self._job_key(job_id), self._key("active")],
+            args=[time.time(), job_id, owner or ""],
+        ):
             self._require(job_id)
             return None
-        return self.get(job_id)
+        return self.get(job_id, output=False)  # a job starts with no output
 
     def append_output(self, job_id: str, chunk: Chunk) -> None:
         # Explicit entry ids ``<index>-1``: a reader resumes after any chunk by its index.
@@ -436,6 +461,24 @@ class RedisStore:
                 lost += 1
         self.redis.hdel(self._key("owners"), owner)
         return lost
+
+    def requeue_lost(self, owner: str) -> JobIds:
+        again: JobIds = []
+        for raw_id, entry in self.redis.hgetall(self._key("active")).items():
+            job_id = raw_id.decode()
+            if _active_entry(entry)[0] != owner:
+                continue
+            spec_json = self.redis.hget(self._job_key(job_id), "spec")
+            spec = json.loads(spec_json) if spec_json is not None else {}
+            if not spec.get("retry_on_worker_loss"):
+                continue
+            spec["retry_on_worker_loss"] = False
+            if self._requeue(
+                keys=[self._job_key(job_id), self._key("active"), self._key("out", job_id)],
+                args=[job_id, owner, json.dumps(spec)],
+            ):
+                again.append(job_id)
+        return again
 
     def close(self) -> None:
         self._closed = True

@@ -16,6 +16,7 @@ from procgate.jobs import (
     Chunk,
     Chunks,
     Job,
+    JobIds,
     JobPage,
     JobStatus,
     Outcome,
@@ -314,11 +315,12 @@ class SQLiteStore:
             ).fetchone()
         return int(count)
 
-    def start(self, job_id: str) -> Job | None:
+    def start(self, job_id: str, owner: str | None = None) -> Job | None:
         update = (
-            "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'"
+            "UPDATE jobs SET status = 'running', started_at = ?, owner = coalesce(?, owner) "
+            "WHERE id = ? AND status = 'queued'"
         )
-        params = (time.time(), job_id)
+        params = (time.time(), owner, job_id)
         with self._db(write=True) as db:
             if _RETURNING:  # one statement instead of an update and a read
                 rows = db.execute(f"{update} RETURNING {_COLUMNS}", params).fetchall()
@@ -498,6 +500,29 @@ class SQLiteStore:
             db.execute("DELETE FROM owners WHERE owner = ?", (owner,))
         self._notify()
         return lost
+
+    def requeue_lost(self, owner: str) -> JobIds:
+        again: JobIds = []
+        with self._transaction() as db:
+            rows = db.execute(
+                f"SELECT id, spec FROM jobs WHERE owner = ? AND status IN {_ACTIVE_SQL}",
+                (owner,),
+            ).fetchall()
+            for job_id, spec_json in rows:
+                spec = json.loads(spec_json)
+                if not spec.get("retry_on_worker_loss"):
+                    continue
+                spec["retry_on_worker_loss"] = False
+                db.execute(
+                    "UPDATE jobs SET status = 'queued', owner = NULL, started_at = NULL, "
+                    "cancel = 0, spec = ? WHERE id = ?",
+                    (json.dumps(spec), job_id),
+                )
+                db.execute("DELETE FROM output WHERE job_id = ?", (job_id,))
+                again.append(job_id)
+        for job_id in again:
+            self._notify(job_id)
+        return again
 
     def close(self) -> None:
         self._closed = True
