@@ -100,3 +100,60 @@ def start_server(
             server.crash()
             raise AssertionError(f"server did not start:\n{log.read_text()}")
         time.sleep(0.05)
+
+
+@dataclass
+class Worker:
+    """A running ``procgate worker`` (one Celery worker process with a thread pool)."""
+
+    proc: subprocess.Popen[bytes]
+    name: str
+    log: Path
+
+    def ran(self, job_id: str) -> bool:
+        """Whether this worker started the job (its audit trail says ``running``)."""
+        return f'"event": "running", "job": "{job_id}"' in self.text()
+
+    def text(self) -> str:
+        return self.log.read_bytes().decode(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM: Celery's warm shutdown (running jobs finish); SIGKILL if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL the worker process alone, as the OOM killer would; its jobs' children
+        (each in a session of its own) are left behind."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait()
+
+
+def start_worker(directory: Path, config: str, name: str, *extra: str) -> Worker:
+    """Run ``procgate worker`` for ``config`` as Celery node ``name@test``; wait until ready."""
+    path = directory / f"{name}.toml"
+    path.write_text(config)
+    log = directory / f"{name}.log"
+    argv = [sys.executable, "-m", "procgate", "worker", "--config", str(path)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [*argv, "--hostname", f"{name}@test", *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+            start_new_session=True,
+        )
+    worker = Worker(proc, name, log)
+    deadline = time.monotonic() + 60
+    while f"{name}@test ready" not in worker.text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            raise AssertionError(f"worker did not start:\n{worker.text()}")
+        time.sleep(0.05)
+    return worker

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]  # no hints
 
+from procgate._logging import log_to_stderr
 from procgate.app import Gate
 from procgate.config import create_app
 
@@ -38,22 +36,5 @@ class Server(BaseApplication):  # type: ignore[misc]  # base class is untyped (A
             self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Gate:
-        _log_to_stderr()
+        log_to_stderr()
         return create_app(self.config_path)
-
-
-def _log_to_stderr() -> None:
-    """Send the ``procgate`` loggers (the audit trail included) to stderr, once.
-
-    ``PROCGATE_LOG_LEVEL`` (default INFO) sets the level; a deployment that configures
-    logging itself (gunicorn's ``logconfig_dict``) can add handlers of its own instead.
-    """
-    logger = logging.getLogger("procgate")
-    if logger.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-    )
-    logger.addHandler(handler)
-    logger.setLevel(os.environ.get("PROCGATE_LOG_LEVEL", "INFO").upper())

@@ -213,7 +213,7 @@ class Gate:
         """
         if name in self.commands:
             raise ConfigError(f"command {name!r} is already registered")
-        command = make_command(name, argv, **policy)
+        command = make_command(name, argv, require_program=self.runner.runs_here, **policy)
         self.commands[name] = command
         if on_finish is not None:
             self._command_hooks[name] = on_finish
@@ -675,7 +675,8 @@ class Gate:
                 job,
                 token_id=request.token.id if request.token is not None else None,
                 client=request.client or None,
-                owner=self.runner.owner,
+                # a distributed runner's worker claims the job when it starts it
+                owner=self.runner.owner if self.runner.runs_here else None,
                 idempotency_key=_idempotency_key(body),
                 link=self._job_url(job.id, adapter) if callback_url else None,
                 callback_url=callback_url,
@@ -697,7 +698,7 @@ class Gate:
             longest = process.longest(job.spec)
             inline = bool(wait) and longest is not None and longest <= wait
             try:
-                self.runner.submit(job.id, inline=inline)
+                self.runner.submit(job.id, inline=inline, queue=job.spec.queue)
             except (RunnerBusy, RunnerClosed):
                 self.store.cancel(job.id)  # never ran: leave no trace of it
                 self.store.delete(job.id)

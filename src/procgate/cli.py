@@ -1,4 +1,5 @@
-"""The ``procgate`` command: ``serve`` a config file with gunicorn, or ``check`` it."""
+"""The ``procgate`` command: ``serve`` a config file with gunicorn, run a Celery ``worker``
+for it, or ``check`` it."""
 
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="worker processes (default: one per core, at least 2; 1 for the memory store)",
     )
+    worker = commands.add_parser(
+        "worker", help='run jobs from a Celery queue ([runner] kind = "celery")'
+    )
+    worker.add_argument("--config", required=True, help="path of the TOML config file")
+    worker.add_argument(
+        "--concurrency", type=int, help="jobs at once (default [runner] concurrency, or 8)"
+    )
+    worker.add_argument(
+        "--queues",
+        help="comma-separated queues to take jobs from (default: [runner] queue)",
+    )
+    worker.add_argument("--hostname", help="the Celery node name (default procgate-<pid>@<host>)")
     check = commands.add_parser("check", help="validate a config file and list its commands")
     check.add_argument("--config", required=True, help="path of the TOML config file")
     token = commands.add_parser(
@@ -46,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = read_config(options.config)
         if options.action == "check":
             return _check(config)
+        if options.action == "worker":
+            return _worker(config, options)
         return _serve(config, options)
     except ConfigError as exc:
         print(f"procgate: error: {exc.message}", file=sys.stderr)
@@ -60,6 +75,17 @@ def _token(token_id: str) -> int:
     print(f'id = "{token_id}"')
     print(f'sha256 = "{hash_token(secret)}"')
     return 0
+
+
+def _worker(config: Config, options: argparse.Namespace) -> int:
+    try:
+        from procgate.worker import run_worker
+    except ImportError:
+        raise ConfigError("procgate worker needs Celery: pip install 'procgate[celery]'") from None
+    queues = [name.strip() for name in (options.queues or "").split(",") if name.strip()]
+    return run_worker(
+        config, concurrency=options.concurrency, queues=queues, hostname=options.hostname
+    )
 
 
 def _check(config: Config) -> int:

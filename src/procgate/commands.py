@@ -63,6 +63,8 @@ class Command:
     rlimits: Mapping[str, int] = field(default_factory=dict)
     user: str | None = None
     group: str | None = None
+    queue: str | None = None
+    retry_on_worker_loss: bool = False
     # The child's environment without request env: made once, shared by the jobs' Specs.
     base_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -103,6 +105,8 @@ class Command:
             kill_grace=self.kill_grace,
             user=self.user,
             group=self.group,
+            queue=self.queue,
+            retry_on_worker_loss=self.retry_on_worker_loss,
         )
 
     @staticmethod
@@ -131,6 +135,8 @@ class Command:
             "limits": dict(self.rlimits),
             "user": self.user,
             "group": self.group,
+            "queue": self.queue,
+            "retry_on_worker_loss": self.retry_on_worker_loss,
         }
 
 
@@ -157,6 +163,9 @@ def make_command(
     limits: Mapping[str, int] | None = None,
     user: str | None = None,
     group: str | None = None,
+    queue: str | None = None,
+    retry_on_worker_loss: bool = False,
+    require_program: bool = True,
 ) -> Command:
     """Validate a command's policy and resolve its program now: a bad one fails at startup.
 
@@ -167,6 +176,10 @@ def make_command(
     jobs at once and ``max_rate`` (``"10/minute"``) per command, across processes sharing
     the store. ``limits``: rlimits (``cpu``, ``as``, ``nofile``, ``fsize``, ``nproc``...,
     applied by util-linux ``prlimit``). ``user``/``group``: run as them (needs root).
+    ``queue``: the queue a distributed runner sends its jobs to; ``retry_on_worker_loss``:
+    a job whose runner died while it ran is run once more instead of becoming ``lost``.
+    ``require_program=False`` (the API side of a distributed runner) keeps a program that
+    is not found here as it is written: the worker resolves it on its own host.
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"command name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
@@ -180,6 +193,8 @@ def make_command(
         if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
             raise ConfigError(f"command {name!r}: argv must be a non-empty list of strings")
         program = resolve_program(argv[0], child_env(env, {})["PATH"])
+        if program is None and not require_program:
+            program = argv[0]
         if program is None:
             raise ConfigError(f"command {name!r}: program {argv[0]!r} not found")
         base = (program, *argv[1:])
@@ -191,7 +206,7 @@ def make_command(
         raise ConfigError(f"command {name!r}: max_output must be a byte count >= 0")
     if not _positive(kill_grace):
         raise ConfigError(f"command {name!r}: kill_grace must be a positive number of seconds")
-    if cwd is not None and not os.path.isdir(cwd):
+    if cwd is not None and require_program and not os.path.isdir(cwd):
         raise ConfigError(f"command {name!r}: cwd {cwd!r} is not a directory")
     where = f"command {name!r}"
     policy = parse_policy(args, options=options, dashdash=dashdash, where=where)
@@ -202,6 +217,10 @@ def make_command(
         raise ConfigError(f"{where}: a webhook command needs an hmac_secret")
     if max_running is not None and (not isinstance(max_running, int) or max_running < 1):
         raise ConfigError(f"{where}: max_running must be a whole number >= 1")
+    if queue is not None and (not isinstance(queue, str) or not _NAME.fullmatch(queue)):
+        raise ConfigError(f"{where}: queue must be 1-64 letters, digits, '_', '.' or '-'")
+    if not isinstance(retry_on_worker_loss, bool):
+        raise ConfigError(f"{where}: retry_on_worker_loss must be true or false")
     rlimits = _rlimits(limits or {}, where)
     _check_identity(user, group, where)
     if user is not None and group is None:  # else the child would keep root's group
@@ -226,6 +245,8 @@ def make_command(
         rlimits=rlimits,
         user=user,
         group=group,
+        queue=queue,
+        retry_on_worker_loss=retry_on_worker_loss,
         base_env=child_env(env),
     )
 

@@ -21,7 +21,16 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 _SECTIONS = {
     "server": {"host", "port", "threads", "workers"},
-    "runner": {"kind", "max_workers", "max_queue"},
+    "runner": {
+        "kind",
+        "max_workers",
+        "max_queue",
+        "heartbeat",
+        "stale_after",
+        "broker",  # celery
+        "queue",  # celery
+        "concurrency",  # celery: procgate worker's threads
+    },
     "store": {"url", "max_jobs", "ttl", "prefix"},
     "auth": {"tokens", "allow_ips", "trusted_proxies"},
     "gate": {
@@ -68,6 +77,8 @@ _COMMAND_KEYS = {
     "limits",
     "user",
     "group",
+    "queue",
+    "retry_on_worker_loss",
 }
 _TOKEN_KEYS = {"id", "sha256", "commands", "read_only", "admin"}
 
@@ -107,6 +118,9 @@ class Config:
         """A new Gate with its own store and runner; ``ConfigError`` if anything is off."""
         options = dict(self.runner)
         kind = options.pop("kind", "thread")
+        if kind == "celery":
+            options["app_or_broker_url"] = options.pop("broker", None)
+            options.pop("concurrency", None)  # procgate worker's, not the runner's
         runner_class = by_kind(kind)
         try:
             runner: Runner = runner_class(**options)

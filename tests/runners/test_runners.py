@@ -287,3 +287,30 @@ def test_process_runner_ignores_inline() -> None:
         assert threads[0] != threading.get_ident()
     finally:
         runner.close()
+
+
+def test_a_dead_runner_s_retryable_job_runs_again_here() -> None:
+    """A runner's first sweep finds a dead runner's jobs: one with retry_on_worker_loss
+    runs again in this runner, once; the others become lost."""
+    store = MemoryStore()
+    jobs = {}
+    for name, retry in (("again", True), ("plain", False)):
+        job = Job(
+            id=new_job_id(),
+            command=name,
+            args=(),
+            spec=Spec(argv=("/bin/echo", name), env=child_env(), retry_on_worker_loss=retry),
+        )
+        store.create(job)
+        store.start(job.id, "elsewhere:1:dead")  # a runner on another host, never beating
+        jobs[name] = job.id
+    runner = ThreadRunner()
+    runner.open(store)
+    try:
+        again = store.wait(jobs["again"], 10)
+        assert again.status is JobStatus.SUCCEEDED
+        assert again.stdout == b"again\n"
+        assert again.owner == runner.owner
+        assert store.get(jobs["plain"]).status is JobStatus.LOST
+    finally:
+        runner.close()

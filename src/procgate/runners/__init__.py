@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from procgate.errors import ConfigError
@@ -18,6 +19,7 @@ class Runner(Protocol):
 
     kind: str
     owner: str  # stamped on the jobs it takes; see procgate.runners.liveness
+    runs_here: bool  # jobs run on this host, so commands' programs must be found here
 
     def open(self, store: JobStore, on_finish: FinishHook | None = None) -> None:
         """Bind to the store the jobs live in; called once, by the Gate.
@@ -27,13 +29,14 @@ class Runner(Protocol):
         """
         ...
 
-    def submit(self, job_id: str, *, inline: bool = False) -> None:
+    def submit(self, job_id: str, *, inline: bool = False, queue: str | None = None) -> None:
         """Arrange for a queued job to run.
 
         Cheap and non-blocking, except for SyncRunner. ``RunnerBusy`` when saturated,
         ``RunnerClosed`` after ``close``. ``inline=True`` says the caller will wait for the
         job to finish anyway, so the runner may run it in the calling thread (SyncRunner
-        always does; ThreadRunner when a slot is free); a runner may ignore it.
+        always does; ThreadRunner when a slot is free); a runner may ignore it. ``queue``:
+        the command's queue, for runners that route jobs (CeleryRunner); others ignore it.
         """
         ...
 
@@ -42,18 +45,23 @@ class Runner(Protocol):
         ...
 
 
-_KINDS: dict[str, type[SyncRunner]] = {
+_KINDS: dict[str, Callable[..., Runner]] = {
     "sync": SyncRunner,
     "thread": ThreadRunner,
     "process": ProcessRunner,
 }
 
 
-def by_kind(kind: str) -> type[SyncRunner]:
+def by_kind(kind: str) -> Callable[..., Runner]:
     """The runner class for a config file's ``[runner] kind``."""
+    if kind == "celery":  # an extra: imported only when asked for
+        from procgate.runners.celery import CeleryRunner
+
+        celery_runner: Callable[..., Runner] = CeleryRunner
+        return celery_runner
     try:
         return _KINDS[kind]
     except KeyError:
         raise ConfigError(
-            f"unknown runner kind {kind!r}: expected one of {', '.join(_KINDS)}"
+            f"unknown runner kind {kind!r}: expected one of {', '.join([*_KINDS, 'celery'])}"
         ) from None

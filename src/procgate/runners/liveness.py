@@ -3,8 +3,9 @@
 Every runner has an owner id (host, pid, random part) that it stamps on the jobs it
 takes, and a heartbeat thread that records it in the store and sweeps: the queued and
 running jobs of an owner that stopped beating (or, on this host, whose process is gone)
-become ``lost``. The first sweep runs when the runner opens, so a server restarted after
-a crash cleans up at once.
+become ``lost``, except those whose command has ``retry_on_worker_loss``: they go back to
+the queue once, and the sweeping runner submits them again. The first sweep runs when the
+runner opens, so a server restarted after a crash cleans up at once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 
+from procgate.jobs import JobStatus, Outcome
 from procgate.stores import JobStore
 
 logger = logging.getLogger("procgate")
@@ -41,13 +44,40 @@ def owner_is_dead(owner: str, last_beat: float | None, now: float, stale_after: 
     return last_beat is None or now - last_beat > stale_after
 
 
-def sweep_lost(store: JobStore, me: str, stale_after: float = STALE_AFTER) -> int:
-    """Mark the active jobs of dead owners ``lost``; return how many."""
+#: Submits a job again: ``resubmit(job_id)``.
+Resubmit = Callable[[str], None]
+
+
+def sweep_lost(
+    store: JobStore,
+    me: str,
+    stale_after: float = STALE_AFTER,
+    resubmit: Resubmit | None = None,
+) -> int:
+    """Mark the active jobs of dead owners ``lost``; return how many.
+
+    With ``resubmit``, the jobs that may re-run once are queued again and handed to it.
+    """
     beats = store.heartbeats()
     now = time.time()
     lost = 0
     for owner in store.active_owners() - {me}:
         if owner_is_dead(owner, beats.get(owner), now, stale_after):
+            if resubmit is not None:
+                for job_id in store.requeue_lost(owner):
+                    logger.warning("re-running job %s: its runner %s died", job_id, owner)
+                    try:
+                        resubmit(job_id)
+                    except Exception:
+                        logger.exception("could not submit job %s again", job_id)
+                        store.finish(
+                            job_id,
+                            Outcome(
+                                JobStatus.LOST,
+                                error=f"lost: its runner ({owner}) died, and it could "
+                                "not be submitted again",
+                            ),
+                        )
             count = store.mark_lost(
                 owner,
                 f"lost: its runner ({owner}) stopped before the job finished; "
@@ -69,11 +99,13 @@ class Heartbeat:
         *,
         interval: float = HEARTBEAT_INTERVAL,
         stale_after: float = STALE_AFTER,
+        resubmit: Resubmit | None = None,
     ) -> None:
         self.store = store
         self.owner = owner
         self.interval = interval
         self.stale_after = stale_after
+        self.resubmit = resubmit
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -97,7 +129,7 @@ class Heartbeat:
     def _beat(self) -> None:
         try:
             self.store.heartbeat(self.owner)
-            sweep_lost(self.store, self.owner, self.stale_after)
+            sweep_lost(self.store, self.owner, self.stale_after, self.resubmit)
         except Exception:  # a store hiccup must not kill the thread: try again next time
             logger.exception("heartbeat of %s failed", self.owner)
 

@@ -21,6 +21,7 @@ from typing import Any
 from procgate import process
 from procgate.jobs import Job, JobStatus, Outcome, Spec
 from procgate.process import CancelCheck, OutputCallback
+from procgate.runners.liveness import HEARTBEAT_INTERVAL, STALE_AFTER
 from procgate.runners.sync import run_job
 from procgate.runners.thread import CLOSE_TIMEOUT, ThreadRunner
 from procgate.stores import JobStore
@@ -40,15 +41,27 @@ class ProcessRunner(ThreadRunner):
     kind = "process"
     runs_inline = False  # the point is to run jobs in the worker processes
 
-    def __init__(self, *, max_workers: int | None = None, max_queue: int = 1000) -> None:
-        super().__init__(max_workers=max_workers or os.cpu_count() or 2, max_queue=max_queue)
+    def __init__(
+        self,
+        *,
+        max_workers: int | None = None,
+        max_queue: int = 1000,
+        heartbeat: float = HEARTBEAT_INTERVAL,
+        stale_after: float = STALE_AFTER,
+    ) -> None:
+        super().__init__(
+            max_workers=max_workers or os.cpu_count() or 2,
+            max_queue=max_queue,
+            heartbeat=heartbeat,
+            stale_after=stale_after,
+        )
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[Callable[[JobStore, str], None]]:
         worker = _Worker()
         try:
             yield lambda store, job_id: run_job(
-                store, job_id, self._halt, self._on_finish, worker.execute
+                store, job_id, self._halt, self._on_finish, worker.execute, self.owner
             )
         finally:
             worker.stop()

@@ -9,10 +9,10 @@ import threading
 from collections.abc import Callable
 
 from procgate import audit, process
-from procgate.errors import JobNotFound, RunnerClosed
+from procgate.errors import ConfigError, JobNotFound, RunnerClosed
 from procgate.jobs import Chunk, Job, JobStatus, Outcome, utcnow
 from procgate.process import CancelCheck, OutputCallback
-from procgate.runners.liveness import Heartbeat, new_owner
+from procgate.runners.liveness import HEARTBEAT_INTERVAL, STALE_AFTER, Heartbeat, new_owner
 from procgate.stores import JobStore
 
 logger = logging.getLogger("procgate")
@@ -51,23 +51,30 @@ def run_job(
     halt: threading.Event,
     on_finish: FinishHook | None = None,
     execute: Execute = execute_here,
+    owner: str | None = None,
 ) -> None:
     """Start, execute and finish one job, writing every step to the store.
 
     A job cancelled while it was queued is not started. ``halt`` is the runner shutting
     down: its running children are stopped like a cancel. Whatever happens, the job's
     upload directory is removed, and ``on_finish(job_id)`` is called once if the job
-    finished (here, or by a cancel while it waited). Never raises: a failure of the store
+    finished (here, or by a cancel while it waited). ``owner``: the runner taking the job,
+    when it is not the one that created it. Never raises: a failure of the store
     or of procgate itself finishes the job as ``error`` and is logged.
     """
     job: Job | None = None
     final: Job | None = None  # the job as finished, for the audit trail
     finished = False
     try:
-        job = store.start(job_id)
-        if job is None:  # cancelled while queued, or deleted: nothing to run
-            job = final = store.get(job_id, output=False)
-            finished = job.status.finished
+        job = store.start(job_id, owner)
+        if job is None:  # cancelled while queued, deleted, or taken by another runner
+            final = store.get(job_id, output=False)
+            # Finished without ever starting: cancelled while queued, and this runner
+            # does its hooks. A job another runner started (a message delivered twice)
+            # is that runner's to finish.
+            finished = final.status.finished and final.started_at is None
+            if finished:  # it never ran: its upload files can go
+                job = final
             return
         audit.record("running", job)
         outcome = execute(
@@ -139,9 +146,17 @@ class SyncRunner:
     """
 
     kind = "sync"
+    #: Whether jobs run on this host: commands' programs must be found here.
+    runs_here = True
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, heartbeat: float = HEARTBEAT_INTERVAL, stale_after: float = STALE_AFTER
+    ) -> None:
+        if not heartbeat > 0 or not stale_after > heartbeat:
+            raise ConfigError("heartbeat must be > 0 seconds, and stale_after above it")
         self.owner = new_owner()
+        self.heartbeat = heartbeat
+        self.stale_after = stale_after
         self._store: JobStore | None = None
         self._on_finish: FinishHook | None = None
         self._halt = threading.Event()
@@ -151,15 +166,27 @@ class SyncRunner:
         """Bind to the store, and start heartbeats (which sweep up lost jobs at once)."""
         self._store = store
         self._on_finish = on_finish
-        self._heartbeat = Heartbeat(store, self.owner)
+        self._heartbeat = Heartbeat(
+            store,
+            self.owner,
+            interval=self.heartbeat,
+            stale_after=self.stale_after,
+            resubmit=self._resubmit,
+        )
         self._heartbeat.start()
 
-    def submit(self, job_id: str, *, inline: bool = False) -> None:
+    def _resubmit(self, job_id: str) -> None:
+        """Run a dead runner's job again (``retry_on_worker_loss``), off the heartbeat."""
+        threading.Thread(
+            target=self.submit, args=(job_id,), name=f"procgate-rerun-{job_id}", daemon=True
+        ).start()
+
+    def submit(self, job_id: str, *, inline: bool = False, queue: str | None = None) -> None:
         if self._store is None:
             raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
         if self._halt.is_set():
             raise RunnerClosed("the runner is shutting down")
-        run_job(self._store, job_id, self._halt, self._on_finish)
+        run_job(self._store, job_id, self._halt, self._on_finish, owner=self.owner)
 
     def close(self) -> None:
         self._halt.set()

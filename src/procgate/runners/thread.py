@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 from collections.abc import Callable, Iterator
+from queue import Empty, Full, Queue
 
 from procgate.errors import ConfigError, RunnerBusy, RunnerClosed
+from procgate.runners.liveness import HEARTBEAT_INTERVAL, STALE_AFTER
 from procgate.runners.sync import SyncRunner, run_job
 from procgate.stores import JobStore
 
@@ -32,13 +33,20 @@ class ThreadRunner(SyncRunner):
     #: Whether ``submit(..., inline=True)`` may run a job in the caller's thread.
     runs_inline = True
 
-    def __init__(self, *, max_workers: int = 8, max_queue: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        max_workers: int = 8,
+        max_queue: int = 1000,
+        heartbeat: float = HEARTBEAT_INTERVAL,
+        stale_after: float = STALE_AFTER,
+    ) -> None:
         if max_workers < 1 or max_queue < 1:
             raise ConfigError("max_workers and max_queue must be at least 1")
-        super().__init__()
+        super().__init__(heartbeat=heartbeat, stale_after=stale_after)
         self.max_workers = max_workers
         self.max_queue = max_queue
-        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=max_queue)
+        self._queue: Queue[str | None] = Queue(maxsize=max_queue)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._idle = threading.Semaphore(0)
@@ -46,7 +54,7 @@ class ThreadRunner(SyncRunner):
         self._inline = 0  # jobs running in callers' threads
         self._inline_done = threading.Condition(self._lock)
 
-    def submit(self, job_id: str, *, inline: bool = False) -> None:
+    def submit(self, job_id: str, *, inline: bool = False, queue: str | None = None) -> None:
         store = self._store
         if store is None:
             raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
@@ -54,7 +62,7 @@ class ThreadRunner(SyncRunner):
             raise RunnerClosed("the runner is shutting down")
         if inline and self._take_inline_slot():
             try:
-                run_job(store, job_id, self._halt, self._on_finish)
+                run_job(store, job_id, self._halt, self._on_finish, owner=self.owner)
             finally:
                 self._slots.release()
                 with self._lock:
@@ -63,11 +71,14 @@ class ThreadRunner(SyncRunner):
             return
         try:
             self._queue.put_nowait(job_id)
-        except queue.Full:
+        except Full:
             raise RunnerBusy(
                 f"all {self.max_workers} workers are busy and {self.max_queue} jobs wait"
             ) from None
         self._grow()
+
+    def _resubmit(self, job_id: str) -> None:
+        self.submit(job_id)
 
     def _take_inline_slot(self) -> bool:
         """A slot for a job in the caller's thread: only when none waits in the queue."""
@@ -86,7 +97,7 @@ class ThreadRunner(SyncRunner):
         while True:
             try:
                 job_id = self._queue.get_nowait()
-            except queue.Empty:
+            except Empty:
                 break
             if job_id is not None and store is not None:
                 with contextlib.suppress(Exception):
@@ -134,4 +145,6 @@ class ThreadRunner(SyncRunner):
     @contextlib.contextmanager
     def _slot(self) -> Iterator[Callable[[JobStore, str], None]]:
         """What one pool thread runs its jobs with, for as long as the thread lives."""
-        yield lambda store, job_id: run_job(store, job_id, self._halt, self._on_finish)
+        yield lambda store, job_id: run_job(
+            store, job_id, self._halt, self._on_finish, owner=self.owner
+        )
