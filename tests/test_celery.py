@@ -320,3 +320,21 @@ def test_an_unreachable_broker_is_a_503(tmp_path: Path) -> None:
     assert response.status_code == 503
     assert response.json["error"]["code"] == "runner_closed"
     assert store.list().jobs == []
+
+
+def test_procgate_worker_needs_the_celery_runner(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config without [runner] kind = "celery" has nothing for a worker to take."""
+    from procgate.cli import main
+
+    path = tmp_path / "thread.toml"
+    path.write_text('[commands.echo]\nargv = ["echo"]\n')
+    assert main(["worker", "--config", str(path)]) == 2
+    assert 'procgate worker needs [runner] kind = "celery"' in capsys.readouterr().err
+    path.write_text(
+        '[runner]\nkind = "celery"\nbroker = "redis://127.0.0.1:1/0"\nconcurrency = 0\n'
+        '[store]\nurl = "memory://"\n'
+    )
+    assert main(["worker", "--config", str(path)]) == 2
+    assert "concurrency" in capsys.readouterr().err
