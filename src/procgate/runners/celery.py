@@ -104,6 +104,7 @@ class CeleryRunner:
     ) -> None:
         if not heartbeat > 0 or not stale_after > heartbeat:
             raise ConfigError("heartbeat must be > 0 seconds, and stale_after above it")
+        self._own_app = isinstance(app_or_broker_url, str)
         if isinstance(app_or_broker_url, str):
             self.app = make_celery(app_or_broker_url, queue)
         elif app_or_broker_url is None:
@@ -148,6 +149,8 @@ class CeleryRunner:
         self._halt.set()
         if self._heartbeat is not None:
             self._heartbeat.stop()
+        if self._own_app:  # its broker connections; an app passed in is its owner's
+            self.app.close()
 
     def _resubmit(self, job_id: str) -> None:
         store = self._store
