@@ -14,8 +14,10 @@ every round sees the same noise:
   ``GET /echo?key=<key>&wait=true``, by a keep-alive Python client, at 1, 4 and 16;
 * ``procgate serve`` with its defaults and the example config's ``echo`` command
   (``timeout = 60``, as in ``examples/procgate.toml``), apart from the store and runner
-  kinds: the memory store (1 worker) and the default SQLite store (default workers), each
-  with the thread and the process runner. Sync: ``POST /commands/echo`` with ``{"args":
+  kinds: the memory store (1 worker), the default SQLite store (default workers) and, when
+  ``redis-server`` is installed, the Redis store (default workers; a throwaway
+  ``redis-server`` on a free loopback port, a key prefix per server), each with the thread
+  and the process runner. Sync: ``POST /commands/echo`` with ``{"args":
   ["hello"], "wait": true}`` under wrk; async: ``POST`` without ``wait`` (202), then ``GET
   /jobs/<id>?wait=10``, by the Python client; both at 1, 4 and 16. With ``--baseline DIR``
   (another procgate source checkout), each of these servers is also started from
@@ -39,6 +41,7 @@ import base64
 import concurrent.futures
 import contextlib
 import http.client
+import importlib.util
 import inspect
 import itertools
 import json
@@ -78,7 +81,7 @@ from _common import (
     tree_cpu,
     wrk_version,
 )
-from stores import WAIT, submit_wait_client
+from stores import WAIT, redis_server, submit_wait_client
 from sync_echo import WRK_SCRIPT as PROCGATE_WRK_SCRIPT
 from sync_echo import measure_spawn
 
@@ -110,7 +113,8 @@ BIG_TIMEOUT = 300
 #: The ``echo`` command's timeout, as in ``examples/procgate.toml``.
 ECHO_TIMEOUT = 60
 
-STORES = ("memory", "sqlite")
+STORES = ("memory", "sqlite", "redis")
+STORE_NAMES = {"memory": "memory", "sqlite": "SQLite", "redis": "Redis"}
 RUNNERS = ("thread", "process")
 MODES = ("sync", "async")
 
@@ -534,7 +538,7 @@ def fs2h_versions(venv: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def procgate_config(store: str, runner: str) -> str:
+def procgate_config(store: str, runner: str, redis_url: str = "", prefix: str = "") -> str:
     """The defaults and the example config's ``echo``, apart from the store and runner kinds.
 
     ``echo`` is as ``examples/procgate.toml`` has it, ``timeout`` included: a command's
@@ -546,6 +550,8 @@ def procgate_config(store: str, runner: str) -> str:
         text += f'[runner]\nkind = "{runner}"\n\n'
     if store == "memory":  # without [store], the default SQLite file under procgate-data/
         text += '[store]\nurl = "memory://"\n\n'
+    if store == "redis":  # a key prefix per server: they share the one redis-server
+        text += f'[store]\nurl = "{redis_url}"\nprefix = "{prefix}"\n\n'
     return text + f'[commands.echo]\nargv = ["echo"]\ntimeout = {ECHO_TIMEOUT}\n'
 
 
@@ -639,6 +645,7 @@ def procgate_defaults() -> dict[str, str]:
     return {
         "memory": f"1 worker x {DEFAULT_THREADS} threads",
         "sqlite": f"{shared} workers x {DEFAULT_THREADS} threads",
+        "redis": f"{shared} workers x {DEFAULT_THREADS} threads",
         "thread": f"thread runner, {thread_workers} threads",
         "process": f"process runner, {process_workers} processes",
     }
@@ -923,6 +930,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="sync rows' client: auto is wrk when installed, else the Python client",
     )
     parser.add_argument("--no-process", action="store_true", help="leave out the process runner")
+    parser.add_argument("--no-redis", action="store_true", help="leave out the Redis store")
     parser.add_argument("--no-webhook", action="store_true", help="leave out adnanh/webhook")
     parser.add_argument("--no-fs2h", action="store_true", help="leave out Flask-Shell2HTTP")
     parser.add_argument(
@@ -974,6 +982,12 @@ def main(argv: list[str] | None = None) -> int:
         webhook_version = (done.stdout or done.stderr).strip() or "webhook version unknown"
         webhook_version = webhook_version.replace("webhook version", "adnanh/webhook")
     runners = ("thread",) if options.no_process else RUNNERS
+    redis_skip = ""
+    if options.no_redis:
+        redis_skip = "skipped (--no-redis)"
+    elif shutil.which("redis-server") is None or importlib.util.find_spec("redis") is None:
+        redis_skip = "skipped (no redis-server or redis-py: apt-get install redis-server)"
+        print(f"note: the Redis store rows are {redis_skip}")
     defaults = procgate_defaults()
     baseline = None
     if options.baseline:
@@ -990,10 +1004,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = (False, True) if baseline is not None else (False,)
 
     measure_s = options.duration + 0.15 if wrk is None else max(1, round(options.duration)) + 0.1
-    procgate_servers = len(STORES) * len(runners) * len(variants)
+    stores = tuple(store for store in STORES if store != "redis" or redis_skip == "")
+    procgate_servers = len(stores) * len(runners) * len(variants)
     per_round = 2 * options.duration + (procgate_servers * 2 + 2) * 3 * measure_s
     # Each baseline server adds a start-up and a warm-up.
-    projected = 25 + 3 * (len(variants) - 1) * len(STORES) * len(runners)
+    projected = 25 + 3 * (len(variants) - 1) * len(stores) * len(runners)
     projected += options.rounds * per_round
     if not options.no_memory:
         projected += 8 + options.retain_jobs / 450
@@ -1038,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
                         if twin and runner not in runners:
                             continue  # a skipped row needs no skipped twin
                         row = Row(
-                            f"procgate {what}, {'memory' if store == 'memory' else 'SQLite'}"
+                            f"procgate {what}, {STORE_NAMES[store]}"
                             + (" (baseline)" if twin else ""),
                             f"{defaults[store]}, {defaults[runner]}",
                             c,
@@ -1046,6 +1061,8 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         if runner not in runners:
                             row.skipped = "skipped (--no-process)"
+                        elif store not in stores:
+                            row.skipped = redis_skip
                         (baseline_rows if twin else procgate_rows)[mode, store, runner, c] = row
     all_rows = [*spawn, *webhook_rows.values(), *fs2h_rows.values()]
     for key, row in procgate_rows.items():  # each baseline row right below its twin
@@ -1113,13 +1130,14 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 servers[key] = server
                 idle_rss[key] = memory_kib(pid)["VmRSS"]
-            for store in STORES:
+            redis_url = stack.enter_context(redis_server(workdir)) if "redis" in stores else ""
+            for store in stores:
                 for runner in runners:
                     for twin in variants:
                         name = f"{store}-{runner}" + ("-baseline" if twin else "")
                         home = os.path.join(workdir, name)
                         os.makedirs(home)
-                        config = procgate_config(store, runner)
+                        config = procgate_config(store, runner, redis_url, f"peers-{name}:")
                         env = baseline.env if twin and baseline is not None else None
                         server = stack.enter_context(
                             serve(name, config, workdir, cwd=home, env=env)
@@ -1179,7 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{tag}, Flask-Shell2HTTP",
                         )
                     # Each server's sync, then async; a baseline twin right after its current.
-                    for store in STORES:
+                    for store in stores:
                         for runner in runners:
                             for mode in MODES:
                                 for twin in variants:
