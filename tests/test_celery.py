@@ -279,15 +279,18 @@ def test_a_worker_without_the_command_says_so(cluster: Cluster, redis_url: str) 
 
 
 def test_queued_jobs_wait_in_the_broker_for_a_worker(cluster: Cluster) -> None:
-    """Jobs submitted while no worker runs stay queued, and run when one starts, even
-    after the API that took them has restarted."""
+    """Jobs submitted while no worker runs (the only one was stopped) stay queued, and run
+    when a worker starts again, even after the API that took them has restarted."""
     a, b = cluster.apis
+    first = cluster.add_worker("w1")
+    assert get(b, post(a, "echo", {"args": ["before"]})["id"], wait=30)["status"] == "succeeded"
+    assert first.stop() == 0  # SIGTERM: a warm shutdown
     ids = [post(a, "echo", {"args": [str(n)]})["id"] for n in range(5)]
     assert all(get(b, job_id)["status"] == "queued" for job_id in ids)
     a.stop()
     cluster.apis.remove(a)
     restarted = cluster.add_api("api-a2")
-    cluster.add_worker("w1")
+    cluster.add_worker("w1-again")
     for number, job_id in enumerate(ids):
         job = get(restarted, job_id, wait=30)
         assert job["status"] == "succeeded", job
