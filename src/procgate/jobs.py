@@ -6,7 +6,7 @@ import base64
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -92,6 +92,18 @@ class Job:
         if self.idempotency_key is None:
             return None
         return f"{self.command or ''}\n{self.idempotency_key}"
+
+    def finished_with(self, outcome: Outcome) -> Job:
+        """This job as ``outcome`` finishes it, now."""
+        return replace(
+            self,
+            status=outcome.status,
+            returncode=outcome.returncode,
+            error=outcome.error,
+            stdout_truncated=outcome.stdout_truncated,
+            stderr_truncated=outcome.stderr_truncated,
+            finished_at=utcnow(),
+        )
 
     @property
     def duration(self) -> float | None:

@@ -33,9 +33,8 @@ from procgate.commands import Command, resolve_program
 from procgate.errors import ConfigError, RunnerClosed
 from procgate.jobs import Job, JobStatus, Outcome
 from procgate.process import CancelCheck, OutputCallback
-from procgate.runners.liveness import HEARTBEAT_INTERVAL, STALE_AFTER, Heartbeat, new_owner
-from procgate.runners.sync import FinishHook, execute_here, run_job
-from procgate.stores import JobStore
+from procgate.runners.liveness import HEARTBEAT_INTERVAL, STALE_AFTER
+from procgate.runners.sync import SyncRunner, execute_here, run_job
 
 try:
     import celery  # type: ignore[import-untyped]  # no hints
@@ -80,7 +79,7 @@ def make_celery(broker_url: str, queue: str = DEFAULT_QUEUE) -> Any:
     return app
 
 
-class CeleryRunner:
+class CeleryRunner(SyncRunner):
     """Sends each job to a Celery queue; ``procgate worker`` processes run them.
 
     ``app_or_broker_url`` is a Celery app of your own or a broker URL. Jobs go to
@@ -102,8 +101,7 @@ class CeleryRunner:
         heartbeat: float = HEARTBEAT_INTERVAL,
         stale_after: float = STALE_AFTER,
     ) -> None:
-        if not heartbeat > 0 or not stale_after > heartbeat:
-            raise ConfigError("heartbeat must be > 0 seconds, and stale_after above it")
+        super().__init__(heartbeat=heartbeat, stale_after=stale_after)
         self._own_app = isinstance(app_or_broker_url, str)
         if isinstance(app_or_broker_url, str):
             self.app = make_celery(app_or_broker_url, queue)
@@ -112,27 +110,8 @@ class CeleryRunner:
         else:
             self.app = app_or_broker_url
         self.queue = queue
-        self.owner = new_owner()
-        self.heartbeat = heartbeat
-        self.stale_after = stale_after
-        self._store: JobStore | None = None
-        self._on_finish: FinishHook | None = None
-        self._halt = threading.Event()
-        self._heartbeat: Heartbeat | None = None
         self._resolved: dict[str, Command | str] = {}  # worker side: command or why not
         self._lock = threading.Lock()
-
-    def open(self, store: JobStore, on_finish: FinishHook | None = None) -> None:
-        self._store = store
-        self._on_finish = on_finish
-        self._heartbeat = Heartbeat(
-            store,
-            self.owner,
-            interval=self.heartbeat,
-            stale_after=self.stale_after,
-            resubmit=self._resubmit,
-        )
-        self._heartbeat.start()
 
     def submit(self, job_id: str, *, inline: bool = False, queue: str | None = None) -> None:
         """Send the job's id to its queue. ``RunnerClosed`` (503) when the broker fails."""
@@ -146,9 +125,7 @@ class CeleryRunner:
 
     def close(self) -> None:
         """Stop beating; jobs running in this process (a worker) see the halt and stop."""
-        self._halt.set()
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
+        super().close()
         if self._own_app:  # its broker connections; an app passed in is its owner's
             self.app.close()
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from procgate import audit, process
 from procgate.errors import ConfigError, JobNotFound, RunnerClosed
-from procgate.jobs import Chunk, Job, JobStatus, Outcome, utcnow
+from procgate.jobs import Chunk, Job, JobStatus, Outcome
 from procgate.process import CancelCheck, OutputCallback
 from procgate.runners.liveness import HEARTBEAT_INTERVAL, STALE_AFTER, Heartbeat, new_owner
 from procgate.stores import JobStore
@@ -86,7 +86,7 @@ def run_job(
             outcome = dataclasses.replace(outcome, error="cancelled: the server shut down")
         _discard_files(job)  # before the finish: a finished job has no files left
         finished = store.finish(job_id, outcome)
-        final = _finished(job, outcome)
+        final = job.finished_with(outcome)
     except JobNotFound:
         pass
     except Exception:
@@ -105,19 +105,6 @@ def run_job(
             _audit_finish(store, job_id, final)
         if finished and on_finish is not None:
             on_finish(job_id)
-
-
-def _finished(job: Job, outcome: Outcome) -> Job:
-    """The started ``job`` as ``outcome`` finished it (give or take the finish time)."""
-    return dataclasses.replace(
-        job,
-        status=outcome.status,
-        returncode=outcome.returncode,
-        error=outcome.error,
-        stdout_truncated=outcome.stdout_truncated,
-        stderr_truncated=outcome.stderr_truncated,
-        finished_at=utcnow(),
-    )
 
 
 def _audit_finish(store: JobStore, job_id: str, final: Job | None) -> None:

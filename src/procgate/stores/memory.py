@@ -317,15 +317,7 @@ class MemoryStore:
     @staticmethod
     def _finish(entry: _Entry, outcome: Outcome) -> None:
         """Record the outcome and wake the job's waiters; the lock is held."""
-        entry.job = dataclasses.replace(
-            entry.job,
-            status=outcome.status,
-            returncode=outcome.returncode,
-            error=outcome.error,
-            stdout_truncated=outcome.stdout_truncated,
-            stderr_truncated=outcome.stderr_truncated,
-            finished_at=utcnow(),
-        )
+        entry.job = entry.job.finished_with(outcome)
         MemoryStore._notify(entry)
         # A finished job changes no more: its waiters hold the condition they wait on,
         # and a retained job should not (it is most of a small job's memory).
