@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,13 +51,7 @@ class Server:
 
     def stop(self) -> int:
         """SIGTERM, as a service manager would; SIGKILL the group if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.crash()
-            raise
+        return _terminate(self.proc, self.crash)
 
     def crash(self) -> None:
         """SIGKILL the master and every worker at once, like an OOM kill or a power cut."""
@@ -119,13 +114,7 @@ class Worker:
 
     def stop(self) -> int:
         """SIGTERM: Celery's warm shutdown (running jobs finish); SIGKILL if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
+        return _terminate(self.proc, self.kill)
 
     def kill(self) -> None:
         """SIGKILL the worker process alone, as the OOM killer would; its jobs' children
@@ -157,3 +146,14 @@ def start_worker(directory: Path, config: str, name: str, *extra: str) -> Worker
             raise AssertionError(f"worker did not start:\n{worker.text()}")
         time.sleep(0.05)
     return worker
+
+
+def _terminate(proc: subprocess.Popen[bytes], kill: Callable[[], None]) -> int:
+    """SIGTERM ``proc`` and return its exit status; ``kill()`` it if 30 s are not enough."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        kill()
+        raise
