@@ -341,3 +341,29 @@ def test_procgate_worker_needs_the_celery_runner(
     )
     assert main(["worker", "--config", str(path)]) == 2
     assert "concurrency" in capsys.readouterr().err
+
+
+def test_a_sqlite_store_serves_api_and_worker_on_one_host(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """On a single host the store may be SQLite: API and worker share the file."""
+    tag = uuid.uuid4().hex[:12]
+    config = cluster_config(redis_url, tag)[0].replace(
+        f'url = "{redis_url.rsplit("/", 1)[0]}/0"\nprefix = "test-{tag}:"',
+        f'url = "sqlite:///{tmp_path}/jobs.db"',
+    )
+    assert "sqlite:///" in config
+    api = start_server(tmp_path, config, "--workers", "2", name="api")
+    worker = start_worker(tmp_path, config, "w1")
+    try:
+        ids = [post(api, "echo", {"args": [str(n)]})["id"] for n in range(20)]
+        for number, job_id in enumerate(ids):
+            job = get(api, job_id, wait=30)
+            assert job["status"] == "succeeded", job
+            assert job["stdout"] == f"{number}\n"
+            assert worker.ran(job_id)
+        synced = post(api, "echo", {"args": ["now"], "wait": 30})
+        assert synced["status"] == "succeeded"
+    finally:
+        worker.stop()
+        api.stop()

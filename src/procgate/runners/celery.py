@@ -212,5 +212,7 @@ def _respec(command: Command, job: Job) -> Any:
 
 
 def node_name(name: str | None = None) -> str:
-    """A Celery node name: ``name`` if given, else ``procgate-<pid>@<host>``."""
-    return name or f"procgate-{os.getpid()}@{socket.gethostname()}"
+    """A Celery node name: ``name`` if given (``%h`` is the host name, as in Celery's
+    ``--hostname``), else ``procgate-<pid>@<host>``."""
+    host = socket.gethostname()
+    return name.replace("%h", host) if name else f"procgate-{os.getpid()}@{host}"
