@@ -135,8 +135,8 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
 """
 
-# KEYS: job, active hash. ARGV: started_at, id, new owner (or ""). Returns 1 when the job
-# went from queued to running.
+# KEYS: job, active hash. ARGV: started_at, id, new owner (or ""). Returns the job's fields
+# (HGETALL) when it went from queued to running, else 0.
 _START_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
@@ -145,7 +145,7 @@ if ARGV[3] ~= '' then
     local command = redis.call('HGET', KEYS[1], 'command') or ''
     redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. '\\31' .. command)
 end
-return 1
+return redis.call('HGETALL', KEYS[1])
 """
 
 # KEYS: job, active hash, output stream. ARGV: id, owner, spec with the retry flag cleared.
@@ -311,13 +311,18 @@ class RedisStore:
         return JobPage(jobs, str(found[-1][1]) if more else None)
 
     def start(self, job_id: str, owner: str | None = None) -> Job | None:
-        if not self._start(
+        fields = self._start(
             keys=[self._job_key(job_id), self._key("active")],
             args=[time.time(), job_id, owner or ""],
-        ):
+        )
+        if not fields:
             self._require(job_id)
             return None
-        return self.get(job_id, output=False)  # a job starts with no output
+        # The script answers with the started job: one round trip. No output yet.
+        names, values = fields[0::2], fields[1::2]
+        return job_from_record(
+            {name.decode(): value.decode() for name, value in zip(names, values, strict=True)}
+        )
 
     def append_output(self, job_id: str, chunk: Chunk) -> None:
         # Explicit entry ids ``<index>-1``: a reader resumes after any chunk by its index.
