@@ -63,7 +63,8 @@ def run_job(
     or of procgate itself finishes the job as ``error`` and is logged.
     """
     job: Job | None = None
-    final: Job | None = None  # the job as finished, for the audit trail
+    final: Job | None = None  # the job as it finished, for the audit trail...
+    ended: Outcome | None = None  # ...or the outcome that finished the started ``job``
     finished = False
     try:
         job = store.start(job_id, owner)
@@ -86,7 +87,7 @@ def run_job(
             outcome = dataclasses.replace(outcome, error="cancelled: the server shut down")
         _discard_files(job)  # before the finish: a finished job has no files left
         finished = store.finish(job_id, outcome)
-        final = job.finished_with(outcome)
+        ended = outcome
     except JobNotFound:
         pass
     except Exception:
@@ -98,19 +99,24 @@ def run_job(
             )
         except Exception:
             logger.exception("job %s could not be marked as error", job_id)
-        final = None
+        final = ended = None
     finally:
         _discard_files(job)
         if finished:
-            _audit_finish(store, job_id, final)
+            _audit_finish(store, job_id, final, job, ended)
         if finished and on_finish is not None:
             on_finish(job_id)
 
 
-def _audit_finish(store: JobStore, job_id: str, final: Job | None) -> None:
-    """Log the finish; the job is read back only when the runner does not know its end."""
+def _audit_finish(
+    store: JobStore, job_id: str, final: Job | None, job: Job | None, ended: Outcome | None
+) -> None:
+    """Log the finish: ``final``, or the started ``job`` as ``ended`` finished it; the job
+    is read back only when the runner does not know its end."""
     if not audit.logger.isEnabledFor(logging.INFO):
         return
+    if final is None and job is not None and ended is not None:
+        final = job.finished_with(ended)
     if final is None:
         try:
             final = store.get(job_id, output=False)
