@@ -54,6 +54,7 @@ from procgate.errors import (
 )
 from procgate.jobs import Job, JobStatus, Spec, job_to_json, new_job_id
 from procgate.openapi import openapi
+from procgate.policy import check_text
 from procgate.runners import Runner, ThreadRunner
 from procgate.stores import JobStore, MemoryStore
 from procgate.uploads import save_upload
@@ -619,7 +620,7 @@ class Gate:
             if header in request.headers:
                 env["PROCGATE_DELIVERY"] = request.headers[header]
         for key, value in env.items():
-            _check_text(value, key)
+            check_text(value, key)
         spec = command.spec([], env={}, stdin=request.get_data(), timeout=None)
         spec = dataclasses.replace(spec, env={**spec.env, **env})
         self._check_stdin(spec)
@@ -803,7 +804,7 @@ def _idempotency_key(body: Mapping[str, Any]) -> str | None:
         return None
     if not isinstance(key, str) or not 1 <= len(key) <= _MAX_KEY:
         raise InvalidRequest(f"idempotency_key must be a string of 1 to {_MAX_KEY} characters")
-    _check_text(key, "idempotency_key")
+    check_text(key, "idempotency_key")
     return key
 
 
@@ -811,18 +812,8 @@ def _string_list(value: Any, name: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise InvalidRequest(f"{name} must be a list of strings")
     for item in value:
-        _check_text(item, name)
+        check_text(item, name)
     return value
-
-
-def _check_text(text: str, name: str) -> None:
-    """Refuse what cannot reach a child: NUL bytes and text that is not encodable UTF-8."""
-    if "\0" in text:
-        raise InvalidRequest(f"{name} must not contain NUL bytes")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest(f"{name} must be valid Unicode (no lone surrogates)") from None
 
 
 def _split(raw: Any) -> list[str]:
@@ -847,8 +838,8 @@ def _env(value: Any) -> dict[str, str]:
     for key, item in value.items():
         if not key or "=" in key:
             raise InvalidRequest(f"invalid env key {key!r}")
-        _check_text(key, "env")
-        _check_text(item, "env")
+        check_text(key, "env")
+        check_text(item, "env")
     return value
 
 
@@ -862,7 +853,7 @@ def _stdin(body: Mapping[str, Any]) -> bytes:
     if not isinstance(value, str):
         raise InvalidRequest("stdin must be a string")
     if encoding == "utf-8":
-        _check_text(value.replace("\0", ""), "stdin")  # NUL is a fine byte on stdin
+        check_text(value.replace("\0", ""), "stdin")  # NUL is a fine byte on stdin
         return value.encode("utf-8")
     if encoding == "base64":
         try:

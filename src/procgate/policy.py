@@ -113,7 +113,7 @@ class ArgPolicy:
             raise _invalid("args must be a list of strings")
         if self.mode != "rules":
             for position, arg in enumerate(args, 1):
-                _check_text(arg, f"argument {position}")
+                check_text(arg, f"argument {position}:", _CODE)
             if self.mode == "none" and args:
                 raise _invalid("argument 1: this command takes no arguments")
             return list(args)
@@ -124,7 +124,7 @@ class ArgPolicy:
             index += 1
             if arg == "--":
                 break
-            _check_text(arg, f"argument {index}")
+            check_text(arg, f"argument {index}:", _CODE)
             if not self._allows_option(arg):
                 raise _invalid(f"argument {index}: option {_show(arg)} is not allowed")
             options.append(arg)
@@ -134,7 +134,7 @@ class ArgPolicy:
         for offset, arg in enumerate(positionals):
             rule = self.rules[min(offset, len(self.rules) - 1)]
             where = f"argument {index + offset + 1} ({rule.name})"
-            _check_text(arg, where)
+            check_text(arg, f"{where}:", _CODE)
             try:
                 tail.append(_accept(rule, arg))
             except _Refused as exc:
@@ -385,7 +385,7 @@ def _validate_rule(rule: ArgRule, where: str) -> None:
             raise ConfigError(f"{where}: choices must be a non-empty list of strings")
         for choice in rule.choices:
             try:
-                _check_text(choice, "choice")
+                check_text(choice, "choice:", _CODE)
                 _accept(rule, choice)
             except (_Refused, InvalidRequest) as exc:
                 raise ConfigError(
@@ -461,18 +461,27 @@ def _resolve(rule: ArgRule, value: str) -> str:
     return resolved
 
 
-def _check_text(value: str, where: str) -> None:
-    """Refuse what cannot reach a child: NUL bytes and lone surrogates."""
-    if "\0" in value:
-        raise _invalid(f"{where}: must not contain NUL bytes")
+def check_text(text: str, what: str, code: str = "invalid_request") -> None:
+    """Refuse what cannot reach a child: NUL bytes and text that is not encodable UTF-8.
+
+    The ``InvalidRequest`` has ``code`` and says "``what`` must not contain...".
+    """
+    if "\0" in text:
+        raise InvalidRequest(f"{what} must not contain NUL bytes", code=code)
     try:
-        value.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
-        raise _invalid(f"{where}: must be valid Unicode (no lone surrogates)") from None
+        raise InvalidRequest(
+            f"{what} must be valid Unicode (no lone surrogates)", code=code
+        ) from None
+
+
+#: The error code of every refusal by an argument policy.
+_CODE = "invalid_argument"
 
 
 def _invalid(message: str) -> InvalidRequest:
-    return InvalidRequest(message, code="invalid_argument")
+    return InvalidRequest(message, code=_CODE)
 
 
 def _show(value: str) -> str:
