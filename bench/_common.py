@@ -399,3 +399,16 @@ def wrk_version(wrk: str) -> str:
     done = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
     first = (done.stdout or done.stderr).splitlines()
     return first[0].split(" [")[0] if first else "wrk"
+
+
+def publish(report: str, notes: Sequence[str], elapsed: float, output: str | None) -> None:
+    """Print a run's report, its notes and its duration; also write the report to ``output``."""
+    print()
+    print(report)
+    if notes:
+        print()
+        print("\n".join(notes))
+    print(f"\ntotal {elapsed:.0f} s")
+    if output:
+        with open(output, "w") as file:
+            file.write(report + "\n")

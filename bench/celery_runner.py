@@ -59,6 +59,7 @@ from _common import (
     children,
     median,
     procgate_version,
+    publish,
     round_ratio,
     run_wrk,
     serve,
@@ -712,15 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         *spread_lines(rows),
     ]
     report = "\n".join(parts)
-    print()
-    print(report)
-    if notes:
-        print()
-        print("\n".join(notes))
-    print(f"\ntotal {elapsed:.0f} s")
-    if options.output:
-        with open(options.output, "w") as file:
-            file.write(report + "\n")
+    publish(report, notes, elapsed, options.output)
     return 1 if any(s.errors for row in rows.values() for s in row.samples) else 0
 
 

@@ -74,6 +74,7 @@ from _common import (
     median,
     memory_kib,
     procgate_version,
+    publish,
     round_ratio,
     run_wrk,
     serve,
@@ -1353,15 +1354,7 @@ def main(argv: list[str] | None = None) -> int:
             *memory_lines,
         ]
     report = "\n".join(parts)
-    print()
-    print(report)
-    if notes:
-        print()
-        print("\n".join(notes))
-    print(f"\ntotal {elapsed:.0f} s")
-    if options.output:
-        with open(options.output, "w") as file:
-            file.write(report + "\n")
+    publish(report, notes, elapsed, options.output)
     return 1 if any(s.errors for row in all_rows for s in row.samples) else 0
 
 

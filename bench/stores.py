@@ -50,6 +50,7 @@ from _common import (
     median,
     percentiles,
     procgate_version,
+    publish,
     round_ratio,
     serve,
     stop,
@@ -665,15 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         "for the GIL and for the other threads' locks.",
     ]
     report = "\n".join(parts)
-    print()
-    print(report)
-    if notes:
-        print()
-        print("\n".join(notes))
-    print(f"\ntotal {elapsed:.0f} s")
-    if options.output:
-        with open(options.output, "w") as file:
-            file.write(report + "\n")
+    publish(report, notes, elapsed, options.output)
     rows = (*store_rows.values(), *http_rows.values())
     return 1 if any(s.errors for row in rows for s in row.samples) else 0
 

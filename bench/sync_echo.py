@@ -44,6 +44,7 @@ from _common import (
     cpu_count,
     median,
     procgate_version,
+    publish,
     round_ratio,
     run_wrk,
     serve,
@@ -335,15 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratios: jobs/s over the spawn loop's in the same round, median over the rounds.",
         ]
     )
-    print()
-    print(report)
-    if notes:
-        print()
-        print("\n".join(notes))
-    print(f"\ntotal {elapsed:.0f} s")
-    if options.output:
-        with open(options.output, "w") as file:
-            file.write(report + "\n")
+    publish(report, notes, elapsed, options.output)
     return 1 if any(s.errors for row in rows for s in row.samples) else 0
 
 
