@@ -70,6 +70,8 @@ from peers import comm, machine_line
 from stores import WAIT, redis_server, redis_unavailable, redis_versions, submit_wait_client
 from sync_echo import WRK_SCRIPT, python_client
 
+from procgate.runners.celery import TASK_NAME
+
 PATH = "/commands/echo"
 CONCURRENCIES = (1, 16)
 MODES = ("sync", "async")
@@ -82,14 +84,9 @@ WARMUP = 1.0
 WORKER_DEADLINE = 60.0
 #: Seconds a Celery control request (ping, inspect stats) waits for the replies.
 CONTROL_TIMEOUT = 2.0
-#: Celery's task name for procgate jobs (``procgate.runners.celery.TASK_NAME``).
-TASK_NAME = "procgate.run"
 
-THREAD_CONFIG = """\
-[runner]
-kind = "thread"
-max_workers = {slots}
-
+#: The store and the command, the same for every stack.
+STORE_AND_ECHO = """
 [store]
 url = {store}
 prefix = {prefix}
@@ -99,21 +96,25 @@ argv = ["echo"]
 timeout = 60
 """
 
-CELERY_CONFIG = """\
+THREAD_CONFIG = (
+    """\
+[runner]
+kind = "thread"
+max_workers = {slots}
+"""
+    + STORE_AND_ECHO
+)
+
+CELERY_CONFIG = (
+    """\
 [runner]
 kind = "celery"
 broker = {broker}
 queue = {queue}
 concurrency = {slots}
-
-[store]
-url = {store}
-prefix = {prefix}
-
-[commands.echo]
-argv = ["echo"]
-timeout = 60
 """
+    + STORE_AND_ECHO
+)
 
 
 @dataclass
