@@ -99,7 +99,6 @@ def run_job(
             )
         except Exception:
             logger.exception("job %s could not be marked as error", job_id)
-        final = ended = None
     finally:
         _discard_files(job)
         if finished:
