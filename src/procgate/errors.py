@@ -91,3 +91,17 @@ class RunnerClosed(ProcgateError):
     status = 503
     code = "runner_closed"
     retry_after = 5
+
+
+class StoreUnavailable(ProcgateError):
+    """The job store cannot be reached or written (down, timed out, disk full, file gone).
+
+    Nothing was acknowledged: the client may retry after ``retry_after`` seconds.
+    """
+
+    status = 503
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
