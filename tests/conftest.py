@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from procgate import Gate, ProcessRunner, SyncRunner, ThreadRunner
+from procgate import Gate, JobStore, ProcessRunner, SyncRunner, ThreadRunner, open_store
 from procgate.runners import Runner
 
 RUNNER_KINDS = ["sync", "thread", "process"]
@@ -137,6 +137,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def job_store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
+    """A new, empty store of each kind, for HTTP tests that must hold on every store.
+
+    SQLite gets a file in ``tmp_path``, Redis a key prefix of its own. The Gate built on
+    it closes it.
+    """
+    if request.param == "memory":
+        return open_store("memory://")
+    if request.param == "sqlite":
+        return open_store(f"sqlite:///{tmp_path}/jobs.db")
+    prefix = f"test-{os.urandom(8).hex()}:"
+    return open_store(request.getfixturevalue("redis_url"), prefix=prefix)
 
 
 def _pings(client: Any) -> bool:

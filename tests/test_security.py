@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from procgate import ConfigError, Gate, ThreadRunner
+from procgate import ConfigError, Gate, JobStore, MemoryStore, ThreadRunner
 from procgate.auth import client_address, hash_token, make_token, parse_networks
+from procgate.jobs import Job
 from tests.conftest import wait_for
 
 CI, OPS, ADMIN, VIEWER = "ci-secret", "ops-secret", "admin-secret", "viewer-secret"
@@ -503,3 +504,96 @@ def test_audit_says_who_cancelled(client: Client, caplog: pytest.LogCaptureFixtu
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "procgate.audit"]
     cancel = next(line for line in lines if line["event"] == "cancel_requested")
     assert (cancel["token"], cancel["by_token"], cancel["by_client"]) == ("ci", "admin", "10.9.9.9")
+
+
+KEY = "deploy-2026-11-24"  # the docs' example: a key two callers may well both pick
+
+
+def keyed(client: Client, path: str, word: str, **options: Any) -> Any:
+    """POST a job that echoes ``word``, under ``KEY``, and wait for it."""
+    args = [word] if path.startswith("/commands/") else ["echo", word]
+    body = {"args": args, "idempotency_key": KEY, "wait": True}
+    return client.post(path, json=body, **options)
+
+
+def test_idempotency_keys_are_per_token(job_store: JobStore) -> None:
+    """Bob sending Alice's idempotency_key runs his own job and sees nothing of hers; each
+    of them still gets their own job replayed. On every store."""
+    alice, bob = bearer("alice-secret"), bearer("bob-secret")
+    gate = Gate(
+        store=job_store,
+        runner=ThreadRunner(),
+        tokens=[
+            make_token("alice", hash_token("alice-secret")),
+            make_token("bob", hash_token("bob-secret")),
+        ],
+    )
+    gate.register("echo", ["echo"])
+    client = Client(gate)
+    try:
+        first = keyed(client, "/commands/echo", "alice", headers=alice)
+        other = keyed(client, "/commands/echo", "bob", headers=bob)
+        assert (first.status_code, other.status_code) == (200, 200)
+        assert "Idempotent-Replayed" not in other.headers
+        assert other.json["id"] != first.json["id"]
+        assert (other.json["args"], other.json["stdout"]) == (["bob"], "bob\n")
+        for headers, job in ((alice, first.json), (bob, other.json)):
+            again = keyed(client, "/commands/echo", "ignored", headers=headers)
+            assert again.headers["Idempotent-Replayed"] == "true"
+            assert (again.json["id"], again.json["stdout"]) == (job["id"], job["stdout"])
+        assert len(job_store.list().jobs) == 2
+    finally:
+        gate.close()
+
+
+def test_idempotency_keys_are_per_client_address_without_tokens(job_store: JobStore) -> None:
+    """Without tokens the client address is the caller: two addresses with one key get a
+    job each, for a command and for /run alike, and /run does not share the command's key
+    space; each address gets its own jobs replayed. On every store."""
+    gate = Gate(store=job_store, runner=ThreadRunner(), allow_programs=["echo"])
+    gate.register("echo", ["echo"])
+    client = Client(gate)
+    a, b = {"REMOTE_ADDR": "10.0.0.1"}, {"REMOTE_ADDR": "10.0.0.2"}
+    try:
+        jobs = {}
+        for path in ("/commands/echo", "/run"):
+            for name, address in (("a", a), ("b", b)):
+                response = keyed(client, path, f"{name} {path}", environ_base=address)
+                assert response.status_code == 200, response.json
+                assert "Idempotent-Replayed" not in response.headers
+                assert response.json["stdout"] == f"{name} {path}\n"
+                jobs[path, name] = response.json["id"]
+        assert len(set(jobs.values())) == 4
+        for (path, name), job_id in jobs.items():
+            again = keyed(client, path, "ignored", environ_base=a if name == "a" else b)
+            assert again.headers["Idempotent-Replayed"] == "true"
+            assert (again.json["id"], again.json["stdout"]) == (job_id, f"{name} {path}\n")
+        assert len(job_store.list().jobs) == 4
+    finally:
+        gate.close()
+
+
+class KeyOnlyStore(MemoryStore):
+    """A store written to the old contract: it matches an idempotency key alone."""
+
+    def create(self, job: Job) -> Job:
+        for stored in self.list().jobs:
+            if job.idempotency_key is not None and stored.idempotency_key == job.idempotency_key:
+                return stored
+        return super().create(job)
+
+
+def test_a_store_matching_keys_across_callers_never_reveals_the_job() -> None:
+    """If a store answers another caller's job for a key, the Gate answers a generic 500
+    with nothing of that job, and logs the store's fault."""
+    gate = Gate(store=KeyOnlyStore(), runner=ThreadRunner())
+    gate.register("echo", ["echo"])
+    client = Client(gate)
+    try:
+        keyed(client, "/commands/echo", "secret-of-a", environ_base={"REMOTE_ADDR": "10.0.0.1"})
+        response = keyed(client, "/commands/echo", "b", environ_base={"REMOTE_ADDR": "10.0.0.2"})
+    finally:
+        gate.close()
+    assert response.status_code == 500
+    assert response.json["error"] == {"code": "internal_error", "message": "internal server error"}
+    assert "Idempotent-Replayed" not in response.headers

@@ -662,8 +662,8 @@ class Gate:
     ) -> Response:
         """Store the job, hand it to the runner, and answer 200 (finished) or 202.
 
-        With an ``idempotency_key`` already used for the command, the stored job is
-        answered instead (``Idempotent-Replayed: true``) and nothing new runs.
+        With an ``idempotency_key`` this caller already used for the command, the stored
+        job is answered instead (``Idempotent-Replayed: true``) and nothing new runs.
         """
         files_dir = job.spec.files_dir
         try:
@@ -692,6 +692,15 @@ class Gate:
         replayed = stored.id != job.id
         if replayed and files_dir is not None:
             shutil.rmtree(files_dir, ignore_errors=True)  # the stored job has its own files
+        if replayed and stored.idempotency_scope != job.idempotency_scope:
+            # A store that matched the key alone (a JobStore written for the old contract)
+            # would hand this caller someone else's job: answer nothing of it.
+            logger.error(
+                "store %s answered job %s for another caller's idempotency key",
+                type(self.store).__name__,
+                stored.id,
+            )
+            raise ProcgateError("internal server error")
         if not replayed:
             audit.record("queued", stored)
             # A job sure to finish within the wait may run in this thread: the answer is

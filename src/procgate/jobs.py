@@ -88,10 +88,17 @@ class Job:
 
     @property
     def idempotency_scope(self) -> str | None:
-        """What must be unique among stored jobs: the key within its command."""
+        """What must be unique among stored jobs: the key, per caller and per command.
+
+        The caller is the token that sent the job, or without one its client address: one
+        caller's key never answers another caller's request. ``/run`` jobs (command None)
+        have a key space of their own per caller. JSON keeps the parts apart whatever
+        characters they hold, and never equals the older ``command + "\\n" + key`` form.
+        """
         if self.idempotency_key is None:
             return None
-        return f"{self.command or ''}\n{self.idempotency_key}"
+        caller = ["token", self.token_id] if self.token_id is not None else ["client", self.client]
+        return json.dumps([*caller, self.command, self.idempotency_key], separators=(",", ":"))
 
     def finished_with(self, outcome: Outcome) -> Job:
         """This job as ``outcome`` finishes it, now."""

@@ -176,7 +176,18 @@ def _request_schema(command: Command | None, gate: Gate) -> dict[str, Any]:
         },
         "timeout": {"type": "number", "exclusiveMinimum": 0},
         "wait": {"oneOf": [{"type": "boolean"}, {"type": "number", "minimum": 0}]},
-        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 255, **_NO_NUL},
+        "idempotency_key": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            **_NO_NUL,
+            "description": (
+                "unique per caller (the bearer token, or the client address without tokens)"
+                " and per command: the same caller sending it again for the same command"
+                " gets the stored job (Idempotent-Replayed: true), and nothing new runs;"
+                " another caller's key is never matched"
+            ),
+        },
         "callback_url": _callback_url(gate.callback_allow),
         "callback_context": {},
     }

@@ -25,9 +25,11 @@ class JobStore(Protocol):
     def create(self, job: Job) -> Job:
         """Store a new ``queued`` job; it exists before anything runs.
 
-        When the job has an ``idempotency_key`` and a stored job of the same command has
-        the same key, nothing is stored and that job is returned instead (its id differs
-        from ``job.id``). This is atomic across threads, processes and hosts.
+        When the job has an ``idempotency_key`` and a stored job has the same
+        ``Job.idempotency_scope`` (the same caller, command and key), nothing is stored and
+        that job is returned instead (its id differs from ``job.id``). Compare the whole
+        scope, never the key alone: the Gate refuses to answer another caller's job. This
+        is atomic across threads, processes and hosts.
         """
         ...
 
