@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import threading
@@ -441,6 +442,72 @@ def test_body_over_limit_is_413() -> None:
         gate.close()
     assert response.status_code == 413
     assert error_code(response) == "request_entity_too_large"
+
+
+def post_chunked(client: Client, path: str, body: bytes) -> Any:
+    """POST ``body`` as a server passes on a chunked one: no Content-Length, and
+    ``wsgi.input_terminated`` (the server ends the stream)."""
+    return client.post(
+        path,
+        input_stream=io.BytesIO(body),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_chunked_body_over_limit_is_413() -> None:
+    """A chunked body (no Content-Length) one byte over max_body is a JSON 413, as with a
+    Content-Length, and nothing runs; one of exactly max_body bytes is read whole."""
+    gate = Gate(runner=ThreadRunner(), max_body=1000)
+    gate.register("cat", ["cat"])
+    client = Client(gate)
+    body = json.dumps({"stdin": "x" * 100, "wait": True}).encode()
+    body += b" " * (1000 - len(body))  # JSON may end in blanks
+    try:
+        over = post_chunked(client, "/commands/cat", body + b" ")
+        assert over.status_code == 413
+        assert error_code(over) == "request_entity_too_large"
+        assert client.get("/jobs").json["jobs"] == []
+        assert post_chunked(client, "/commands/cat", b"x" * 10_000).status_code == 413
+        assert client.get("/jobs").json["jobs"] == []
+        exact = post_chunked(client, "/commands/cat", body)
+        assert exact.status_code == 200, exact.json
+        assert exact.json["stdout"] == "x" * 100
+    finally:
+        gate.close()
+
+
+def test_huge_numbers_are_400_on_every_store(job_store: JobStore) -> None:
+    """A 400-digit integer in wait or timeout (commands and /run), or in limit, offset or
+    Last-Event-ID, is a JSON 400 on every store: never a 500, and nothing runs."""
+    gate = Gate(store=job_store, runner=ThreadRunner(), allow_programs=["echo"])
+    gate.register("echo", ["echo"], timeout=None)  # no limit for a timeout to exceed
+    client = Client(gate)
+    huge = 10**400
+    try:
+        job = client.post("/commands/echo", json={"args": ["hi"], "wait": True}).json
+        for field in ("wait", "timeout"):
+            for value in (huge, -huge):
+                for path, args in (("/commands/echo", ["hi"]), ("/run", ["echo", "hi"])):
+                    response = client.post(path, json={"args": args, field: value})
+                    assert response.status_code == 400, (path, field, response.json)
+                    assert error_code(response) in ("invalid_request", "invalid_timeout")
+        digits = "9" * 400
+        for path, headers in (
+            (f"/jobs/{job['id']}/events", {"Last-Event-ID": digits}),
+            (f"/jobs/{job['id']}/events?last_event_id={digits}", {}),
+            (f"/jobs/{job['id']}/events", {"Last-Event-ID": str(2**63)}),
+            (f"/jobs/{job['id']}/output?offset={digits}", {}),
+            (f"/jobs?limit={digits}", {}),
+        ):
+            response = client.get(path, headers=headers)
+            assert response.status_code == 400, path
+            assert error_code(response) == "invalid_request"
+        last = client.get(f"/jobs/{job['id']}/events", headers={"Last-Event-ID": str(2**63 - 1)})
+        assert last.status_code == 200
+        assert [j["id"] for j in client.get("/jobs").json["jobs"]] == [job["id"]]
+    finally:
+        gate.close()
 
 
 def test_runner_saturated_is_429_with_retry_after() -> None:

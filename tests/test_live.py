@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -96,6 +97,40 @@ def test_errors_are_json(server: Server) -> None:
     status, _, data = server.request("POST", "/commands/echo", b"x" * (2 << 20))
     assert status == 413
     assert json.loads(data)["error"]["code"] == "request_entity_too_large"
+
+
+def post_chunked(server: Server, path: str, body: bytes) -> tuple[int, Any]:
+    """POST ``body`` with Transfer-Encoding: chunked (no Content-Length), 100 bytes a chunk."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request(
+            "POST",
+            path,
+            body=iter([body[i : i + 100] for i in range(0, len(body), 100)]),
+            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            encode_chunked=True,
+        )
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_chunked_body_over_max_body_is_413(tmp_path: Path) -> None:
+    """Through gunicorn, a chunked body over max_body is a JSON 413 and runs nothing,
+    where it used to be cut at the limit and read as broken JSON (400 invalid_json)."""
+    server = start_server(tmp_path, CONFIG + "[gate]\nmax_body = 1000\n")
+    try:
+        small = json.dumps({"args": ["chunked"], "wait": True}).encode()
+        status, job = post_chunked(server, "/commands/echo", small)
+        assert (status, job["stdout"]) == (200, "chunked\n")
+        big = json.dumps({"args": ["x" * 5000], "wait": True}).encode()
+        status, error = post_chunked(server, "/commands/echo", big)
+        assert status == 413
+        assert error["error"]["code"] == "request_entity_too_large"
+        assert [j["id"] for j in server.json("GET", "/jobs")[1]["jobs"]] == [job["id"]]
+    finally:
+        stop(server)
 
 
 def test_served_under_a_prefix(tmp_path: Path) -> None:

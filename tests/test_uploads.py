@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import tempfile
@@ -156,6 +157,82 @@ def test_request_part_sent_as_a_file(client: Client) -> None:
     )
     assert response.status_code == 200, response.json
     assert response.json["stdout"].endswith("content")
+
+
+def request_part(data: bytes, filename: str | None = None) -> bytes:
+    """A multipart body by hand, boundary ``b``: the request part, holding ``data``."""
+    name = f'name="request"; filename="{filename}"' if filename else 'name="request"'
+    return b"--b\r\nContent-Disposition: form-data; %s\r\n\r\n%s\r\n--b--\r\n" % (
+        name.encode(),
+        data,
+    )
+
+
+FILE_PART = b'--b\r\nContent-Disposition: form-data; name="f"; filename="f.txt"\r\n\r\nabc\r\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "params", "code", "says"),
+    [
+        (request_part(b'{"args": ["\xff"]}'), "; boundary=b", "invalid_json", "UTF-8"),
+        (
+            request_part(b'{"args": ["caf\xe9"]}', filename="req.json"),
+            "; boundary=b",
+            "invalid_json",
+            "UTF-8",
+        ),
+        (request_part(b'{"args": ["x"]}'), "", "invalid_request", "boundary"),
+        (request_part(b'{"args": ["x"]}'), '; boundary=""', "invalid_request", "boundary"),
+        (
+            FILE_PART + request_part(b'{"args": ["x"]}')[:-8],  # cut before the last boundary
+            "; boundary=b",
+            "invalid_request",
+            "malformed",
+        ),
+    ],
+    ids=["field-not-utf8", "file-not-utf8", "no-boundary", "empty-boundary", "cut-short"],
+)
+def test_malformed_multipart_is_400_and_runs_nothing(
+    client: Client, uploads_dir: Path, body: bytes, params: str, code: str, says: str
+) -> None:
+    """A request part that is not UTF-8 (a field or a file), a multipart body without a
+    boundary, or one cut short, is a JSON 400: werkzeug would read a U+FFFD or an empty
+    form, and the command would run with args nobody sent."""
+    response = client.post("/commands/show", data=body, content_type="multipart/form-data" + params)
+    assert response.status_code == 400, response.json
+    assert response.json["error"]["code"] == code
+    assert says in response.json["error"]["message"]
+    assert client.get("/jobs").json["jobs"] == []
+    assert list(uploads_dir.iterdir()) == []
+
+
+def test_streamed_multipart_cut_short_closes_its_files(client: Client, uploads_dir: Path) -> None:
+    """A chunked multipart body (spooled to temporary files) that ends early is a 400, and
+    the file parts read so far are closed (an open one would be a ResourceWarning)."""
+    body = FILE_PART + FILE_PART.replace(b'"f"', b'"g"') + b"--b\r\nContent-Disp"
+    response = client.post(
+        "/commands/show",
+        input_stream=io.BytesIO(body),
+        content_type="multipart/form-data; boundary=b",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    gc.collect()  # an unclosed file part would warn now, failing the test
+    assert response.status_code == 400, response.json
+    assert list(uploads_dir.iterdir()) == []
+
+
+def test_request_part_in_utf8_keeps_its_characters(client: Client) -> None:
+    """A request part with non-ASCII UTF-8, as a field or as a file, reaches the job as
+    sent: fields are read byte for byte, then decoded as UTF-8."""
+    field = post(client, "cat", {"stdin": "café ✓", "wait": True})
+    assert field.json["stdout"] == "café ✓", field.json
+    as_file = client.post(
+        "/commands/cat",
+        data={"request": (io.BytesIO('{"stdin": "Grüße", "wait": true}'.encode()), "r.json")},
+        content_type="multipart/form-data",
+    )
+    assert as_file.json["stdout"] == "Grüße", as_file.json
 
 
 def test_close_cleans_queued_uploads_and_calls_hooks(uploads_dir: Path) -> None:

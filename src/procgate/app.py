@@ -16,7 +16,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.exceptions import HTTPException, UnsupportedMediaType
+from werkzeug.exceptions import (
+    HTTPException,
+    RequestEntityTooLarge,
+    UnsupportedMediaType,
+)
 from werkzeug.routing import Map, MapAdapter, Rule
 from werkzeug.wrappers import Request, Response
 
@@ -52,12 +56,12 @@ from procgate.errors import (
     TooManyRunning,
     UnknownCommand,
 )
-from procgate.jobs import Job, JobStatus, Spec, job_to_json, new_job_id
+from procgate.jobs import MAX_CURSOR, Job, JobStatus, Spec, job_to_json, new_job_id
 from procgate.openapi import openapi
 from procgate.policy import check_text
 from procgate.runners import Runner, ThreadRunner
 from procgate.stores import JobStore, MemoryStore
-from procgate.uploads import save_upload
+from procgate.uploads import FormParser, save_upload
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -92,8 +96,18 @@ _FLAGS = {"": False, "0": False, "false": False, "1": True, "true": True}
 class _Request(Request):
     """A request, with who sent it: the client address and the bearer token, if any."""
 
+    form_data_parser_class = FormParser
     client: str = ""
     token: Token | None = None
+    body_limit: int = 0  # bytes: max_body, or max_upload for multipart
+
+    def body(self, *, cache: bool = True) -> bytes:
+        """The whole body; 413 past ``body_limit``, for a chunked one (no Content-Length)
+        too, which werkzeug cuts at ``max_content_length`` without a word."""
+        data = self.get_data(cache=cache)
+        if len(data) > self.body_limit:
+            raise RequestEntityTooLarge()
+        return data
 
 
 class Gate:
@@ -244,7 +258,11 @@ class Gate:
     def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = _Request(environ)
         uploading = request.mimetype == "multipart/form-data"
-        request.max_content_length = self.max_upload if uploading else self.max_body
+        request.body_limit = self.max_upload if uploading else self.max_body
+        # A body without Content-Length (chunked) is cut silently at this limit when read
+        # whole: one byte more tells a body at the limit from one over it (_Request.body).
+        streamed = request.content_length is None
+        request.max_content_length = request.body_limit + (1 if streamed else 0)
         request.max_form_memory_size = self.max_body  # the non-file parts
         request.max_form_parts = self.max_files + 20
         try:
@@ -327,7 +345,7 @@ class Gate:
             return _json(command.to_json())
         require_address(request.client, command.allow_ips, f"command {name!r}")
         if command.hmac_secret is not None:
-            check_signature(command.hmac_secret, request.get_data(), request.headers)
+            check_signature(command.hmac_secret, request.body(), request.headers)
         else:
             self._may_run(request, name)
         if command.webhook:
@@ -503,7 +521,9 @@ class Gate:
         try:
             last = int(text)
         except ValueError:
-            raise InvalidRequest("Last-Event-ID must be an event id from this stream") from None
+            last = MAX_CURSOR + 1
+        if last > MAX_CURSOR:  # the stores keep ids as 64-bit integers
+            raise InvalidRequest("Last-Event-ID must be an event id from this stream")
         self._visible(request, job_id)  # a 404 now, not an empty stream
         response = Response(
             streaming.events(
@@ -621,7 +641,7 @@ class Gate:
                 env["PROCGATE_DELIVERY"] = request.headers[header]
         for key, value in env.items():
             check_text(value, key)
-        spec = command.spec([], env={}, stdin=request.get_data(), timeout=None)
+        spec = command.spec([], env={}, stdin=request.body(), timeout=None)
         spec = dataclasses.replace(spec, env={**spec.env, **env})
         self._check_stdin(spec)
         job = Job(id=new_job_id(), command=command.name, args=(), spec=spec)
@@ -770,9 +790,9 @@ def _json(payload: Any, status: int = 200) -> Response:
     )
 
 
-def _json_body(request: Request) -> dict[str, Any]:
+def _json_body(request: _Request) -> dict[str, Any]:
     """The request's JSON object; an empty body is ``{}``."""
-    data = request.get_data(cache=False)
+    data = request.body(cache=False)
     if not data.strip():
         return {}
     if not (request.mimetype == "application/json" or request.mimetype.endswith("+json")):
@@ -901,7 +921,13 @@ def _names(values: Iterable[str], what: str) -> tuple[str, ...]:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite double: JSON's 1e999 (inf) and a 400-digit integer are not numbers here."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a double
+        return False
 
 
 def _canonical(path: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     from procgate.commands import Command
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
+#: The largest number a request may send (a longer integer is refused, not rounded).
+_MAX_DOUBLE = sys.float_info.max
 
 _ERROR = {
     "type": "object",
@@ -174,8 +177,13 @@ def _request_schema(command: Command | None, gate: Gate) -> dict[str, Any]:
             "propertyNames": {"pattern": "^[^=\\x00]+$"},
             "additionalProperties": {"type": "string", **_NO_NUL},
         },
-        "timeout": {"type": "number", "exclusiveMinimum": 0},
-        "wait": {"oneOf": [{"type": "boolean"}, {"type": "number", "minimum": 0}]},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": _MAX_DOUBLE},
+        "wait": {
+            "oneOf": [
+                {"type": "boolean"},
+                {"type": "number", "minimum": 0, "maximum": _MAX_DOUBLE},
+            ]
+        },
         "idempotency_key": {
             "type": "string",
             "minLength": 1,

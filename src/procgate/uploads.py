@@ -9,18 +9,75 @@ import pwd
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.datastructures import FileStorage, Headers, MultiDict
+from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.utils import secure_filename
 
 from procgate.errors import InvalidRequest, ProcgateError
 
+if TYPE_CHECKING:
+    from werkzeug.formparser import t_parse_result
+
 _FIELD = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PLACEHOLDER = re.compile(r"\{file:([^{}]*)\}")
 _MAX_REQUEST_PART = 1 << 20  # the request part's JSON, like a JSON body
+
+
+class FormParser(FormDataParser):
+    """werkzeug's form parser, strict where werkzeug would guess.
+
+    werkzeug reads a multipart body without a boundary, or one that is cut short, as an
+    empty form, and decodes text fields with U+FFFD for invalid UTF-8: the command would
+    then run with no args, or with args the client never sent. Here each is a 400, and
+    text fields come through byte for byte (see ``_Fields``) for ``save_upload`` to
+    decode strictly.
+    """
+
+    def parse(
+        self,
+        stream: IO[bytes],
+        mimetype: str,
+        content_length: int | None,
+        options: dict[str, str] | None = None,
+    ) -> t_parse_result:
+        if mimetype != "multipart/form-data":
+            return super().parse(stream, mimetype, content_length, options)
+        boundary = (options or {}).get("boundary", "")
+        if not boundary or not boundary.isascii():
+            raise InvalidRequest("multipart/form-data needs a boundary parameter, in ASCII")
+        made: list[IO[bytes]] = []
+
+        def make_file(*args: Any, **kwargs: Any) -> IO[bytes]:
+            file = self.stream_factory(*args, **kwargs)
+            made.append(file)
+            return file
+
+        parser = _Fields(
+            stream_factory=make_file,
+            max_form_memory_size=self.max_form_memory_size,
+            max_form_parts=self.max_form_parts,
+            cls=self.cls,
+        )
+        try:
+            form, files = parser.parse(stream, boundary.encode("ascii"), content_length)
+        except BaseException as exc:
+            for file in made:  # the file parts read so far: nobody else will close them
+                file.close()
+            if isinstance(exc, ValueError):
+                raise InvalidRequest(f"the multipart body is malformed: {exc}") from None
+            raise
+        return stream, form, files
+
+
+class _Fields(MultiPartParser):
+    """Text fields decoded as Latin-1: one character per byte, so nothing is lost."""
+
+    def get_part_charset(self, headers: Headers) -> str:
+        return "latin-1"
 
 
 class TooManyFiles(ProcgateError):
@@ -76,9 +133,11 @@ def save_upload(
 ) -> Upload:
     """Read the ``request`` part as the job's JSON, and save every file part.
 
-    Files go to ``<new private dir>/<field>/<sanitised file name>``: a client picks
+    ``form`` holds the text fields as ``FormParser`` reads them, one Latin-1 character per
+    byte. Files go to ``<new private dir>/<field>/<sanitised file name>``: a client picks
     neither directory nor path (no traversal), only a file name that keeps its extension.
     """
+    data = form.get("request", "").encode("latin-1")
     if "request" in files:  # curl -F request=@req.json sends the JSON as a file part
         if "request" in form:
             raise InvalidRequest("send the request part once")
@@ -86,11 +145,10 @@ def save_upload(
         files = MultiDict([(k, v) for k, v in files.items(multi=True) if k != "request"])
         if len(part) != 1:
             raise InvalidRequest("send the request part once")
-        form = MultiDict(form)
-        form["request"] = part[0].read(_MAX_REQUEST_PART + 1).decode("utf-8", "replace")
-        if len(form["request"]) > _MAX_REQUEST_PART:
+        data = part[0].read(_MAX_REQUEST_PART + 1)
+        if len(data) > _MAX_REQUEST_PART:
             raise InvalidRequest("the request part is too large", code="request_entity_too_large")
-    body = _request_part(form)
+    body = _request_part(data)
     if len(files) > max_files:
         raise TooManyFiles(f"at most {max_files} files per request")
     directory = tempfile.mkdtemp(prefix="procgate-job-")  # mode 0700
@@ -114,9 +172,16 @@ def save_upload(
     return Upload(body, directory, paths)
 
 
-def _request_part(form: Mapping[str, str]) -> dict[str, Any]:
-    text = form.get("request")
-    if text is None or not text.strip():
+def _request_part(data: bytes) -> dict[str, Any]:
+    """The JSON object of the request part: UTF-8, as JSON must be; none is ``{}``."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"the request part is not valid UTF-8: {exc.reason} at byte {exc.start}",
+            code="invalid_json",
+        ) from None
+    if not text.strip():
         return {}
     try:
         body = json.loads(text)
