@@ -113,6 +113,8 @@ description = "relative paths"
         ("[store]\nurl = 'memory://'\nttl = -5\n", "ttl"),
         ("[run]\nallow_programs = ['no-such-program-xyz']\n", "allow_programs"),
         ("commands = 3\n", "must be a table"),
+        ("[gate]\ntrusted_hosts = 'jobs.example.com'\n", "trusted_hosts must be a list"),
+        ("[gate]\ntrusted_hosts = ['jobs.example.com:443']\n", "not a host name"),
     ],
 )
 def test_config_errors_are_clear(tmp_path: Path, text: str, message: str) -> None:
@@ -140,7 +142,7 @@ def test_duplicate_registration_is_an_error() -> None:
 
 
 def test_gate_section_sets_uploads_and_callbacks(tmp_path: Path) -> None:
-    """[gate] carries the upload limits and the callback settings."""
+    """[gate] carries the upload limits, the callback settings and trusted_hosts."""
     path = write(
         tmp_path,
         """
@@ -154,10 +156,13 @@ callback_secret = "s"
 callback_attempts = 7
 callback_backoff = 0.5
 callback_timeout = 3
+trusted_hosts = ["jobs.example.com"]
 """,
     )
     gate = read_config(path).build()
     try:
+        assert gate.trusted_hosts == ["jobs.example.com"]
+        assert Client(gate).get("/jobs", headers={"Host": "evil.example"}).status_code == 400
         assert (gate.max_upload, gate.max_files) == (5000, 2)
         assert gate.callback_allow == ("http://127.0.0.1:9000/",)
         assert gate.notifier.secret == b"s"

@@ -597,3 +597,67 @@ def test_a_store_matching_keys_across_callers_never_reveals_the_job() -> None:
     assert response.status_code == 500
     assert response.json["error"] == {"code": "internal_error", "message": "internal server error"}
     assert "Idempotent-Replayed" not in response.headers
+
+
+def hosted(client: Client, method: str, path: str, host: str, **options: Any) -> Any:
+    return client.open(path, method=method, headers={"Host": host}, **options)
+
+
+def test_trusted_hosts_refuse_other_hosts() -> None:
+    """With trusted_hosts, a request for any other Host (or none that is valid) is a JSON
+    400 untrusted_host and creates nothing; the trusted names (a leading "." for their
+    subdomains, any port) build the job's url and Location; /health answers any Host."""
+    gate = Gate(runner=ThreadRunner(), trusted_hosts=["jobs.example.com", ".internal"])
+    gate.register("sleep", ["sleep"], kill_grace=0.5)
+    client = Client(gate)
+    try:
+        for host in ("evil.example", "jobs.example.com.evil.example", "[::1]", "a b", ""):
+            response = hosted(client, "POST", "/commands/sleep", host, json={"args": ["0"]})
+            assert response.status_code == 400, host
+            assert response.json["error"]["code"] == "untrusted_host"
+        assert gate.store.list().jobs == []
+        job = hosted(client, "POST", "/commands/sleep", "jobs.example.com", json={"args": ["30"]})
+        assert job.status_code == 202
+        url = f"http://jobs.example.com/jobs/{job.json['id']}"
+        assert (job.headers["Location"], job.json["url"]) == (url, url)
+        read = hosted(client, "GET", f"/jobs/{job.json['id']}", "ci.build.internal:8080")
+        assert read.json["url"] == f"http://ci.build.internal:8080/jobs/{job.json['id']}"
+        for path in (f"/jobs/{job.json['id']}", "/jobs", "/commands", "/openapi.json", "/nope"):
+            assert hosted(client, "GET", path, "evil.example").status_code == 400, path
+        cancel = hosted(client, "DELETE", f"/jobs/{job.json['id']}", "evil.example")
+        assert cancel.status_code == 400
+        assert gate.store.get(job.json["id"]).status.value == "running"
+        assert hosted(client, "GET", "/health", "10.1.2.3:8000").json == {"status": "ok"}
+        hosted(client, "DELETE", f"/jobs/{job.json['id']}?wait=10", "jobs.example.com")
+    finally:
+        gate.close()
+
+
+def test_without_trusted_hosts_any_host_is_answered() -> None:
+    """trusted_hosts=None (the default) answers any Host, building URLs from it."""
+    gate = Gate(runner=ThreadRunner())
+    gate.register("echo", ["echo"])
+    try:
+        job = hosted(Client(gate), "POST", "/commands/echo", "anything.test", json={"wait": True})
+    finally:
+        gate.close()
+    assert job.json["url"] == f"http://anything.test/jobs/{job.json['id']}"
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        ("jobs.example.com", "must be a list of strings"),
+        ([], "must name a host"),
+        (["jobs.example.com:8000"], "not a host name"),
+        (["[::1]"], "not a host name"),
+        (["*.example.com"], "not a host name"),
+        (["https://jobs.example.com"], "not a host name"),
+    ],
+)
+def test_trusted_hosts_config_errors(hosts: Any, message: str) -> None:
+    """trusted_hosts must be a non-empty list of names or IPv4 addresses: no port (werkzeug
+    ignores it), no IPv6 literal (werkzeug cannot tell two apart), no wildcard or URL."""
+    with pytest.raises(ConfigError, match="trusted_hosts") as info:
+        Gate(trusted_hosts=hosts)
+    assert message in info.value.message

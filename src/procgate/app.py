@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import json
 import logging
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.exceptions import (
     HTTPException,
     RequestEntityTooLarge,
+    SecurityError,
     UnsupportedMediaType,
 )
 from werkzeug.routing import Map, MapAdapter, Rule
@@ -143,6 +145,7 @@ class Gate:
         max_arg_length: int = 1 << 16,  # characters per arg
         max_stdin: int | None = None,  # bytes of stdin (text, base64 or stdin_file)
         max_running: int | None = None,  # jobs queued or running at once, all commands
+        trusted_hosts: Iterable[str] | None = None,  # Host names to answer; None: any
     ) -> None:
         if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
             raise ConfigError("max_body must be a positive number of bytes")
@@ -184,6 +187,7 @@ class Gate:
         self.max_arg_length = max_arg_length
         self.max_stdin = max_stdin
         self.max_running = max_running
+        self.trusted_hosts = _trusted_hosts(trusted_hosts) if trusted_hosts is not None else None
         self._finish_hooks: list[FinishCallback] = []
         self._command_hooks: dict[str, FinishCallback] = {}
         self.url_map = Map(
@@ -257,6 +261,7 @@ class Gate:
 
     def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = _Request(environ)
+        request.trusted_hosts = self.trusted_hosts
         uploading = request.mimetype == "multipart/form-data"
         request.body_limit = self.max_upload if uploading else self.max_body
         # A body without Content-Length (chunked) is cut silently at this limit when read
@@ -274,12 +279,16 @@ class Gate:
     def dispatch(self, request: _Request) -> Response:
         """Route a request to its ``on_<endpoint>`` handler; every error becomes JSON.
 
-        Before the handler: the client address is worked out (``trusted_proxies``), checked
-        against ``allow_ips``, and the bearer token identified. ``GET /health`` is open to
-        all, for load balancers.
+        Before the handler: the ``Host`` header is checked against ``trusted_hosts`` (job
+        URLs, ``Location`` and callbacks are built from it, routing redirects too), the
+        client address is worked out (``trusted_proxies``), checked against ``allow_ips``,
+        and the bearer token identified. ``GET /health`` is open to all, whatever their
+        address or ``Host`` (load balancers probe by IP), and builds no URL.
         """
         adapter = self.url_map.bind_to_environ(request.environ)
         try:
+            if self.trusted_hosts is not None and request.path != "/health":
+                _check_host(request)
             endpoint, values = adapter.match()
             request.client = client_address(
                 request.remote_addr, request.headers.get("X-Forwarded-For"), self.trusted_proxies
@@ -911,6 +920,40 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
     if not low <= value <= high:
         raise InvalidRequest(f"{name} must be between {low} and {high}")
     return value
+
+
+def _check_host(request: Request) -> None:
+    """400 ``untrusted_host`` unless the ``Host`` header (or, without one, the server's
+    name) is in ``request.trusted_hosts``, as werkzeug's ``Request.host`` checks it."""
+    try:
+        _ = request.host  # werkzeug checks trusted_hosts as it works the host out
+    except SecurityError:
+        raise InvalidRequest(
+            "this server does not answer for that Host (see trusted_hosts)",
+            code="untrusted_host",
+        ) from None
+
+
+#: A ``trusted_hosts`` entry after its leading "." (if any): a name or an IPv4 address.
+_TRUSTED_HOST = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+
+
+def _trusted_hosts(values: Iterable[str]) -> list[str]:
+    """``trusted_hosts``, checked: werkzeug compares names without their port, and would
+    take any IPv6 literal for any other, so neither may appear here."""
+    hosts = list(_names(values, "trusted_hosts"))
+    if not hosts:
+        raise ConfigError("trusted_hosts must name a host; leave it out (None) to answer any")
+    for host in hosts:
+        name = host.removeprefix(".")
+        with contextlib.suppress(UnicodeError):  # a name idna refuses is refused below
+            name = name.encode("idna").decode("ascii")  # as werkzeug compares it
+        if not _TRUSTED_HOST.fullmatch(name):
+            raise ConfigError(
+                f"trusted_hosts: {host!r} is not a host name or IPv4 address (no port, no "
+                "IPv6 literal; a leading '.' also allows its subdomains)"
+            )
+    return hosts
 
 
 def _names(values: Iterable[str], what: str) -> tuple[str, ...]:

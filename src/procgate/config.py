@@ -48,6 +48,7 @@ _SECTIONS = {
         "callback_attempts",
         "callback_backoff",
         "callback_timeout",
+        "trusted_hosts",
     },
     "run": {"allow_programs", "allow_any_program", "allow_shell", "timeout", "max_output"},
     "commands": None,  # one table per command, checked below
