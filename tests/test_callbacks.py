@@ -1,23 +1,35 @@
-"""Callback delivery: signing, retries with backoff, giving up, no redirects, allowlist."""
+"""Callbacks: URL rules, signing, retries, hostile receivers, deadlines, and durable
+delivery from the store's outbox (a Gate closed, a server SIGKILLed, then delivered)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import os
+import signal
+import socket
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from werkzeug.test import Client
 
-from procgate import Gate, ThreadRunner
-from procgate.callbacks import Delivery, Notifier, check_callback_url
-from procgate.errors import InvalidRequest
+from procgate import Gate, MemoryStore, SQLiteStore, ThreadRunner
+from procgate.callback_url import check_callback_url
+from procgate.callbacks import Notifier
+from procgate.errors import InvalidRequest, StoreUnavailable
+from procgate.jobs import Job, JobStatus, Outcome, Spec, new_job_id
+from procgate.stores import JobStore
 from tests.conftest import wait_for
+from tests.servers import start_server
 
 
 @dataclass
@@ -25,8 +37,16 @@ class Receiver:
     """A real HTTP server on 127.0.0.1 that records callbacks and answers scripted codes."""
 
     url: str
-    codes: list[int] = field(default_factory=list)  # answered in order, then 200
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)  # answered in order, then ``code``
+    code: int = 200
+    received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return self.url.rsplit("/", 1)[0] + "/"
+
+    def deliveries(self) -> list[str]:
+        return [headers["X-Procgate-Delivery"] for _, headers, _ in self.received]
 
 
 @pytest.fixture
@@ -36,8 +56,8 @@ def receiver() -> Iterator[Receiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            state.received.append((dict(self.headers), body))
-            code = state.codes.pop(0) if state.codes else 200
+            state.received.append((self.path, dict(self.headers), body))
+            code = state.codes.pop(0) if state.codes else state.code
             self.send_response(code)
             if 300 <= code < 400:
                 self.send_header("Location", "http://127.0.0.1:1/elsewhere")
@@ -57,145 +77,214 @@ def receiver() -> Iterator[Receiver]:
     thread.join()
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.states: list[Delivery] = []
+class Hostile:
+    """A raw TCP receiver on 127.0.0.1 that reads a request, then misbehaves: ``garbage``
+    answers bytes that are not HTTP, ``trickle`` sends a header byte a second for two
+    minutes, ``silent`` never answers. It notes when each connection came and went."""
 
-    def __call__(self, state: Delivery) -> None:
-        self.states.append(state)
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.05)
+        self.base = f"http://127.0.0.1:{self.server.getsockname()[1]}/"
+        self.url = self.base + "hook"
+        self.accepted: list[float] = []
+        self.gone: list[float] = []  # the client closed the connection
+        self._stop = threading.Event()
+        self._handlers: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._serve)
+        self._acceptor.start()
 
-    @property
-    def last(self) -> Delivery:
-        return self.states[-1]
+    def close(self) -> None:
+        self._stop.set()
+        self._acceptor.join(10)
+        for thread in self._handlers:
+            thread.join(10)
+        self.server.close()
 
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._handle, args=(conn,))
+            self._handlers.append(thread)
+            thread.start()
 
-def test_delivered_and_signed(receiver: Receiver) -> None:
-    """A 2xx is a delivery; the body carries an HMAC-SHA256 signature of itself."""
-    notifier = Notifier(secret="s3cret")
-    record = Recorder()
-    try:
-        notifier.send(receiver.url, {"id": "j1", "status": "succeeded"}, record)
-        wait_for(lambda: record.states)
-    finally:
-        notifier.close()
-    assert record.last == Delivery(receiver.url, "delivered", 1, 200, None)
-    headers, body = receiver.received[0]
-    assert json.loads(body) == {"id": "j1", "status": "succeeded"}
-    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
-    assert headers["X-Procgate-Signature"] == f"sha256={expected}"
-    assert headers["Content-Type"] == "application/json"
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            self.accepted.append(time.monotonic())
+            if not self._read_request(conn):
+                self.gone.append(time.monotonic())
+                return
+            if self.behaviour == "garbage":
+                conn.sendall(b"\x00\x01 garbage, not HTTP\r\n\r\n")
+                return
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 120:
+                try:
+                    if self.behaviour == "trickle":
+                        conn.sendall(bytes([byte]))
+                    conn.settimeout(1.0 if self.behaviour == "trickle" else 0.1)
+                    if conn.recv(1) == b"":  # the client hung up
+                        raise ConnectionResetError
+                except TimeoutError:
+                    pass
+                except OSError:
+                    self.gone.append(time.monotonic())
+                    return
+                if self._stop.is_set():
+                    return
 
-
-def test_no_secret_no_signature(receiver: Receiver) -> None:
-    """Without a secret, no signature header is sent."""
-    notifier = Notifier()
-    record = Recorder()
-    try:
-        notifier.send(receiver.url, {}, record)
-        wait_for(lambda: record.states)
-    finally:
-        notifier.close()
-    assert "X-Procgate-Signature" not in receiver.received[0][0]
-
-
-def test_retries_with_backoff_until_delivered(receiver: Receiver) -> None:
-    """Failed attempts are retried with growing delays until a 2xx."""
-    receiver.codes = [500, 503]
-    notifier = Notifier(backoff=0.1, max_attempts=5)
-    record = Recorder()
-    try:
-        notifier.send(receiver.url, {"n": 1}, record)
-        wait_for(lambda: record.states and record.last.status == "delivered")
-    finally:
-        notifier.close()
-    assert [(s.status, s.attempts, s.last_status) for s in record.states] == [
-        ("pending", 1, 500),
-        ("pending", 2, 503),
-        ("delivered", 3, 200),
-    ]
-    assert len(receiver.received) == 3
-
-
-def test_gives_up_after_max_attempts(receiver: Receiver) -> None:
-    """After max_attempts failures the delivery is failed, with the last error kept."""
-    receiver.codes = [500] * 10
-    notifier = Notifier(backoff=0.01, max_attempts=3)
-    record = Recorder()
-    try:
-        notifier.send(receiver.url, {}, record)
-        wait_for(lambda: record.states and record.last.status == "failed")
-        wait_for(notifier.idle)
-    finally:
-        notifier.close()
-    assert record.last == Delivery(receiver.url, "failed", 3, 500, "HTTP 500")
-    assert len(receiver.received) == 3
-
-
-def test_redirects_are_not_followed(receiver: Receiver) -> None:
-    """A redirect could leave the allowlist: it counts as a failed attempt."""
-    receiver.codes = [302]
-    notifier = Notifier(max_attempts=1)
-    record = Recorder()
-    try:
-        notifier.send(receiver.url, {}, record)
-        wait_for(lambda: record.states)
-    finally:
-        notifier.close()
-    assert record.last.status == "failed"
-    assert record.last.last_status == 302
-    assert len(receiver.received) == 1
+    def _read_request(self, conn: socket.socket) -> bool:
+        """Read a request's head and body; False if the client left first (or never sent
+        one: a TLS client waits for the server's hello)."""
+        conn.settimeout(0.1)
+        data = b""
+        while True:
+            head, ended, body = data.partition(b"\r\n\r\n")
+            if ended:
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(body) >= length:
+                    return True
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                if self._stop.is_set():
+                    return False
+                continue
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            data += chunk
 
 
-def test_unreachable_is_a_failed_attempt() -> None:
-    """A refused connection is recorded with its error, not raised."""
-    notifier = Notifier(max_attempts=1, timeout=2)
-    record = Recorder()
-    try:
-        notifier.send("http://127.0.0.1:1/nothing", {}, record)
-        wait_for(lambda: record.states)
-    finally:
-        notifier.close()
-    assert record.last.status == "failed"
-    assert record.last.last_status is None
-    assert record.last.last_error is not None
+@pytest.fixture
+def hostile() -> Iterator[Any]:
+    """``hostile(behaviour)`` starts a misbehaving receiver, closed after the test."""
+    made: list[Hostile] = []
+
+    def make(behaviour: str) -> Hostile:
+        made.append(Hostile(behaviour))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+# -- the URL rules -----------------------------------------------------------------------
+
+ALLOW = ["http://127.0.0.1:9000/hooks/"]
 
 
 @pytest.mark.parametrize(
     "url",
     [
-        "http://127.0.0.1:9000.evil.example/",
-        "http://127.0.0.1:90001/",
-        "ftp://127.0.0.1:9000/x",
-        "http://10.0.0.1/hook",
+        "http://127.0.0.1:9000/hooks/a b",
+        "http://127.0.0.1:9000/hooks/a\r\nX-Injected: 1",
+        "http://127.0.0.1:9000/hooks/a\nb",
+        "http://127.0.0.1:9000/hooks/\x00",
+        "http://127.0.0.1:9000/hooks/\t",
+        "http://127.0.0.1:9000/hooks/caf\u00e9",
+        "http://127.0.0.1:9000/hooks/a\\..\\..\\admin",
+        "http://127.0.0.1:9000/hooks/100%",
+        "http://127.0.0.1:9000/hooks/%zz",
+        "http://127.0.0.1:9000@evil.example/hooks/",
+        "http://user:pw@127.0.0.1:9000/hooks/",
+        "http://127.0.0.1:9000.evil.example/hooks/",
+        "http://127.0.0.1:90001/hooks/",
+        "http://127.0.0.1:9000/hooks/..%2F..%2Fadmin",
+        "http://127.0.0.1:9000/hooks/..%5c..%5cadmin",
+        "http://127.0.0.1:9000/hooks/%00",
+        "http://127.0.0.1:9000/hooks/..;/..;/admin",
+        "ftp://127.0.0.1:9000/hooks/",
+        "http:///hooks/",
+        "http://127.0.0.1:9000/hooks/" + "a" * 2100,
         "",
         5,
+        None,
     ],
 )
-def test_allowlist_refuses(url: object) -> None:
-    """Only http(s) URLs under an allowed prefix pass."""
-    with pytest.raises(InvalidRequest):
-        check_callback_url(url, ["http://127.0.0.1:9000/"])
+def test_malformed_urls_are_refused(url: object) -> None:
+    """Spaces, CR/LF, NUL, non-ASCII, lone %, user info, bad ports, encoded separators and
+    dot segments with parameters are refused as invalid, whatever the prefix."""
+    with pytest.raises(InvalidRequest) as caught:
+        check_callback_url(url, ALLOW)
+    assert caught.value.code == "invalid_request"
 
 
-def test_allowlist_accepts() -> None:
-    """A URL under an allowed prefix passes unchanged."""
-    url = "http://127.0.0.1:9000/hooks/done?x=1"
-    assert check_callback_url(url, ["https://other/", "http://127.0.0.1:9000/"]) == url
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9000/hooks/../../admin",
+        "http://127.0.0.1:9000/hooks/../admin",
+        "http://127.0.0.1:9000/hooks/%2e%2e/%2E%2E/admin",
+        "http://127.0.0.1:9000/hooks/.%2e/admin",
+        "http://127.0.0.1:9000/hooks//..//..//admin",
+        "http://127.0.0.1:9000/hooks/./../admin",
+        "http://127.0.0.1:9000/hooks/a/../../admin",
+        "http://127.0.0.1:9000/hooks",
+        "http://127.0.0.1:9000/hooksx/",
+        "http://10.0.0.1/hooks/",
+        "https://127.0.0.1:9000/hooks/",
+    ],
+)
+def test_urls_leaving_the_prefix_once_normalised_are_not_allowed(url: str) -> None:
+    """The allowlist sees the normal form: ``/hooks/../admin`` is ``/admin``."""
+    with pytest.raises(InvalidRequest) as caught:
+        check_callback_url(url, ALLOW)
+    assert caught.value.code == "callback_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("url", "normal"),
+    [
+        ("http://127.0.0.1:9000/hooks/done?x=1", "http://127.0.0.1:9000/hooks/done?x=1"),
+        ("HTTP://127.0.0.1:9000/hooks/a/./b/../c#frag", "http://127.0.0.1:9000/hooks/a/c"),
+        ("http://127.0.0.1:9000/hooks//a///b", "http://127.0.0.1:9000/hooks/a/b"),
+        ("http://127.0.0.1:9000/hooks/%7euser/%41", "http://127.0.0.1:9000/hooks/~user/A"),
+        ("http://127.0.0.1:9000/hooks/a%2fb?next=%2F", None),
+        ("http://127.0.0.1:9000/hooks/x/%2e%2e/y", "http://127.0.0.1:9000/hooks/y"),
+        ("http://127.0.0.1:9000/hooks/a%20b%e9", "http://127.0.0.1:9000/hooks/a%20b%E9"),
+        ("http://127.0.0.1:9000/hooks/?q=a/../b", "http://127.0.0.1:9000/hooks/?q=a/../b"),
+        ("http://127.0.0.1:9000/hooks/a/..", "http://127.0.0.1:9000/hooks/"),
+        ("http://127.0.0.1:9000/hooks/@evil", "http://127.0.0.1:9000/hooks/@evil"),  # a path
+    ],
+)
+def test_urls_are_normalised(url: str, normal: str | None) -> None:
+    """Scheme and host in lower case, unreserved escapes decoded, slashes merged, dot
+    segments resolved, no fragment; the query as given. An encoded slash in the path is
+    refused (None)."""
+    if normal is None:
+        with pytest.raises(InvalidRequest):
+            check_callback_url(url, ALLOW)
+    else:
+        assert check_callback_url(url, ALLOW) == normal
 
 
 # -- through the Gate ----------------------------------------------------------------------
 
 
-def make_gate(receiver: Receiver, **options: Any) -> Gate:
-    gate = Gate(
-        runner=ThreadRunner(),
-        callback_allow=[receiver.url.rsplit("/", 1)[0] + "/"],
-        callback_backoff=0.05,
-        **options,
-    )
+def make_gate(*receivers: Receiver | Hostile, **options: Any) -> Gate:
+    options.setdefault("callback_backoff", 0.05)
+    options.setdefault("callback_allow", [receiver.base for receiver in receivers])
+    gate = Gate(runner=ThreadRunner(), **options)
     gate.register("echo", ["echo"])
     gate.register("sleep", ["sleep"], kill_grace=0.5)
     return gate
+
+
+def callback(client: Client, job_id: str) -> dict[str, Any]:
+    state: dict[str, Any] = client.get(f"/jobs/{job_id}").json["callback"]
+    return state
+
+
+def settled(client: Client, job_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The job's callback state once it is no longer pending."""
+    wait_for(lambda: callback(client, job_id)["status"] != "pending", timeout)
+    return callback(client, job_id)
 
 
 def test_job_callback_is_posted_signed_and_recorded(receiver: Receiver) -> None:
@@ -223,7 +312,9 @@ def test_job_callback_is_posted_signed_and_recorded(receiver: Receiver) -> None:
     assert final["callback"]["status"] == "delivered"
     assert final["callback"]["attempts"] == 1
     assert final["callback"]["last_status"] == 200
-    headers, raw = receiver.received[0]
+    path, headers, raw = receiver.received[0]
+    assert path == "/hook"
+    assert headers["X-Procgate-Delivery"] == job["id"]
     payload = json.loads(raw)
     assert payload["id"] == job["id"]
     assert payload["status"] == "succeeded"
@@ -318,3 +409,462 @@ def test_callback_allow_must_be_a_list() -> None:
         Gate(callback_allow="https://hooks.example.com/")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="allow_programs"):
         Gate(allow_programs="echo")  # type: ignore[arg-type]
+
+
+def test_retries_send_the_same_bytes_and_delivery_id(receiver: Receiver) -> None:
+    """Every attempt of one callback carries the same body, signature and
+    X-Procgate-Delivery (the job id), for the receiver to de-duplicate on."""
+    receiver.codes = [500, 503]
+    gate = make_gate(receiver, callback_secret="k")
+    client = Client(gate)
+    try:
+        job = client.post("/commands/echo", json={"callback_url": receiver.url}).json
+        state = settled(client, job["id"])
+    finally:
+        gate.close()
+    assert (state["status"], state["attempts"], state["last_status"]) == ("delivered", 3, 200)
+    assert receiver.deliveries() == [job["id"]] * 3
+    assert len({body for _, _, body in receiver.received}) == 1
+    assert len({headers["X-Procgate-Signature"] for _, headers, _ in receiver.received}) == 1
+    assert json.loads(receiver.received[0][2])["callback"]["attempts"] == 0
+
+
+def test_no_secret_no_signature(receiver: Receiver) -> None:
+    """Without a secret, no signature header is sent."""
+    gate = make_gate(receiver)
+    client = Client(gate)
+    try:
+        job = client.post("/commands/echo", json={"callback_url": receiver.url}).json
+        settled(client, job["id"])
+    finally:
+        gate.close()
+    assert "X-Procgate-Signature" not in receiver.received[0][1]
+
+
+def test_redirects_are_not_followed(receiver: Receiver) -> None:
+    """A redirect could leave the allowlist: it counts as a failed attempt."""
+    receiver.codes = [302]
+    gate = make_gate(receiver, callback_attempts=1)
+    client = Client(gate)
+    try:
+        job = client.post("/commands/echo", json={"callback_url": receiver.url}).json
+        state = settled(client, job["id"])
+    finally:
+        gate.close()
+    assert (state["status"], state["last_status"]) == ("failed", 302)
+    assert len(receiver.received) == 1
+
+
+def test_unreachable_is_a_failed_attempt(receiver: Receiver) -> None:
+    """A refused connection is recorded with its error, and retried."""
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/hook"
+    gate = make_gate(receiver, callback_attempts=2, callback_allow=[url])
+    client = Client(gate)
+    try:
+        job = client.post("/commands/echo", json={"callback_url": url}).json
+        state = settled(client, job["id"])
+    finally:
+        gate.close()
+    assert (state["status"], state["attempts"], state["last_status"]) == ("failed", 2, None)
+    assert "ConnectionRefusedError" in state["last_error"]
+
+
+def test_malformed_urls_are_400_and_later_callbacks_go_out(receiver: Receiver) -> None:
+    """Twelve callback_urls with a space, CR/LF or NUL after an allowed prefix are refused
+    with a JSON 400 and create no job; the next good callback is delivered."""
+    gate = make_gate(receiver)
+    client = Client(gate)
+    bad = [receiver.base + tail for tail in ("a b", "a\r\nb", "a\x00", "\n", "a\rb", "é")] * 2
+    try:
+        for url in bad:
+            response = client.post("/commands/echo", json={"callback_url": url})
+            assert response.status_code == 400
+            assert response.json["error"]["code"] == "invalid_request"
+        assert client.get("/jobs").json["jobs"] == []
+        job = client.post("/commands/echo", json={"callback_url": receiver.url}).json
+        assert settled(client, job["id"])["status"] == "delivered"
+    finally:
+        gate.close()
+
+
+def test_the_callback_goes_to_the_normalised_url(receiver: Receiver) -> None:
+    """The job keeps, and the callback goes to, the URL in normal form; a URL that leaves
+    the allowed prefix once normalised is 400 callback_not_allowed."""
+    hooks = receiver.base + "hooks/"
+    gate = make_gate(receiver, callback_allow=[hooks])
+    client = Client(gate)
+    try:
+        for sneaky in ("../admin", "%2e%2e/admin", "a/../../admin", ".//..//admin"):
+            response = client.post("/commands/echo", json={"callback_url": hooks + sneaky})
+            assert response.status_code == 400
+            assert response.json["error"]["code"] == "callback_not_allowed"
+        job = client.post("/commands/echo", json={"callback_url": hooks + "a/./b/%2e%2e//c?x=1"})
+        assert job.json["callback"]["url"] == hooks + "a/c?x=1"
+        assert settled(client, job.json["id"])["status"] == "delivered"
+    finally:
+        gate.close()
+    assert [path for path, _, _ in receiver.received] == ["/hooks/a/c?x=1"]
+
+
+def finished_job(store: JobStore, url: str) -> Job:
+    """A finished job with a callback to ``url``, stored as an older procgate (which
+    checked less) could have stored it."""
+    state = {"url": url, "status": "pending", "attempts": 0, "last_status": None}
+    job = Job(
+        id=new_job_id(),
+        command="echo",
+        args=(),
+        spec=Spec(argv=("/bin/echo",)),
+        callback_url=url,
+        callback={**state, "last_error": None},
+    )
+    store.create(job)
+    store.start(job.id)
+    store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
+    return job
+
+
+def test_every_failure_is_an_attempt_and_delivery_goes_on(
+    receiver: Receiver, hostile: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Malformed URLs already in the store, receivers answering garbage (BadStatusLine,
+    not an OSError) or hanging up, and an exception inside procgate: each is a failed
+    attempt recorded with its error, retried; no worker dies, later callbacks go out."""
+    garbage, hangup = hostile("garbage"), hostile("garbage")
+    gate = make_gate(receiver, garbage, hangup, callback_attempts=2)
+    client = Client(gate)
+    broken = finished_job(gate.store, receiver.url)
+    body = Notifier.body
+
+    def body_or_bug(self: Notifier, job: Job) -> bytes:
+        if job.id == broken.id:
+            raise RuntimeError("a bug")
+        return body(self, job)
+
+    monkeypatch.setattr(Notifier, "body", body_or_bug)
+    try:
+        malformed = [
+            finished_job(gate.store, receiver.base + tail).id
+            for tail in ("a b", "a\r\nX: y", "a\x00", "..%2Fadmin", "é", "%zz") * 2
+        ]
+        answered = [
+            client.post("/commands/echo", json={"callback_url": garbage.url}).json["id"]
+            for _ in range(12)
+        ]
+        gate.notifier.wake()
+        states = {job_id: settled(client, job_id) for job_id in [*malformed, *answered]}
+        job = client.post("/commands/echo", json={"callback_url": receiver.url}).json
+        assert settled(client, job["id"])["status"] == "delivered"
+        assert settled(client, broken.id)["last_error"] == "RuntimeError: a bug"
+    finally:
+        gate.close()
+    for job_id in malformed:
+        assert states[job_id]["status"] == "failed"
+        assert states[job_id]["attempts"] == 1  # hopeless: not tried again
+        assert states[job_id]["last_error"].startswith("callback_url refused here")
+    for job_id in answered:
+        assert (states[job_id]["status"], states[job_id]["attempts"]) == ("failed", 2)
+        assert "BadStatusLine" in states[job_id]["last_error"]
+    assert len(garbage.accepted) == 24
+    assert [path for path, _, _ in receiver.received] == ["/hook"]  # none went elsewhere
+
+
+def test_a_trickling_receiver_is_cut_at_the_deadline(hostile: Any) -> None:
+    """callback_timeout bounds the whole attempt: a receiver sending a header byte a
+    second is dropped after 2 s (not after every byte), and the attempt is recorded."""
+    slow = hostile("trickle")
+    gate = make_gate(slow, callback_timeout=2, callback_attempts=1)
+    client = Client(gate)
+    try:
+        job = client.post("/commands/echo", json={"callback_url": slow.url}).json
+        wait_for(lambda: slow.gone, timeout=8)
+        state = settled(client, job["id"])
+    finally:
+        gate.close()
+    assert 1.5 < slow.gone[0] - slow.accepted[0] < 3.0
+    assert state["status"] == "failed"
+    assert state["last_error"].startswith("timed out")
+
+
+def test_a_tls_handshake_is_under_the_deadline(hostile: Any) -> None:
+    """An https receiver that never answers the TLS hello is dropped at the deadline too."""
+    silent = hostile("silent")
+    url = silent.url.replace("http://", "https://")
+    gate = make_gate(
+        silent,
+        callback_allow=[silent.base.replace("http", "https")],
+        callback_timeout=1.5,
+        callback_attempts=1,
+    )
+    client = Client(gate)
+    try:
+        job = client.post("/commands/echo", json={"callback_url": url}).json
+        wait_for(lambda: silent.gone, timeout=8)
+        state = settled(client, job["id"])
+    finally:
+        gate.close()
+    assert 1.0 < silent.gone[0] - silent.accepted[0] < 2.5
+    assert state["last_error"].startswith("timed out")
+
+
+def test_a_hanging_receiver_does_not_hold_up_the_others(
+    receiver: Receiver, hostile: Any, tmp_path: Path
+) -> None:
+    """While one attempt hangs on a receiver that never answers, other callbacks go out on
+    other threads; closing the Gate cuts the hanging attempt short and hands it back to
+    the outbox, uncounted, for the next process."""
+    silent = hostile("silent")
+    store = SQLiteStore(str(tmp_path / "jobs.db"))
+    gate = make_gate(receiver, silent, store=store, callback_timeout=20)
+    client = Client(gate)
+    try:
+        stuck = client.post("/commands/echo", json={"callback_url": silent.url}).json
+        wait_for(lambda: silent.accepted)
+        jobs = [
+            client.post("/commands/echo", json={"callback_url": receiver.url}).json["id"]
+            for _ in range(12)
+        ]
+        for job_id in jobs:
+            assert settled(client, job_id, timeout=5)["status"] == "delivered"
+        assert not silent.gone  # still hanging
+    finally:
+        started = time.monotonic()
+        gate.close()
+    assert time.monotonic() - started < 5
+    wait_for(lambda: silent.gone)
+    again = SQLiteStore(str(tmp_path / "jobs.db"))
+    try:
+        [claimed] = again.claim_callbacks(time.time(), 60, 10)
+    finally:
+        again.close()
+    assert claimed.id == stuck["id"]
+    assert claimed.callback is not None
+    assert claimed.callback["attempts"] == 1  # the one under way was not counted
+
+
+def test_no_poller_without_callback_allow(receiver: Receiver) -> None:
+    """A Gate without callback_allow starts no callback thread; one with it does, and
+    stops it when closed."""
+
+    def pollers() -> int:
+        return sum(t.name == "procgate-callbacks" for t in threading.enumerate())
+
+    before = pollers()
+    plain = Gate()
+    assert pollers() == before
+    plain.close()
+    gate = make_gate(receiver)
+    assert pollers() == before + 1
+    gate.close()
+    assert pollers() == before
+
+
+def test_finishing_here_wakes_the_poller(receiver: Receiver) -> None:
+    """A job finished by this process has its callback claimed at once, not at the next
+    poll (a second later)."""
+    gate = make_gate(receiver)
+    gate.notifier.poll_interval = 5
+    client = Client(gate)
+    try:
+        job = client.post("/commands/echo", json={"callback_url": receiver.url, "wait": True})
+        finished = time.monotonic()
+        wait_for(lambda: receiver.received, interval=0.005)
+        delay = time.monotonic() - finished
+        assert settled(client, job.json["id"])["status"] == "delivered"
+    finally:
+        gate.close()
+    assert delay < 0.5
+
+
+def test_an_attempt_whose_process_died_counts(receiver: Receiver) -> None:
+    """A claim whose process died without recording (its lease ran out) used up its
+    attempt: past callback_attempts the callback is failed, and nothing is sent."""
+    store = MemoryStore()
+    job = finished_job(store, receiver.url)
+    [claimed] = store.claim_callbacks(time.time(), 0, 10)  # then "killed": no record
+    notifier = Notifier(store, allow=[receiver.base], max_attempts=1, poll_interval=0.05)
+    notifier.start()
+    try:
+        wait_for(lambda: (store.get(job.id).callback or {}).get("status") == "failed")
+    finally:
+        notifier.close()
+    assert claimed.callback is not None
+    assert claimed.callback["attempts"] == 1
+    assert store.get(job.id).callback == {
+        "url": receiver.url,
+        "status": "failed",
+        "attempts": 2,
+        "last_status": None,
+        "last_error": "the last attempt did not end",
+    }
+    assert receiver.received == []
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose outbox calls fail (StoreUnavailable) a set number of times."""
+
+    def __init__(self, claims: int, records: int) -> None:
+        super().__init__()
+        self.failures = {"claim": claims, "record": records}
+
+    def _fail(self, what: str) -> None:
+        if self.failures[what] > 0:
+            self.failures[what] -= 1
+            raise StoreUnavailable("the store is unavailable: testing")
+
+    def claim_callbacks(self, now: float, lease: float, limit: int) -> list[Job]:
+        self._fail("claim")
+        return super().claim_callbacks(now, lease, limit)
+
+    def set_callback(
+        self, job_id: str, state: Any, *, attempt: int, retry_at: float | None = None
+    ) -> bool:
+        self._fail("record")
+        return super().set_callback(job_id, state, attempt=attempt, retry_at=retry_at)
+
+
+def test_a_store_outage_delays_delivery_and_never_stops_it(receiver: Receiver) -> None:
+    """Claims that fail are retried with backoff; an attempt whose result could not be
+    recorded is made again when its lease ends: delivered at least once, same id."""
+    store = FlakyStore(claims=3, records=1)
+    job = finished_job(store, receiver.url)
+    notifier = Notifier(
+        store, allow=[receiver.base], timeout=1, poll_interval=0.05, lease_margin=0.2
+    )
+    notifier.start()
+    try:
+        wait_for(lambda: (store.get(job.id).callback or {}).get("status") == "delivered")
+    finally:
+        notifier.close()
+    assert store.failures == {"claim": 0, "record": 0}
+    assert receiver.deliveries() == [job.id, job.id]
+    assert store.get(job.id).callback == {
+        "url": receiver.url,
+        "status": "delivered",
+        "attempts": 2,
+        "last_status": 200,
+        "last_error": None,
+    }
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """``shared_store()`` opens the same persistent data each time it is called."""
+    prefix = f"test-{uuid.uuid4().hex}:"
+    opened: list[JobStore] = []
+
+    def make() -> JobStore:
+        store: JobStore
+        if request.param == "sqlite":
+            store = SQLiteStore(str(tmp_path / "jobs.db"))
+        else:
+            from procgate.stores.redis import RedisStore
+
+            store = RedisStore(request.getfixturevalue("redis_url"), prefix=prefix)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def test_a_pending_callback_outlives_its_gate(receiver: Receiver, shared_store: Any) -> None:
+    """A callback still pending when its Gate closes (the receiver was down) is delivered
+    by the next Gate on the same store, with the same delivery id and body."""
+    receiver.code = 503
+    gate = make_gate(receiver, store=shared_store(), callback_backoff=0.2, callback_attempts=20)
+    client = Client(gate)
+    try:
+        job = client.post("/commands/echo", json={"args": ["kept"], "callback_url": receiver.url})
+        job_id = job.json["id"]
+        wait_for(lambda: callback(client, job_id)["attempts"] >= 1)
+    finally:
+        gate.close()
+    store = shared_store()
+    assert (store.get(job_id).callback or {})["status"] == "pending"
+    receiver.code = 200
+    later = make_gate(receiver, store=shared_store())
+    try:
+        state = settled(Client(later), job_id)
+    finally:
+        later.close()
+    assert (state["status"], state["last_status"]) == ("delivered", 200)
+    assert len(receiver.received) >= 2
+    assert set(receiver.deliveries()) == {job_id}
+    assert len({body for _, _, body in receiver.received}) == 1
+    assert json.loads(receiver.received[-1][2])["stdout"] == "kept\n"
+
+
+SERVER_CONFIG = """
+[store]
+url = "sqlite:///jobs.db"
+[gate]
+callback_allow = ["{base}"]
+callback_backoff = 0.3
+callback_attempts = 50
+callback_timeout = 2
+[runner]
+kind = "thread"
+[commands.echo]
+argv = ["echo"]
+[commands.sleep]
+argv = ["sleep"]
+kill_grace = 1
+"""
+
+#: The argument of the job left running when the server is killed: found and ended by it.
+SLEEP = "31.4159"
+
+
+def _end_leftover_sleeps() -> None:
+    """Kill the ``sleep SLEEP`` a SIGKILLed server left behind (its own session)."""
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                argv = file.read().split(b"\0")
+            if os.path.basename(argv[0]) == b"sleep" and argv[1:2] == [SLEEP.encode()]:
+                os.kill(int(entry), signal.SIGKILL)
+
+
+def test_callbacks_survive_a_killed_server(receiver: Receiver, tmp_path: Path) -> None:
+    """SIGKILL ``procgate serve`` while a finished job's callback is pending (its receiver
+    down) and a job with a callback runs: the restarted server delivers both, the running
+    one as ``lost`` by the sweep, each with one delivery id on every attempt."""
+    receiver.code = 503
+    config = SERVER_CONFIG.format(base=receiver.base)
+
+    def state(job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = server.json("GET", f"/jobs/{job_id}")[1]
+        return job
+
+    server = start_server(tmp_path, config, "--workers", "2")
+    try:
+        body = {"args": ["kept"], "callback_url": receiver.url, "wait": True}
+        done = server.json("POST", "/commands/echo", body)[1]["id"]
+        running = server.json(
+            "POST", "/commands/sleep", {"args": [SLEEP], "callback_url": receiver.url}
+        )[1]["id"]
+        wait_for(lambda: state(done)["callback"]["attempts"] >= 1)
+        wait_for(lambda: state(running)["status"] == "running")
+    finally:
+        server.crash()
+    receiver.code = 200
+    try:
+        server = start_server(tmp_path, config, "--workers", "2", name="again")
+        try:
+            wait_for(lambda: state(done)["callback"]["status"] == "delivered", timeout=20)
+            wait_for(lambda: state(running)["callback"]["status"] == "delivered", timeout=20)
+        finally:
+            server.stop()
+    finally:
+        _end_leftover_sleeps()
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for _, headers, raw in receiver.received:
+        by_id.setdefault(headers["X-Procgate-Delivery"], []).append(json.loads(raw))
+    assert set(by_id) == {done, running}
+    assert len(by_id[done]) >= 2  # refused before the kill, delivered after
+    assert {payload["id"] for payload in by_id[done]} == {done}
+    assert by_id[running][-1]["status"] == "lost"

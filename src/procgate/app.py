@@ -35,7 +35,8 @@ from procgate.auth import (
     parse_networks,
     require_address,
 )
-from procgate.callbacks import Delivery, Notifier, check_callback_url
+from procgate.callback_url import check_callback_url
+from procgate.callbacks import Delivery, Notifier
 from procgate.commands import (
     DEFAULT_KILL_GRACE,
     DEFAULT_MAX_OUTPUT,
@@ -137,7 +138,7 @@ class Gate:
         callback_secret: str | bytes | None = None,  # signs callbacks (X-Procgate-Signature)
         callback_attempts: int = 5,  # tries per callback before it is marked failed
         callback_backoff: float = 1.0,  # seconds before the first retry; doubles each time
-        callback_timeout: float = 10.0,  # seconds per attempt
+        callback_timeout: float = 10.0,  # seconds per attempt, all of it (connect to body)
         tokens: Iterable[Token] | None = None,  # bearer tokens; None: no authentication
         allow_ips: Iterable[str] = (),  # CIDRs that may call at all; empty: any
         trusted_proxies: Iterable[str] = (),  # CIDRs whose X-Forwarded-For is believed
@@ -175,6 +176,8 @@ class Gate:
         self.max_files = max_files
         self.callback_allow = _names(callback_allow, "callback_allow")
         self.notifier = Notifier(
+            self.store,
+            allow=self.callback_allow,
             secret=callback_secret,
             max_attempts=callback_attempts,
             backoff=callback_backoff,
@@ -209,6 +212,8 @@ class Gate:
             ]
         )
         self.runner.open(self.store, self._job_finished)
+        if self.callback_allow:  # delivers the store's outbox: what other processes left too
+            self.notifier.start()
 
     def register(
         self,
@@ -657,7 +662,11 @@ class Gate:
         return self._launch(job, {}, request, adapter, command)
 
     def _job_finished(self, job_id: str) -> None:
-        """A job finished: run the Python hooks, then queue its HTTP callback."""
+        """A job finished: run the Python hooks, then hurry its HTTP callback along.
+
+        The store queued the callback as the job finished; the notifier would find it at
+        its next poll anyway (and does, for jobs that finished elsewhere or were swept).
+        """
         if not self._finish_hooks and not self._command_hooks and not self.callback_allow:
             return  # no hook to run, and no job here can have a callback: skip the read
         try:
@@ -673,13 +682,7 @@ class Gate:
             except Exception:
                 logger.exception("on_finish hook %r failed for job %s", hook, job_id)
         if job.callback_url is not None:
-            payload = job_to_json(job, job.link or "")
-            payload["context"] = job.callback_context
-            self.notifier.send(
-                job.callback_url,
-                payload,
-                lambda state: self.store.set_callback(job_id, state.to_json()),
-            )
+            self.notifier.wake()
 
     def _launch(
         self,

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from procgate.callback_url import MAX_URL
 from procgate.jobs import JobStatus
 
 if TYPE_CHECKING:
@@ -257,7 +258,15 @@ def _callback_url(allow: tuple[str, ...]) -> dict[str, Any]:
     if not allow:
         return {"type": "null"}
     prefixes = "|".join(re.escape(prefix) for prefix in allow)
-    return {"type": "string", "pattern": f"^({prefixes})", "format": "uri"}
+    return {
+        "type": "string",
+        "pattern": f"^({prefixes})",
+        "format": "uri",
+        "maxLength": MAX_URL,
+        "description": "checked in normal form (lower-case scheme and host, dot segments "
+        "resolved, repeated slashes merged), which is where the callback goes; no spaces, "
+        "control characters or user info",
+    }
 
 
 def _command_paths(command: Command, gate: Gate, security: list[Any]) -> dict[str, Any]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -598,24 +600,179 @@ def test_wait_output_wakes_on_output_and_on_finish(store: JobStore) -> None:
     timer.join()
 
 
-def test_callback_state_is_kept(store: JobStore) -> None:
-    """set_callback records delivery state on a finished job; a deleted job is ignored."""
-    job = store.create(new_job())
+def with_callback(job: Job, url: str = "http://cb.example/hook") -> Job:
+    """``job`` with a callback, as the Gate creates it: pending, no attempts yet."""
+    state = {"url": url, "status": "pending", "attempts": 0, "last_status": None}
+    return dataclasses.replace(job, callback_url=url, callback={**state, "last_error": None})
+
+
+def finished_with_callback(store: JobStore, command: str = "echo") -> Job:
+    """A job with a callback that ran, wrote ``out`` and succeeded."""
+    job = store.create(with_callback(new_job(command)))
     store.start(job.id)
-    store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
-    state = {
-        "url": "http://x/",
-        "status": "delivered",
-        "attempts": 2,
-        "last_status": 200,
-        "last_error": None,
+    OutputWriter(store, job.id)("stdout", b"out")
+    assert store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0)) is True
+    return job
+
+
+def pending(attempts: int, error: str | None = None, code: int | None = None) -> dict[str, Any]:
+    return {
+        "url": "http://cb.example/hook",
+        "status": "pending",
+        "attempts": attempts,
+        "last_status": code,
+        "last_error": error,
     }
-    store.set_callback(job.id, state)
-    assert store.get(job.id).callback == state
-    store.delete(job.id)
-    store.set_callback(job.id, state)
-    with pytest.raises(JobNotFound):
-        store.get(job.id)
+
+
+def test_finish_queues_the_callback(store: JobStore) -> None:
+    """Finishing a job with a callback_url puts its callback in the outbox, due at once;
+    a claim counts the attempt and hands the job out with its output."""
+    plain = finished(store)
+    job = store.create(with_callback(new_job()))
+    store.start(job.id)
+    assert store.claim_callbacks(time.time() + 1, 60, 10) == []  # not finished yet
+    OutputWriter(store, job.id)("stdout", b"out")
+    store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
+    [claimed] = store.claim_callbacks(time.time() + 0.01, 60, 10)
+    assert claimed.id == job.id != plain.id
+    assert (claimed.status, claimed.stdout, claimed.callback) == (
+        JobStatus.SUCCEEDED,
+        b"out",
+        pending(1),
+    )
+    assert store.get(job.id).callback == pending(1)
+
+
+def test_a_claim_holds_the_callback_for_its_lease(store: JobStore) -> None:
+    """No claim returns a leased callback until the lease ends; then another claim takes
+    it again (its claimer died), counting another attempt."""
+    job = finished_with_callback(store)
+    now = time.time() + 0.01
+    assert [j.id for j in store.claim_callbacks(now, 60, 10)] == [job.id]
+    assert store.claim_callbacks(now + 59, 60, 10) == []
+    [again] = store.claim_callbacks(now + 61, 60, 10)
+    assert again.callback == pending(2)
+
+
+def test_set_callback_records_and_reschedules(store: JobStore) -> None:
+    """A failed attempt's result is stored and the callback is due again at retry_at; a
+    final one takes it out of the outbox for good."""
+    job = finished_with_callback(store)
+    now = time.time() + 0.01
+    store.claim_callbacks(now, 60, 10)
+    failed = pending(1, "HTTP 500", 500)
+    assert store.set_callback(job.id, failed, attempt=1, retry_at=now + 100) is True
+    assert store.get(job.id).callback == failed
+    assert store.claim_callbacks(now + 99, 60, 10) == []
+    [again] = store.claim_callbacks(now + 101, 60, 10)
+    assert again.callback == {**failed, "attempts": 2}
+    done = {**pending(2, None, 204), "status": "delivered"}
+    assert store.set_callback(job.id, done, attempt=2) is True
+    assert store.get(job.id).callback == done
+    assert store.claim_callbacks(now + 10**6, 60, 10) == []
+
+
+def test_a_stale_claim_records_nothing(store: JobStore) -> None:
+    """An attempt whose lease ran out, and that another claim took over, cannot record its
+    result over the newer attempt's."""
+    job = finished_with_callback(store)
+    now = time.time() + 0.01
+    store.claim_callbacks(now, 10, 10)
+    store.claim_callbacks(now + 11, 10, 10)  # the first claimer seemed dead
+    late = {**pending(1), "status": "delivered", "last_status": 200}
+    assert store.set_callback(job.id, late, attempt=1) is False
+    assert store.get(job.id).callback == pending(2)
+    assert store.set_callback(job.id, pending(2, "HTTP 502", 502), attempt=2, retry_at=now)
+    assert [j.callback for j in store.claim_callbacks(now + 12, 10, 10)] == [
+        pending(3, "HTTP 502", 502)
+    ]
+
+
+def test_cancelled_and_lost_jobs_queue_their_callbacks(store: JobStore) -> None:
+    """A job cancelled while queued, and one the sweep marks lost, get their callback too:
+    finishing and queueing the callback are one step on every path."""
+    queued = store.create(with_callback(new_job()))
+    store.cancel(queued.id)
+    running = store.create(with_callback(new_job(owner="host:1:dead")))
+    store.start(running.id)
+    assert store.mark_lost("host:1:dead", "lost: gone") == 1
+    claimed = store.claim_callbacks(time.time() + 0.01, 60, 10)
+    assert {(j.id, j.status) for j in claimed} == {
+        (queued.id, JobStatus.CANCELLED),
+        (running.id, JobStatus.LOST),
+    }
+
+
+def test_a_deleted_job_drops_its_callback(store: JobStore) -> None:
+    """Deleting (or evicting) a job with a pending callback drops the callback."""
+    job = finished_with_callback(store)
+    assert store.delete(job.id) is True
+    assert store.claim_callbacks(time.time() + 1, 60, 10) == []
+    assert store.set_callback(job.id, pending(1), attempt=0, retry_at=time.time()) is False
+    assert store.claim_callbacks(time.time() + 1, 60, 10) == []
+
+
+def test_claims_take_the_longest_due_first_up_to_the_limit(store: JobStore) -> None:
+    """``limit`` caps a claim; the callbacks due longest come first."""
+    jobs = [finished_with_callback(store) for _ in range(3)]
+    now = time.time() + 0.01
+    first = store.claim_callbacks(now, 60, 2)
+    assert [j.id for j in first] == [j.id for j in jobs[:2]]
+    assert [j.id for j in store.claim_callbacks(now, 60, 2)] == [jobs[2].id]
+
+
+def test_claims_are_exclusive(make_store: MakeStore, kind: str) -> None:
+    """Claims racing from many threads (each with its own store object where the store is
+    shared) hand every due callback out exactly once."""
+    first = make_store("shared")
+    jobs = {finished_with_callback(first).id for _ in range(40)}
+    stores = [first] + [make_store("shared") for _ in range(3)] if kind != "memory" else [first]
+    taken: list[str] = []
+    lock = threading.Lock()
+    now = time.time() + 0.01
+
+    def claim(store: JobStore) -> None:
+        while batch := store.claim_callbacks(now, 60, 3):
+            with lock:
+                taken.extend(job.id for job in batch)
+
+    threads = [threading.Thread(target=claim, args=(stores[n % len(stores)],)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(taken) == sorted(jobs)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_callbacks_survive_reopening(make_store: MakeStore) -> None:
+    """A persistent store opened again still holds the callbacks due, and when."""
+    first = make_store("shared")
+    job = finished_with_callback(first)
+    now = time.time() + 0.01
+    first.claim_callbacks(now, 60, 10)
+    first.set_callback(job.id, pending(1, "HTTP 503", 503), attempt=1, retry_at=now + 5)
+    first.close()
+    again = make_store("shared")
+    assert again.claim_callbacks(now + 4, 60, 10) == []
+    [claimed] = again.claim_callbacks(now + 6, 60, 10)
+    assert (claimed.id, claimed.callback) == (job.id, pending(2, "HTTP 503", 503))
+
+
+def test_sqlite_file_without_the_outbox_gets_it(tmp_path: Path) -> None:
+    """A file made before the outbox existed (same schema version) gets its table at open."""
+    path = str(tmp_path / "old.db")
+    SQLiteStore(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("DROP TABLE callbacks")
+        db.commit()
+    store = SQLiteStore(path)
+    try:
+        job = finished_with_callback(store)
+        assert [j.id for j in store.claim_callbacks(time.time() + 1, 60, 10)] == [job.id]
+    finally:
+        store.close()
 
 
 def test_callback_fields_round_trip(store: JobStore) -> None:

@@ -11,6 +11,9 @@ from procgate.jobs import Chunk, Chunks, Job, JobIds, JobPage, JobStatus, Outcom
 from procgate.stores.memory import MemoryStore
 from procgate.stores.sqlite import SQLiteStore
 
+# The protocol has a method named ``list``; this keeps the builtin usable in annotations.
+_Jobs = list[Job]
+
 __all__ = ["JobPage", "JobStore", "MemoryStore", "SQLiteStore", "open_store"]
 
 
@@ -87,8 +90,36 @@ class JobStore(Protocol):
         """Block until a chunk past ``after`` exists, the job finishes, or the timeout."""
         ...
 
-    def set_callback(self, job_id: str, state: Mapping[str, Any]) -> None:
-        """Record the delivery state of the job's callback (a finished job may change so)."""
+    def claim_callbacks(self, now: float, lease: float, limit: int) -> _Jobs:
+        """Lease up to ``limit`` callbacks due at ``now`` (Unix time), the longest due first.
+
+        The outbox: a job with a ``callback_url`` enters it in the same atomic step that
+        finishes it (``finish``, a cancel while queued, ``mark_lost``), due at once; after a
+        failed attempt it is due again at the ``retry_at`` that ``set_callback`` recorded.
+        A claim counts the attempt (the job's ``callback["attempts"]`` goes up by one) and
+        makes the callback due again only at ``now + lease``, atomically: no other claim, in
+        any process, returns it before then, and if its claimer dies another retries it
+        then. Returns the jobs with their output. A job deleted or evicted (or without
+        ``pending`` callback state) leaves the outbox here, its callback dropped.
+        """
+        ...
+
+    def set_callback(
+        self,
+        job_id: str,
+        state: Mapping[str, Any],
+        *,
+        attempt: int,
+        retry_at: float | None = None,
+    ) -> bool:
+        """Record the result of the claimed attempt number ``attempt``: ``state`` becomes
+        the job's ``callback`` (the one change a finished job still takes).
+
+        With ``retry_at`` (Unix time) the callback is due again then; without, it leaves
+        the outbox (delivered, or given up). Atomic, and only while the stored attempt
+        count is still ``attempt``: False, changing nothing, when another claim took the
+        callback since (this one's lease ran out) or the job is gone.
+        """
         ...
 
     def finish(self, job_id: str, outcome: Outcome) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import threading
 import time
 from collections import OrderedDict, deque
@@ -26,6 +27,9 @@ from procgate.jobs import (
 
 #: Seconds of job creations kept for rate limits (``count(since=...)``): a day.
 LAUNCHES_KEPT = 86400.0
+
+# The class defines a method named ``list``; this keeps the builtin usable in annotations.
+_Jobs = list[Job]
 
 
 @dataclass(slots=True)
@@ -72,6 +76,7 @@ class MemoryStore:
         self._seq = 0
         self._closed = False
         self._next_expiry_scan = 0.0
+        self._outbox: dict[str, float] = {}  # job id -> when its callback is due (Unix time)
 
     def create(self, job: Job) -> Job:
         scope = job.idempotency_scope
@@ -185,11 +190,43 @@ class MemoryStore:
                     return
                 self._condition(entry).wait(remaining)
 
-    def set_callback(self, job_id: str, state: Mapping[str, Any]) -> None:
+    def claim_callbacks(self, now: float, lease: float, limit: int) -> _Jobs:
+        with self._lock:
+            due = heapq.nsmallest(
+                limit, ((at, job_id) for job_id, at in self._outbox.items() if at <= now)
+            )
+            claimed = []
+            for _, job_id in due:
+                entry = self._entries.get(job_id)
+                state = entry.job.callback if entry is not None else None
+                if entry is None or state is None or state.get("status") != "pending":
+                    del self._outbox[job_id]  # deleted, evicted, or no callback to make
+                    continue
+                attempts = int(state.get("attempts", 0)) + 1
+                entry.job = dataclasses.replace(entry.job, callback={**state, "attempts": attempts})
+                self._outbox[job_id] = now + lease
+                claimed.append(self._snapshot(entry))
+            return claimed
+
+    def set_callback(
+        self,
+        job_id: str,
+        state: Mapping[str, Any],
+        *,
+        attempt: int,
+        retry_at: float | None = None,
+    ) -> bool:
         with self._lock:
             entry = self._entries.get(job_id)
-            if entry is not None:
-                entry.job = dataclasses.replace(entry.job, callback=dict(state))
+            stored = entry.job.callback if entry is not None else None
+            if entry is None or stored is None or stored.get("attempts") != attempt:
+                return False
+            entry.job = dataclasses.replace(entry.job, callback=dict(state))
+            if retry_at is None:
+                self._outbox.pop(job_id, None)
+            else:
+                self._outbox[job_id] = retry_at
+            return True
 
     def finish(self, job_id: str, outcome: Outcome) -> bool:
         with self._lock:
@@ -314,10 +351,12 @@ class MemoryStore:
             stderr=b"".join(c.data for c in entry.chunks if c.stream == "stderr"),
         )
 
-    @staticmethod
-    def _finish(entry: _Entry, outcome: Outcome) -> None:
-        """Record the outcome and wake the job's waiters; the lock is held."""
+    def _finish(self, entry: _Entry, outcome: Outcome) -> None:
+        """Record the outcome, queue the job's callback if it has one, and wake the job's
+        waiters; the lock is held."""
         entry.job = entry.job.finished_with(outcome)
+        if entry.job.callback_url is not None:
+            self._outbox[entry.job.id] = time.time()
         MemoryStore._notify(entry)
         # A finished job changes no more: its waiters hold the condition they wait on,
         # and a retained job should not (it is most of a small job's memory).

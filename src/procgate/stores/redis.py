@@ -41,10 +41,11 @@ FORGET_OWNERS_AFTER = 86400.0
 LIST_BATCH = 200
 
 # Finishing a job, shared by the scripts below. KEYS: job hash, active hash, done zset,
-# finished zset, end stream. ARGV: id, status, returncode, error, stdout_truncated,
-# stderr_truncated, finished_at (Unix seconds).
+# finished zset, end stream, callback outbox zset. ARGV: id, status, returncode, error,
+# stdout_truncated, stderr_truncated, finished_at (Unix seconds). A job with a callback
+# enters the outbox, due now, in the same step.
 _FINISH = """
-local function finish(k1, k2, k3, k4, k5, a)
+local function finish(k1, k2, k3, k4, k5, k6, a)
     redis.call('HSET', k1, 'status', a[2], 'stdout_truncated', a[5],
                'stderr_truncated', a[6], 'finished_at', a[7])
     if a[3] ~= '' then redis.call('HSET', k1, 'returncode', a[3]) end
@@ -53,10 +54,11 @@ local function finish(k1, k2, k3, k4, k5, a)
     redis.call('ZADD', k3, redis.call('HGET', k1, 'seq'), a[1])
     redis.call('ZADD', k4, a[7], a[1])
     redis.call('XADD', k5, 'MAXLEN', '1', '*', 'status', a[2])
+    if redis.call('HEXISTS', k1, 'callback_url') == 1 then redis.call('ZADD', k6, a[7], a[1]) end
 end
 """
 
-# KEYS: job, active, done, finished, end. ARGV as _FINISH, then the expected status
+# KEYS: job, active, done, finished, end, outbox. ARGV as _FINISH, then the expected status
 # ("active" for queued or running). Returns 1 when it finished the job.
 _FINISH_SCRIPT = (
     _FINISH
@@ -64,19 +66,19 @@ _FINISH_SCRIPT = (
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'running' then return 0 end
 if ARGV[8] ~= 'active' and status ~= ARGV[8] then return 0 end
-finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV)
+finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV)
 return 1
 """
 )
 
-# KEYS: job, active, done, finished, end. ARGV as _FINISH (status cancelled).
+# KEYS: job, active, done, finished, end, outbox. ARGV as _FINISH (status cancelled).
 # Returns 2 when a queued job was cancelled, 1 when a running one was flagged, else 0.
 _CANCEL_SCRIPT = (
     _FINISH
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' then
-    finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV)
+    finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV)
     return 2
 elseif status == 'running' then
     redis.call('HSET', KEYS[1], 'cancel', '1')
@@ -110,10 +112,41 @@ if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[1]) end
 return ARGV[1]
 """
 
-# KEYS: job hash. ARGV: field, value. Sets the field only while the job exists.
-_SET_IF_EXISTS_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+# KEYS: callback outbox zset. ARGV: now, end of the lease, limit, job key prefix. Leases
+# the due callbacks, counting their attempt, and returns their ids; drops those whose job
+# is gone or has no pending callback.
+_CLAIM_CALLBACKS_SCRIPT = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local claimed = {}
+for _, id in ipairs(ids) do
+    local key = ARGV[4] .. id
+    local raw = redis.call('HGET', key, 'callback')
+    local state = raw and cjson.decode(raw)
+    if type(state) == 'table' and state['status'] == 'pending' then
+        state['attempts'] = (tonumber(state['attempts']) or 0) + 1
+        redis.call('HSET', key, 'callback', cjson.encode(state))
+        redis.call('ZADD', KEYS[1], ARGV[2], id)
+        claimed[#claimed + 1] = id
+    else
+        redis.call('ZREM', KEYS[1], id)
+    end
+end
+return claimed
+"""
+
+# KEYS: job, callback outbox. ARGV: id, state (JSON), attempt, retry_at ("": none).
+# Records an attempt while the stored attempt count is still ARGV[3]; 1 if it did.
+_SET_CALLBACK_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], 'callback')
+if not raw then return 0 end
+local state = cjson.decode(raw)
+if type(state) ~= 'table' or tonumber(state['attempts']) ~= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'callback', ARGV[2])
+if ARGV[4] == '' then
+    redis.call('ZREM', KEYS[2], ARGV[1])
+else
+    redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+end
 return 1
 """
 
@@ -204,7 +237,8 @@ class RedisStore:
         self._finish = self.redis.register_script(_FINISH_SCRIPT)
         self._cancel = self.redis.register_script(_CANCEL_SCRIPT)
         self._delete = self.redis.register_script(_DELETE_SCRIPT)
-        self._set_if_exists = self.redis.register_script(_SET_IF_EXISTS_SCRIPT)
+        self._claim_callbacks = self.redis.register_script(_CLAIM_CALLBACKS_SCRIPT)
+        self._set_callback = self.redis.register_script(_SET_CALLBACK_SCRIPT)
         self._lock = threading.Lock()
         self._next_evict = 0.0
         self._closed = False
@@ -224,6 +258,7 @@ class RedisStore:
             self._key("done"),
             self._key("finished"),
             self._key("end", job_id),
+            self._key("callbacks"),
         ]
 
     # -- the JobStore protocol ----------------------------------------------------------
@@ -355,9 +390,30 @@ class RedisStore:
             if not self._closed:
                 raise
 
-    def set_callback(self, job_id: str, state: Mapping[str, Any]) -> None:
-        self._set_if_exists(
-            keys=[self._job_key(job_id)], args=["callback", json.dumps(dict(state))]
+    def claim_callbacks(self, now: float, lease: float, limit: int) -> _Jobs:
+        claimed = self._claim_callbacks(
+            keys=[self._key("callbacks")], args=[now, now + lease, limit, self._key("job", "")]
+        )
+        return self._read([job_id.decode() for job_id in claimed])
+
+    def set_callback(
+        self,
+        job_id: str,
+        state: Mapping[str, Any],
+        *,
+        attempt: int,
+        retry_at: float | None = None,
+    ) -> bool:
+        return bool(
+            self._set_callback(
+                keys=[self._job_key(job_id), self._key("callbacks")],
+                args=[
+                    job_id,
+                    json.dumps(dict(state)),
+                    attempt,
+                    "" if retry_at is None else retry_at,
+                ],
+            )
         )
 
     def finish(self, job_id: str, outcome: Outcome) -> bool:

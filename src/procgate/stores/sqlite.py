@@ -78,6 +78,14 @@ CREATE TABLE IF NOT EXISTS launches (  -- job creations of the last day, for rat
 CREATE INDEX IF NOT EXISTS launches_by_command ON launches (command, at);
 """
 
+#: The callback outbox, made at every open (IF NOT EXISTS): a file from before it gets it
+#: with no new schema version. A row is a finished job whose callback is due at ``due``
+#: (Unix time); a claim moves ``due`` to the end of its lease.
+_OUTBOX = """
+CREATE TABLE IF NOT EXISTS callbacks (job_id TEXT PRIMARY KEY, due REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS callbacks_by_due ON callbacks (due);
+"""
+
 _COLUMNS = (
     "id, command, args, spec, status, returncode, error, stdout_truncated, stderr_truncated, "
     "created_at, started_at, finished_at, owner, idempotency_key, link, callback_url, "
@@ -155,6 +163,9 @@ class SQLiteStore:
                         if statement.strip():
                             db.execute(statement)
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                for statement in _OUTBOX.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
                 db.execute("COMMIT")
             if not fresh and version != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(
@@ -360,11 +371,59 @@ class SQLiteStore:
             timeout,
         )
 
-    def set_callback(self, job_id: str, state: Mapping[str, Any]) -> None:
-        with self._db(write=True) as db:
+    def claim_callbacks(self, now: float, lease: float, limit: int) -> _Jobs:
+        with self._db() as db:  # most polls find nothing due: they take no write lock
+            if db.execute("SELECT 1 FROM callbacks WHERE due <= ?", (now,)).fetchone() is None:
+                return []
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT c.job_id, j.callback FROM callbacks c LEFT JOIN jobs j ON j.id = c.job_id "
+                "WHERE c.due <= ? ORDER BY c.due LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            ids: _Ids = []
+            for job_id, raw in rows:
+                state = json.loads(raw) if raw is not None else None
+                if state is None or state.get("status") != "pending":
+                    # deleted, evicted, or no callback to make: dropped
+                    db.execute("DELETE FROM callbacks WHERE job_id = ?", (job_id,))
+                    continue
+                state["attempts"] = int(state.get("attempts", 0)) + 1
+                db.execute("UPDATE jobs SET callback = ? WHERE id = ?", (json.dumps(state), job_id))
+                db.execute("UPDATE callbacks SET due = ? WHERE job_id = ?", (now + lease, job_id))
+                ids.append(job_id)
+            if not ids:
+                return []
+            marks = ", ".join("?" for _ in ids)
+            found = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})", ids)
+            jobs = {job.id: job for job in self._jobs(db, found.fetchall())}
+        return [jobs[job_id] for job_id in ids]
+
+    def set_callback(
+        self,
+        job_id: str,
+        state: Mapping[str, Any],
+        *,
+        attempt: int,
+        retry_at: float | None = None,
+    ) -> bool:
+        with self._transaction() as db:
+            row = db.execute("SELECT callback FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            stored = json.loads(row[0]) if row is not None and row[0] is not None else None
+            if stored is None or stored.get("attempts") != attempt:
+                return False  # gone, or claimed again since: a later attempt records
             db.execute(
                 "UPDATE jobs SET callback = ? WHERE id = ?", (json.dumps(dict(state)), job_id)
             )
+            if retry_at is None:
+                db.execute("DELETE FROM callbacks WHERE job_id = ?", (job_id,))
+            else:
+                db.execute(
+                    "INSERT INTO callbacks (job_id, due) VALUES (?, ?) "
+                    "ON CONFLICT (job_id) DO UPDATE SET due = excluded.due",
+                    (job_id, retry_at),
+                )
+        return True
 
     def finish(self, job_id: str, outcome: Outcome) -> bool:
         with self._db(write=True) as db:
@@ -541,21 +600,40 @@ class SQLiteStore:
 
     @staticmethod
     def _finish(db: sqlite3.Connection, where: str, params: Sequence[Any], outcome: Outcome) -> int:
-        """Finish the active jobs matching ``where``; return how many changed."""
-        return db.execute(
-            "UPDATE jobs SET status = ?, returncode = ?, error = ?, stdout_truncated = ?, "
-            f"stderr_truncated = ?, finished_at = ? WHERE {where} "
-            f"AND status IN {_ACTIVE_SQL}",
-            (
-                outcome.status.value,
-                outcome.returncode,
-                outcome.error,
-                int(outcome.stdout_truncated),
-                int(outcome.stderr_truncated),
-                utcnow().timestamp(),
-                *params,
-            ),
-        ).rowcount
+        """Finish the active jobs matching ``where``; return how many changed.
+
+        Those with a ``callback_url`` enter the callback outbox, due now, in the same
+        transaction: a savepoint, within the caller's transaction if there is one.
+        """
+        now = utcnow().timestamp()
+        db.execute("SAVEPOINT finish")
+        try:
+            db.execute(  # first: a write, so the savepoint takes the write lock at once
+                "INSERT OR IGNORE INTO callbacks (job_id, due) SELECT id, ? FROM jobs "
+                f"WHERE {where} AND status IN {_ACTIVE_SQL} AND callback_url IS NOT NULL",
+                (now, *params),
+            )
+            changed = db.execute(
+                "UPDATE jobs SET status = ?, returncode = ?, error = ?, stdout_truncated = ?, "
+                f"stderr_truncated = ?, finished_at = ? WHERE {where} "
+                f"AND status IN {_ACTIVE_SQL}",
+                (
+                    outcome.status.value,
+                    outcome.returncode,
+                    outcome.error,
+                    int(outcome.stdout_truncated),
+                    int(outcome.stderr_truncated),
+                    now,
+                    *params,
+                ),
+            ).rowcount
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK TO finish")
+                db.execute("RELEASE finish")
+            raise
+        db.execute("RELEASE finish")
+        return int(changed)
 
     @staticmethod
     def _jobs(db: sqlite3.Connection, rows: Sequence[sqlite3.Row], *, output: bool = True) -> _Jobs:
