@@ -85,6 +85,7 @@ class Job:
     callback: Mapping[str, Any] | None = None  # delivery state (procgate.callbacks.Delivery)
     token_id: str | None = None  # the id of the bearer token that created it
     client: str | None = None  # the client address it came from
+    process: str | None = None  # the running child's ``process.process_tag``, internal
 
     @property
     def idempotency_scope(self) -> str | None:
@@ -293,6 +294,7 @@ def job_to_record(job: Job) -> dict[str, Any]:
         "callback": json.dumps(job.callback) if job.callback is not None else None,
         "token_id": job.token_id,
         "client": job.client,
+        "process": job.process,
     }
 
 
@@ -337,6 +339,7 @@ def job_from_record(record: Mapping[str, Any], stdout: bytes = b"", stderr: byte
         callback=_optional_json(record.get("callback")),
         token_id=_optional_str(record.get("token_id")),
         client=_optional_str(record.get("client")),
+        process=_optional_str(record.get("process")),
     )
 
 

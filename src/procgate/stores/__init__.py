@@ -170,12 +170,30 @@ class JobStore(Protocol):
         ...
 
     def requeue_lost(self, owner: str) -> JobIds:
-        """Put back in the queue, once, the active jobs of a dead owner that may re-run.
+        """Put back in the queue the active jobs of a dead owner that may run (again).
 
-        A job may when its spec has ``retry_on_worker_loss``; the flag is cleared, so it
-        is re-run at most once. Its status goes back to ``queued``, without owner, start
-        time, output or cancel request. Returns their ids, for the caller to submit again.
+        A queued job never ran, so it always may. A running one may once, when its spec has
+        ``retry_on_worker_loss``; the flag is cleared, so it is re-run at most once. Their
+        status goes back to ``queued``, without owner, start time, process, output or
+        cancel request. Returns their ids, for the caller to submit again.
         """
+        ...
+
+    def active_jobs(self, owner: str) -> _Jobs:
+        """The owner's queued and running jobs, oldest first, without output."""
+        ...
+
+    def claim(self, job_id: str, owner: str) -> bool:
+        """Make a queued job ``owner``'s before it starts (a worker that took its message).
+
+        False when the job is no longer queued; ``JobNotFound`` if absent. If the owner
+        dies before starting it, ``requeue_lost`` puts it back for another runner.
+        """
+        ...
+
+    def record_process(self, job_id: str, tag: str) -> None:
+        """Record the running job's child (``procgate.process.process_tag``), so that a
+        sweep can kill what is left of it after its runner died."""
         ...
 
     def close(self) -> None:

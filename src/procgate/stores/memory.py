@@ -165,7 +165,8 @@ class MemoryStore:
     def append_output(self, job_id: str, chunk: Chunk) -> None:
         with self._lock:
             entry = self._entries.get(job_id)
-            if entry is not None:  # deleted meanwhile: nobody can read it any more
+            # Deleted meanwhile: nobody can read it any more. Written already: a repeat.
+            if entry is not None and len(entry.chunks) < chunk.index:
                 entry.chunks.append(chunk)
                 self._notify(entry)
 
@@ -303,21 +304,49 @@ class MemoryStore:
                 e
                 for e in self._entries.values()
                 if e.job.owner == owner
-                and e.job.status in ACTIVE
-                and e.job.spec.retry_on_worker_loss
+                and (
+                    e.job.status is JobStatus.QUEUED
+                    or (e.job.status is JobStatus.RUNNING and e.job.spec.retry_on_worker_loss)
+                )
             ]
             for entry in again:
+                spec = entry.job.spec
+                if entry.job.status is JobStatus.RUNNING:  # the one re-run is spent
+                    spec = dataclasses.replace(spec, retry_on_worker_loss=False)
                 entry.job = dataclasses.replace(
                     entry.job,
                     status=JobStatus.QUEUED,
                     owner=None,
                     started_at=None,
-                    spec=dataclasses.replace(entry.job.spec, retry_on_worker_loss=False),
+                    process=None,
+                    spec=spec,
                 )
                 entry.chunks = []
                 entry.cancel = False
                 self._notify(entry)
             return [entry.job.id for entry in again]
+
+    def active_jobs(self, owner: str) -> _Jobs:
+        with self._lock:
+            return [
+                e.job  # without output, as the other stores give it
+                for e in self._entries.values()
+                if e.job.owner == owner and e.job.status in ACTIVE
+            ]
+
+    def claim(self, job_id: str, owner: str) -> bool:
+        with self._lock:
+            entry = self._entry(job_id)
+            if entry.job.status is not JobStatus.QUEUED:
+                return False
+            entry.job = dataclasses.replace(entry.job, owner=owner)
+            return True
+
+    def record_process(self, job_id: str, tag: str) -> None:
+        with self._lock:
+            entry = self._entries.get(job_id)
+            if entry is not None and entry.job.status is JobStatus.RUNNING:
+                entry.job = dataclasses.replace(entry.job, process=tag)
 
     def close(self) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ from procgate.jobs import (
     job_to_record,
     parse_cursor,
 )
+from procgate.stores._faults import translate_faults
 
 try:
     import redis
@@ -39,6 +40,22 @@ FORGET_OWNERS_AFTER = 86400.0
 
 #: Jobs read per round trip while a filtered list looks for matches.
 LIST_BATCH = 200
+
+#: Error replies that mean the server cannot take writes now, not a bug of ours: out of
+#: memory under ``maxmemory``, a failed background save, a read-only replica.
+_UNAVAILABLE_REPLIES = ("OOM ", "MISCONF ", "READONLY ", "LOADING ", "MASTERDOWN ")
+
+
+def _fault(exc: BaseException) -> str | None:
+    """Why Redis is unavailable, if ``exc`` says it is (see ``translate_faults``)."""
+    if redis is None:  # pragma: no cover - RedisStore refuses to exist without redis-py
+        return None
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError)):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES):
+        return str(exc)
+    return None
+
 
 # Finishing a job, shared by the scripts below. KEYS: job hash, active hash, done zset,
 # finished zset, end stream, callback outbox zset. ARGV: id, status, returncode, error,
@@ -188,7 +205,7 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'running' then return 0 end
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'spec', ARGV[3])
-redis.call('HDEL', KEYS[1], 'owner', 'started_at', 'cancel')
+redis.call('HDEL', KEYS[1], 'owner', 'started_at', 'cancel', 'process')
 redis.call('DEL', KEYS[3])
 local command = redis.call('HGET', KEYS[1], 'command') or ''
 redis.call('HSET', KEYS[2], ARGV[1], '\\31' .. command)
@@ -196,6 +213,24 @@ return 1
 """
 
 
+# KEYS: job, active hash. ARGV: id, owner. Makes a queued job the owner's; 1 if it did.
+_CLAIM_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+local command = redis.call('HGET', KEYS[1], 'command') or ''
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '\\31' .. command)
+return 1
+"""
+
+# KEYS: job. ARGV: process tag. Records it while the job runs.
+_RECORD_PROCESS_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'process', ARGV[1])
+return 1
+"""
+
+
+@translate_faults("Redis", _fault)
 class RedisStore:
     """Jobs in Redis: for several API processes and hosts sharing one job table.
 
@@ -239,9 +274,16 @@ class RedisStore:
         self._delete = self.redis.register_script(_DELETE_SCRIPT)
         self._claim_callbacks = self.redis.register_script(_CLAIM_CALLBACKS_SCRIPT)
         self._set_callback = self.redis.register_script(_SET_CALLBACK_SCRIPT)
+        self._claim = self.redis.register_script(_CLAIM_SCRIPT)
+        self._record_process = self.redis.register_script(_RECORD_PROCESS_SCRIPT)
         self._lock = threading.Lock()
         self._next_evict = 0.0
         self._closed = False
+        # The longest one blocking read may take: half the client's socket timeout.
+        socket_timeout = self.redis.connection_pool.connection_kwargs.get("socket_timeout")
+        self._block_limit: float | None = (
+            max(0.005, float(socket_timeout) / 2) if socket_timeout else None
+        )
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -361,11 +403,16 @@ class RedisStore:
 
     def append_output(self, job_id: str, chunk: Chunk) -> None:
         # Explicit entry ids ``<index>-1``: a reader resumes after any chunk by its index.
-        self.redis.xadd(
-            self._key("out", job_id),
-            {"s": chunk.stream, "o": chunk.offset, "d": chunk.data},
-            id=f"{chunk.index}-1",
-        )
+        try:
+            self.redis.xadd(
+                self._key("out", job_id),
+                {"s": chunk.stream, "o": chunk.offset, "d": chunk.data},
+                id=f"{chunk.index}-1",
+            )
+        except redis.ResponseError as exc:
+            if "equal or smaller" not in str(exc):
+                raise
+            # written already: a write again after one whose answer was lost
 
     def read_output(self, job_id: str, after: int = 0) -> Chunks:
         entries = self.redis.xrange(self._key("out", job_id), f"{after + 1}-0", "+")
@@ -380,15 +427,9 @@ class RedisStore:
             raise JobNotFound(f"no job with id {job_id!r}")
         if JobStatus(head.decode()).finished or timeout <= 0 or self._closed:
             return
-        try:
-            self.redis.xread(
-                {self._key("out", job_id): f"{after}-1", self._key("end", job_id): "0-0"},
-                count=1,
-                block=max(1, int(timeout * 1000)),
-            )
-        except (redis.RedisError, OSError, ValueError):
-            if not self._closed:
-                raise
+        self._block(
+            {self._key("out", job_id): f"{after}-1", self._key("end", job_id): "0-0"}, timeout
+        )
 
     def claim_callbacks(self, now: float, lease: float, limit: int) -> _Jobs:
         claimed = self._claim_callbacks(
@@ -449,19 +490,33 @@ class RedisStore:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            try:
-                # BLOCK 0 would mean forever: never ask for less than a millisecond.
-                self.redis.xread(
-                    {self._key("end", job_id): "0-0"},
-                    count=1,
-                    block=max(1, int(remaining * 1000)),
-                )
-            except (redis.RedisError, OSError, ValueError):
-                if self._closed:  # close() cut the connection under us: answer as we can
-                    return job
-                raise
+            if not self._block({self._key("end", job_id): "0-0"}, remaining):
+                return job  # closed under us: answer as we can
             job = self.get(job_id)
         return job
+
+    def _block(self, streams: Mapping[str, str], timeout: float) -> bool:
+        """XREAD ``streams`` until an entry arrives or ``timeout`` seconds pass.
+
+        One blocking call may not outlast the client's ``socket_timeout`` (a URL option,
+        ``?socket_timeout=5``): redis-py would take the silence for a dead server. So the
+        wait is cut into blocks shorter than it. False when ``close`` interrupted it.
+        """
+        deadline = time.monotonic() + timeout
+        while not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            step = remaining if self._block_limit is None else min(remaining, self._block_limit)
+            try:
+                # BLOCK 0 would mean forever: never ask for less than a millisecond.
+                if self.redis.xread(streams, count=1, block=max(1, int(step * 1000))):
+                    return True
+            except (redis.RedisError, OSError, ValueError):
+                if self._closed:  # close() cut the connection under us
+                    return False
+                raise
+        return False
 
     def heartbeat(self, owner: str) -> None:
         now = time.time()
@@ -529,17 +584,32 @@ class RedisStore:
             job_id = raw_id.decode()
             if _active_entry(entry)[0] != owner:
                 continue
-            spec_json = self.redis.hget(self._job_key(job_id), "spec")
+            status, spec_json = self.redis.hmget(self._job_key(job_id), "status", "spec")
             spec = json.loads(spec_json) if spec_json is not None else {}
-            if not spec.get("retry_on_worker_loss"):
-                continue
-            spec["retry_on_worker_loss"] = False
+            if status == b"running":  # it ran: again only once, with the flag
+                if not spec.get("retry_on_worker_loss"):
+                    continue
+                spec["retry_on_worker_loss"] = False
             if self._requeue(
                 keys=[self._job_key(job_id), self._key("active"), self._key("out", job_id)],
                 args=[job_id, owner, json.dumps(spec)],
             ):
                 again.append(job_id)
         return again
+
+    def active_jobs(self, owner: str) -> _Jobs:
+        active = self.redis.hgetall(self._key("active"))
+        ids = [key.decode() for key, entry in active.items() if _active_entry(entry)[0] == owner]
+        return [job for job in self._read(ids, output=False) if not job.status.finished]
+
+    def claim(self, job_id: str, owner: str) -> bool:
+        if self._claim(keys=[self._job_key(job_id), self._key("active")], args=[job_id, owner]):
+            return True
+        self._require(job_id)
+        return False
+
+    def record_process(self, job_id: str, tag: str) -> None:
+        self._record_process(keys=[self._job_key(job_id)], args=[tag])
 
     def close(self) -> None:
         self._closed = True

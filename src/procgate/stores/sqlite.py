@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -25,6 +26,11 @@ from procgate.jobs import (
     parse_cursor,
     utcnow,
 )
+from procgate.stores import _sqlite_file
+from procgate.stores._faults import translate_faults
+from procgate.stores._sqlite_file import FileIdentity
+
+logger = logging.getLogger("procgate")
 
 #: Seconds of job creations kept for rate limits (``count(since=...)``): a day.
 LAUNCHES_KEPT = 86400.0
@@ -49,14 +55,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     owner TEXT,
     idempotency_key TEXT,
-    scope TEXT UNIQUE,  -- command + idempotency key: the constraint behind idempotency
+    scope TEXT UNIQUE,  -- Job.idempotency_scope (caller, command, key): idempotency
     cancel INTEGER NOT NULL DEFAULT 0,
     link TEXT,
     callback_url TEXT,
     callback_context TEXT,
     callback TEXT,
     token_id TEXT,
-    client TEXT
+    client TEXT,
+    process TEXT  -- the running child's process tag (procgate.process.process_tag)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_command ON jobs (command, seq);
@@ -89,10 +96,12 @@ CREATE INDEX IF NOT EXISTS callbacks_by_due ON callbacks (due);
 _COLUMNS = (
     "id, command, args, spec, status, returncode, error, stdout_truncated, stderr_truncated, "
     "created_at, started_at, finished_at, owner, idempotency_key, link, callback_url, "
-    "callback_context, callback, token_id, client"
+    "callback_context, callback, token_id, client, process"
 )
 #: Stored in the database; a file of another schema is refused rather than misread.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: What brings a file of an older version (the key) up to ``SCHEMA_VERSION``.
+_MIGRATIONS = {2: ("ALTER TABLE jobs ADD COLUMN process TEXT",)}
 _ACTIVE_SQL = "('queued', 'running')"
 #: ``UPDATE ... RETURNING`` needs SQLite 3.35 (2021).
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -104,6 +113,17 @@ _Jobs = list[Job]
 _Ids = list[str]
 
 
+def _fault(exc: BaseException) -> str | None:
+    """Why the file cannot be used now (full, read-only, gone, locked too long), if
+    ``exc`` says so; constraint and API errors are bugs, not faults (``translate_faults``)."""
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+        return None
+    if isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)):
+        return str(exc)
+    return None
+
+
+@translate_faults("SQLite", _fault)
 class SQLiteStore:
     """Jobs in a SQLite database file: persistent, and safe for many processes at once.
 
@@ -145,12 +165,18 @@ class SQLiteStore:
         self._job_news: dict[str, int] = {}  # job id -> news count, while watched
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
+        # Kept open while the store is: what ``_reopen`` restores a deleted file from.
+        self._anchor: sqlite3.Connection | None = None
+        self._file_lock = threading.Lock()
+        self._identity: FileIdentity | None = None
         self._pid = os.getpid()
         self._closed = False
         self._next_evict = 0.0
         directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
+            sqlite3.connect(self.path).close()  # create it: connections never do
+            self._identity = FileIdentity.of(self.path)
             with self._db(write=True) as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("BEGIN IMMEDIATE")
@@ -163,6 +189,11 @@ class SQLiteStore:
                         if statement.strip():
                             db.execute(statement)
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                elif version in _MIGRATIONS:  # an older file: bring it up to date
+                    for statement in _MIGRATIONS[version]:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    version = SCHEMA_VERSION
                 for statement in _OUTBOX.split(";"):
                     if statement.strip():
                         db.execute(statement)
@@ -191,29 +222,67 @@ class SQLiteStore:
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A pooled connection to the file at ``path``, checked to be the one we opened.
+
+        A connection that met an error is closed rather than pooled again: after a full
+        disk, a read-only moment or a deleted file it may be stuck in a state that a fresh
+        connection is not, so the store recovers by itself once the fault is gone.
+        """
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's connections are not ours
                 self._idle, self._all, self._pid = [], [], os.getpid()
+                self._anchor = None
             db = self._idle.pop() if self._idle else None
+        if FileIdentity.of(self.path) != self._identity:
+            self._reopen()
+            db = None  # pooled connections were to the old file: reopened below
         if db is None:
-            db = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            db = _sqlite_file.connect(self.path, self.busy_timeout)
             db.execute("PRAGMA synchronous=NORMAL")
             db.row_factory = sqlite3.Row
             with self._lock:
                 self._all.append(db)
+                if self._anchor is None:
+                    self._anchor = db
+        failed = False
         try:
             yield db
+        except sqlite3.Error as exc:
+            failed = not isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError))
+            raise
         finally:
             with self._lock:
-                if self._closed:
+                pooled = db in self._all
+                if self._closed or not pooled or (failed and db is not self._anchor):
+                    if pooled:
+                        self._all.remove(db)
                     db.close()
                 else:
+                    if db.in_transaction:  # a failed COMMIT or ROLLBACK left one open
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
                     self._idle.append(db)
+
+    def _reopen(self) -> None:
+        """The path no longer names our file: write it back if it is gone (from a still
+        open connection), then forget every connection to the old one."""
+        with self._file_lock:
+            current = FileIdentity.of(self.path)
+            if current == self._identity:
+                return  # another thread did it
+            with self._lock:
+                anchor, idle = self._anchor, self._idle
+                self._all, self._idle, self._anchor = [], [], None
+            if current is None and anchor is not None and self._identity is not None:
+                logger.error("SQLite store %s was deleted while in use: writing it back", self.path)
+                current = _sqlite_file.restore(anchor, self.path, self._identity)
+            elif current is None:
+                raise sqlite3.OperationalError(f"database file {self.path!r} is gone")
+            else:
+                logger.warning("SQLite store %s was replaced: using the new file", self.path)
+            self._identity = current
+            for db in idle:  # those in use are closed as they come back
+                db.close()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -222,10 +291,12 @@ class SQLiteStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     # -- the JobStore protocol ----------------------------------------------------------
 
@@ -345,7 +416,9 @@ class SQLiteStore:
     def append_output(self, job_id: str, chunk: Chunk) -> None:
         with self._db(write=True) as db:
             db.execute(
-                "INSERT INTO output (job_id, idx, stream, off, data) VALUES (?, ?, ?, ?, ?)",
+                # OR IGNORE: a chunk written again, after a write whose answer was lost
+                "INSERT OR IGNORE INTO output (job_id, idx, stream, off, data) "
+                "VALUES (?, ?, ?, ?, ?)",
                 (job_id, chunk.index, _STREAMS[chunk.stream], chunk.offset, chunk.data),
             )
         self._notify(job_id)
@@ -564,17 +637,18 @@ class SQLiteStore:
         again: JobIds = []
         with self._transaction() as db:
             rows = db.execute(
-                f"SELECT id, spec FROM jobs WHERE owner = ? AND status IN {_ACTIVE_SQL}",
+                f"SELECT id, status, spec FROM jobs WHERE owner = ? AND status IN {_ACTIVE_SQL}",
                 (owner,),
             ).fetchall()
-            for job_id, spec_json in rows:
+            for job_id, status, spec_json in rows:
                 spec = json.loads(spec_json)
-                if not spec.get("retry_on_worker_loss"):
-                    continue
-                spec["retry_on_worker_loss"] = False
+                if status == "running":  # it ran: again only once, with the flag
+                    if not spec.get("retry_on_worker_loss"):
+                        continue
+                    spec["retry_on_worker_loss"] = False
                 db.execute(
                     "UPDATE jobs SET status = 'queued', owner = NULL, started_at = NULL, "
-                    "cancel = 0, spec = ? WHERE id = ?",
+                    "cancel = 0, process = NULL, spec = ? WHERE id = ?",
                     (json.dumps(spec), job_id),
                 )
                 db.execute("DELETE FROM output WHERE job_id = ?", (job_id,))
@@ -582,6 +656,30 @@ class SQLiteStore:
         for job_id in again:
             self._notify(job_id)
         return again
+
+    def active_jobs(self, owner: str) -> _Jobs:
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE owner = ? AND status IN {_ACTIVE_SQL} "
+                "ORDER BY seq",
+                (owner,),
+            ).fetchall()
+            return self._jobs(db, rows, output=False)
+
+    def claim(self, job_id: str, owner: str) -> bool:
+        with self._db(write=True) as db:
+            claimed = db.execute(
+                "UPDATE jobs SET owner = ? WHERE id = ? AND status = 'queued'", (owner, job_id)
+            ).rowcount
+        if not claimed:
+            self._require(job_id)
+        return bool(claimed)
+
+    def record_process(self, job_id: str, tag: str) -> None:
+        with self._db(write=True) as db:
+            db.execute(
+                "UPDATE jobs SET process = ? WHERE id = ? AND status = 'running'", (tag, job_id)
+            )
 
     def close(self) -> None:
         self._closed = True
@@ -701,7 +799,9 @@ class SQLiteStore:
                 marks = ", ".join("?" for _ in batch)
                 db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", batch)
                 db.execute(f"DELETE FROM output WHERE job_id IN ({marks})", batch)
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
