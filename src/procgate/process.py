@@ -33,6 +33,9 @@ LINGER = 1.0
 
 OutputCallback = Callable[[str, bytes], None]
 CancelCheck = Callable[[], bool]
+#: ``on_start(tag)``: the child started; ``tag`` finds its process group again later
+#: (``kill_tagged``), even from another process after this one died.
+StartCallback = Callable[[str], None]
 
 
 def execute(
@@ -40,6 +43,7 @@ def execute(
     *,
     on_output: OutputCallback,
     cancelled: CancelCheck,
+    on_start: StartCallback | None = None,
     poll_interval: float = POLL_INTERVAL,
 ) -> Outcome:
     """Run ``spec`` to completion and say how it ended.
@@ -48,7 +52,8 @@ def execute(
     they arrive, at most ``spec.max_output`` bytes per stream; the rest is read and
     discarded so the child never blocks on a full pipe. ``cancelled()`` is asked at most
     every ``poll_interval`` seconds. A timeout or a cancel sends SIGTERM to the whole
-    process group, then SIGKILL after ``spec.kill_grace`` seconds.
+    process group, then SIGKILL after ``spec.kill_grace`` seconds. ``on_start(tag)`` is
+    called once the child runs, with its ``process_tag``.
     """
     try:
         stdin: Any = subprocess.PIPE if spec.stdin else subprocess.DEVNULL
@@ -71,7 +76,67 @@ def execute(
     finally:
         if spec.stdin_path is not None and not isinstance(stdin, int):
             stdin.close()  # the child has its own copy
-    return _Supervisor(proc, spec, on_output, cancelled, poll_interval).run()
+    supervisor = _Supervisor(proc, spec, on_output, cancelled, poll_interval)
+    if on_start is not None:
+        tag = process_tag(proc.pid)
+        if tag is not None:
+            try:
+                on_start(tag)
+            except BaseException:
+                supervisor.abandon()  # never leave a child nobody supervises
+                raise
+    return supervisor.run()
+
+
+def process_tag(pid: int) -> str | None:
+    """``boot-id:pid:start-ticks`` of a live process, or None where /proc cannot say.
+
+    A pid is reused once its process is gone; the boot id and the start time (clock
+    ticks after boot) are not, so a tag names one process of one boot, for ever.
+    """
+    start = _start_ticks(pid)
+    boot = _boot_id()
+    if start is None or boot is None:
+        return None
+    return f"{boot}:{pid}:{start}"
+
+
+def kill_tagged(tag: str) -> bool:
+    """SIGKILL the process group of the process ``tag`` names, if it is still its group.
+
+    The leader's pid is its group id (each child is a session leader). Where the leader
+    still runs, its start time must match the tag; where it is gone, the group id cannot
+    have been handed to a new process while any member of the group lives (the kernel
+    does not reuse a pid still in use as a group id), so what is left is its group. On
+    another boot nothing is touched. True when a signal was sent.
+    """
+    boot, _, rest = tag.partition(":")
+    pid_text, _, start_text = rest.partition(":")
+    if boot != _boot_id() or not pid_text.isdigit() or not start_text.isdigit():
+        return False
+    pid = int(pid_text)
+    start = _start_ticks(pid)
+    if start is not None and start != int(start_text):
+        return False  # the pid is another process's now
+    return signal_group(pid, signal.SIGKILL)
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks after boot (/proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return boot.read().strip()
+    except OSError:
+        return None
 
 
 def longest(spec: Spec) -> float | None:
@@ -152,6 +217,10 @@ class _Supervisor:
         self.exited_at: float | None = None  # when the main process was seen gone
         self.swept_at: float | None = None  # when leftovers of the group were SIGKILLed
         self.pidfd: int | None = None  # readable once the child exits (Linux >= 5.3)
+
+    def abandon(self) -> None:
+        """Kill and reap the child without supervising it (setup failed)."""
+        self._finalise(selectors.DefaultSelector())
 
     def run(self) -> Outcome:
         selector = selectors.DefaultSelector()

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
+
+from celery.signals import task_received  # type: ignore[import-untyped]  # no hints
 
 from procgate._logging import log_to_stderr
 from procgate.config import Config
@@ -48,6 +51,13 @@ def run_worker(
         def run(job_id: str) -> None:
             runner.run(job_id, gate.commands, node)
 
+        def received(sender: Any = None, request: Any = None, **_: Any) -> None:
+            """A message arrived (it may wait for a free thread): the job is ours now."""
+            if request is not None and request.name == TASK_NAME and request.args:
+                runner.take(str(request.args[0]))
+
+        task_received.connect(received, weak=False)
+
         names = list(queues) or [runner.queue]
         argv = [
             "worker",
@@ -59,7 +69,10 @@ def run_worker(
             "--without-mingle",
             f"--loglevel={os.environ.get('PROCGATE_LOG_LEVEL', 'INFO').upper()}",
         ]
-        app.worker_main(argv)
+        try:
+            app.worker_main(argv)
+        finally:
+            task_received.disconnect(received)
     finally:
         gate.close()
     return 0

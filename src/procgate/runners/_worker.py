@@ -1,7 +1,8 @@
 """A ProcessRunner worker: ``python -m procgate.runners._worker FD``.
 
 It reads ``("run", spec)``, ``("cancel",)`` and ``("stop",)`` messages from the socket
-``FD`` and runs one job at a time, reporting ``("out", stream, data)`` and ``("done", ...)``.
+``FD`` and runs one job at a time, reporting ``("started", tag)``, ``("out", stream, data)``
+and ``("done", ...)``.
 When the server goes away (end of file), it stops its child and exits.
 """
 
@@ -54,6 +55,7 @@ def _execute(conn: Connection, spec: Spec, cancel: threading.Event) -> None:
             spec,
             on_output=lambda stream, data: conn.send(("out", stream, data)),
             cancelled=cancel.is_set,
+            on_start=lambda tag: conn.send(("started", tag)),
         )
     except Exception as exc:  # report it: the server's job must not stay running
         outcome = Outcome(JobStatus.ERROR, error=f"internal error in procgate: {exc}")

@@ -26,15 +26,15 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from procgate.commands import Command, resolve_program
 from procgate.errors import ConfigError, RunnerClosed
 from procgate.jobs import Job, JobStatus, Outcome
-from procgate.process import CancelCheck, OutputCallback
+from procgate.process import CancelCheck, OutputCallback, StartCallback
 from procgate.runners.liveness import HEARTBEAT_INTERVAL, STALE_AFTER
-from procgate.runners.sync import SyncRunner, execute_here, run_job
+from procgate.runners.sync import Execute, SyncRunner, execute_here, run_job
 
 try:
     import celery  # type: ignore[import-untyped]  # no hints
@@ -142,21 +142,43 @@ class CeleryRunner(SyncRunner):
         store = self._store
         if store is None:
             raise RuntimeError("CeleryRunner.open(store) was not called")
-        run_job(
-            store,
-            job_id,
-            self._halt,
-            self._on_finish,
-            self._executor(commands, node),
-            owner=self.owner,
-        )
+        self._hold(job_id)
+        try:
+            run_job(
+                store,
+                job_id,
+                self._halt,
+                self._on_finish,
+                self._executor(commands, node),
+                owner=self.owner,
+            )
+        finally:
+            self._release(job_id)
 
-    def _executor(
-        self, commands: Mapping[str, Command], node: str
-    ) -> Callable[[Job, OutputCallback, CancelCheck], Outcome]:
-        def execute(job: Job, on_output: OutputCallback, cancelled: CancelCheck) -> Outcome:
+    def take(self, job_id: str) -> None:
+        """A worker received the job's message: make the job this worker's while queued.
+
+        Celery holds a few received messages per worker before it runs them. If the
+        worker dies then, the broker gives those messages back only after its visibility
+        timeout (300 s with Redis); but the store knows they were this worker's, so the
+        sweep that finds it dead sends them again within ``stale_after`` seconds. Starting
+        stays idempotent: whichever delivery comes first runs the job, once.
+        """
+        store = self._store
+        if store is None:
+            raise RuntimeError("CeleryRunner.open(store) was not called")
+        self._hold(job_id)
+        try:
+            store.claim(job_id, self.owner)
+        except Exception as exc:  # JobNotFound, StoreUnavailable: run() will say so
+            logger.warning("could not claim job %s for this worker: %s", job_id, exc)
+
+    def _executor(self, commands: Mapping[str, Command], node: str) -> Execute:
+        def execute(
+            job: Job, on_output: OutputCallback, cancelled: CancelCheck, on_start: StartCallback
+        ) -> Outcome:
             if job.command is None:  # POST /run: the API host resolved and checked it
-                return execute_here(job, on_output, cancelled)
+                return execute_here(job, on_output, cancelled, on_start)
             command = self._command(commands, job.command)
             if isinstance(command, str):
                 return Outcome(JobStatus.ERROR, error=f"worker {node}: {command}")
@@ -164,7 +186,7 @@ class CeleryRunner(SyncRunner):
                 spec = _respec(command, job)
             except Exception as exc:  # the worker's policy refused what the API's allowed
                 return Outcome(JobStatus.ERROR, error=f"worker {node}: {exc}")
-            return execute_here(dataclasses.replace(job, spec=spec), on_output, cancelled)
+            return execute_here(dataclasses.replace(job, spec=spec), on_output, cancelled, on_start)
 
         return execute
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from procgate import process
 from procgate.jobs import Job, JobStatus, Outcome, Spec
-from procgate.process import CancelCheck, OutputCallback
+from procgate.process import CancelCheck, OutputCallback, StartCallback
 from procgate.runners.liveness import HEARTBEAT_INTERVAL, STALE_AFTER
 from procgate.runners.sync import run_job
 from procgate.runners.thread import CLOSE_TIMEOUT, ThreadRunner
@@ -74,28 +74,38 @@ class _Worker:
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
 
-    def execute(self, job: Job, on_output: OutputCallback, cancelled: CancelCheck) -> Outcome:
-        """Run the job in the worker, relaying its output and our cancel requests."""
+    def execute(
+        self, job: Job, on_output: OutputCallback, cancelled: CancelCheck, on_start: StartCallback
+    ) -> Outcome:
+        """Run the job in the worker, relaying its output, its process tag, and our cancel
+        requests."""
         try:
             conn = self._connection()
             conn.send(("run", job.id, _pack_spec(job.spec)))
-            return self._follow(conn, on_output, cancelled)
+            return self._follow(conn, on_output, cancelled, on_start)
         except (EOFError, OSError):
             logger.warning("worker process died while running job %s", job.id)
             self.stop()
             return Outcome(JobStatus.ERROR, error="the worker process running it died")
 
     def _follow(
-        self, conn: Connection, on_output: OutputCallback, cancelled: CancelCheck
+        self,
+        conn: Connection,
+        on_output: OutputCallback,
+        cancelled: CancelCheck,
+        on_start: StartCallback,
     ) -> Outcome:
         cancel_sent = False
         next_check = time.monotonic()
         while True:
             if conn.poll(process.POLL_INTERVAL):
                 message = conn.recv()
-                if message[0] != "out":
+                if message[0] == "out":
+                    on_output(message[1], message[2])
+                elif message[0] == "started":
+                    on_start(message[1])
+                else:
                     return Outcome(JobStatus(message[1]), *message[2:])
-                on_output(message[1], message[2])
             now = time.monotonic()  # checked even while output pours in
             if not cancel_sent and now >= next_check:
                 next_check = now + process.POLL_INTERVAL

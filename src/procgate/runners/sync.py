@@ -9,40 +9,28 @@ import threading
 from collections.abc import Callable
 
 from procgate import audit, process
-from procgate.errors import ConfigError, JobNotFound, RunnerClosed
-from procgate.jobs import Chunk, Job, JobStatus, Outcome
-from procgate.process import CancelCheck, OutputCallback
+from procgate.errors import ConfigError, JobNotFound, RunnerClosed, StoreUnavailable
+from procgate.jobs import Job, JobStatus, Outcome
+from procgate.process import CancelCheck, OutputCallback, StartCallback
+from procgate.runners.journal import OutputWriter, cancel_check, persist
 from procgate.runners.liveness import HEARTBEAT_INTERVAL, STALE_AFTER, Heartbeat, new_owner
 from procgate.stores import JobStore
 
 logger = logging.getLogger("procgate")
 
 
-#: Runs a started job's process: ``execute(job, on_output, cancelled) -> Outcome``.
-Execute = Callable[[Job, OutputCallback, CancelCheck], Outcome]
+#: Runs a started job's process: ``execute(job, on_output, cancelled, on_start) -> Outcome``.
+Execute = Callable[[Job, OutputCallback, CancelCheck, StartCallback], Outcome]
 
 #: Called with a job id once that job has finished (see ``Runner.open``).
 FinishHook = Callable[[str], None]
 
 
-def execute_here(job: Job, on_output: OutputCallback, cancelled: CancelCheck) -> Outcome:
+def execute_here(
+    job: Job, on_output: OutputCallback, cancelled: CancelCheck, on_start: StartCallback
+) -> Outcome:
     """Run the job's process from this process."""
-    return process.execute(job.spec, on_output=on_output, cancelled=cancelled)
-
-
-class OutputWriter:
-    """The one writer of a job's output: numbers chunks from 1, keeps stream offsets."""
-
-    def __init__(self, store: JobStore, job_id: str) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.index = 0
-        self.offsets = {"stdout": 0, "stderr": 0}
-
-    def __call__(self, stream: str, data: bytes) -> None:
-        self.index += 1
-        self.store.append_output(self.job_id, Chunk(self.index, stream, self.offsets[stream], data))
-        self.offsets[stream] += len(data)
+    return process.execute(job.spec, on_output=on_output, cancelled=cancelled, on_start=on_start)
 
 
 def run_job(
@@ -67,9 +55,9 @@ def run_job(
     ended: Outcome | None = None  # ...or the outcome that finished the started ``job``
     finished = False
     try:
-        job = store.start(job_id, owner)
+        job = persist(lambda: store.start(job_id, owner), halt, f"job {job_id}: start")
         if job is None:  # cancelled while queued, deleted, or taken by another runner
-            final = store.get(job_id, output=False)
+            final = persist(lambda: store.get(job_id, output=False), halt, f"job {job_id}: read")
             # Finished without ever starting: cancelled while queued, and this runner
             # does its hooks. A job another runner started (a message delivered twice)
             # is that runner's to finish.
@@ -78,17 +66,23 @@ def run_job(
                 job = final
             return
         audit.record("running", job)
+        writer = OutputWriter(store, job_id)
         outcome = execute(
             job,
-            OutputWriter(store, job_id),
-            lambda: halt.is_set() or store.cancel_requested(job_id),
+            writer,
+            cancel_check(store, job_id, halt),
+            lambda tag: _record_process(store, job_id, tag),
         )
         if outcome.status is JobStatus.CANCELLED and halt.is_set():
             outcome = dataclasses.replace(outcome, error="cancelled: the server shut down")
         _discard_files(job)  # before the finish: a finished job has no files left
-        finished = store.finish(job_id, outcome)
+        # All output first: a reader that sees the job finished has all of it.
+        persist(writer.flush, halt, f"job {job_id}: output")
+        finished = persist(lambda: store.finish(job_id, outcome), halt, f"job {job_id}: finish")
         ended = outcome
     except JobNotFound:
+        pass
+    except StoreUnavailable:  # persist gave up and said why: the sweep takes it from here
         pass
     except Exception:
         logger.exception("job %s failed inside procgate", job_id)
@@ -124,6 +118,14 @@ def _audit_finish(
     audit.record(final.status.value, final)
 
 
+def _record_process(store: JobStore, job_id: str, tag: str) -> None:
+    """Note the child's process tag; without it, only the child's own end stops it."""
+    try:
+        store.record_process(job_id, tag)
+    except StoreUnavailable as exc:
+        logger.warning("job %s: cannot record its process: %s", job_id, exc.message)
+
+
 def _discard_files(job: Job | None) -> None:
     if job is not None and job.spec.files_dir is not None:
         shutil.rmtree(job.spec.files_dir, ignore_errors=True)
@@ -153,6 +155,8 @@ class SyncRunner:
         self._on_finish: FinishHook | None = None
         self._halt = threading.Event()
         self._heartbeat: Heartbeat | None = None
+        self._held: set[str] = set()  # jobs handed to this runner and not yet done with
+        self._held_lock = threading.Lock()
 
     def open(self, store: JobStore, on_finish: FinishHook | None = None) -> None:
         """Bind to the store, and start heartbeats (which sweep up lost jobs at once)."""
@@ -164,8 +168,22 @@ class SyncRunner:
             interval=self.heartbeat,
             stale_after=self.stale_after,
             resubmit=self._resubmit,
+            holding=self.holding,
         )
         self._heartbeat.start()
+
+    def holding(self) -> set[str]:
+        """The ids of the jobs this runner has in hand: queued in it, or running."""
+        with self._held_lock:
+            return set(self._held)
+
+    def _hold(self, job_id: str) -> None:
+        with self._held_lock:
+            self._held.add(job_id)
+
+    def _release(self, job_id: str) -> None:
+        with self._held_lock:
+            self._held.discard(job_id)
 
     def _resubmit(self, job_id: str) -> None:
         """Run a dead runner's job again (``retry_on_worker_loss``), off the heartbeat."""
@@ -178,7 +196,11 @@ class SyncRunner:
             raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
         if self._halt.is_set():
             raise RunnerClosed("the runner is shutting down")
-        run_job(self._store, job_id, self._halt, self._on_finish, owner=self.owner)
+        self._hold(job_id)
+        try:
+            run_job(self._store, job_id, self._halt, self._on_finish, owner=self.owner)
+        finally:
+            self._release(job_id)
 
     def close(self) -> None:
         self._halt.set()

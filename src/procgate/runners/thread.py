@@ -60,10 +60,12 @@ class ThreadRunner(SyncRunner):
             raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
         if self._halt.is_set():
             raise RunnerClosed("the runner is shutting down")
+        self._hold(job_id)
         if inline and self._take_inline_slot():
             try:
                 run_job(store, job_id, self._halt, self._on_finish, owner=self.owner)
             finally:
+                self._release(job_id)
                 self._slots.release()
                 with self._lock:
                     self._inline -= 1
@@ -72,6 +74,7 @@ class ThreadRunner(SyncRunner):
         try:
             self._queue.put_nowait(job_id)
         except Full:
+            self._release(job_id)
             raise RunnerBusy(
                 f"all {self.max_workers} workers are busy and {self.max_queue} jobs wait"
             ) from None
@@ -104,6 +107,8 @@ class ThreadRunner(SyncRunner):
                     store.cancel(job_id)
                 # now cancelled, it only has its upload files removed and hooks called
                 run_job(store, job_id, self._halt, self._on_finish)
+            if job_id is not None:
+                self._release(job_id)
         with self._lock:
             threads, self._threads = self._threads, []
         for _ in threads:
@@ -138,8 +143,11 @@ class ThreadRunner(SyncRunner):
                 job_id = self._queue.get()
                 if job_id is None:
                     return
-                with self._slots:
-                    execute(store, job_id)
+                try:
+                    with self._slots:
+                        execute(store, job_id)
+                finally:
+                    self._release(job_id)
                 self._idle.release()
 
     @contextlib.contextmanager
