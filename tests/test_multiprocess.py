@@ -193,7 +193,8 @@ def test_idempotency_key_across_processes(
 
 
 def test_crash_leaves_lost_jobs_not_running(tmp_path: Path, servers: list[Server]) -> None:
-    """SIGKILL of the whole server mid-job: after a restart the jobs are lost, not running.
+    """SIGKILL of the whole server mid-job: after a restart the jobs are lost, not running,
+    and the children the crash orphaned (each in a process group of its own) are killed.
 
     Jobs that had finished before the crash are all still there.
     """
@@ -206,7 +207,7 @@ def test_crash_leaves_lost_jobs_not_running(tmp_path: Path, servers: list[Server
     ]
     sleepers = [
         server.json("POST", "/commands/sh", {"args": ["echo $$; exec sleep 100"]})[1]["id"]
-        for _ in range(10)
+        for _ in range(8)  # all running, however they spread: 8 threads per worker
     ]
     wait_for(
         lambda: all(server.json("GET", f"/jobs/{j}")[1]["stdout"] for j in sleepers[:8]),
@@ -224,10 +225,15 @@ def test_crash_leaves_lost_jobs_not_running(tmp_path: Path, servers: list[Server
             assert job["status"] == "lost", job
             assert "its runner" in job["error"]
             assert job["finished_at"] is not None
+        for job_id in sleepers[:8]:
+            _, job = again.json("GET", f"/jobs/{job_id}")
+            assert "what was left of its process group was killed" in job["error"], job
+        for pid in pids:
+            wait_for(lambda pid=pid: not live_pids_in_group(int(pid)), timeout=10)
         for job_id in finished:
             _, job = again.json("GET", f"/jobs/{job_id}")
             assert job["status"] == "succeeded"
-    finally:  # the crash orphaned the sleeps: they are no longer anyone's to reap
+    finally:  # if the sweep failed to, kill what the crash orphaned
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(pid), signal.SIGKILL)
