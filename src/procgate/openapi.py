@@ -126,7 +126,7 @@ _REASONS = {
     413: "request too large",
     415: "not JSON",
     429: "too busy, or a limit reached: see Retry-After",
-    503: "shutting down: see Retry-After",
+    503: "shutting down, or the job store unavailable: see Retry-After",
 }
 
 
@@ -424,7 +424,7 @@ def openapi(gate: Gate, server_url: str, commands: Iterable[Command]) -> dict[st
                             }
                         },
                     },
-                    **_errors(400, 401, 403),
+                    **_errors(400, 401, 403, 503),
                 },
             }
         },
@@ -433,7 +433,7 @@ def openapi(gate: Gate, server_url: str, commands: Iterable[Command]) -> dict[st
             "get": {
                 "operationId": "get_job",
                 "parameters": [_WAIT],
-                "responses": {"200": _job_response("the job"), **_errors(400, 401, 403, 404)},
+                "responses": {"200": _job_response("the job"), **_errors(400, 401, 403, 404, 503)},
             },
             "delete": {
                 "operationId": "delete_job",
@@ -441,7 +441,7 @@ def openapi(gate: Gate, server_url: str, commands: Iterable[Command]) -> dict[st
                 "responses": {
                     "202": _job_response("cancel requested (or the job had just finished)"),
                     "204": {"description": "the finished job was deleted"},
-                    **_errors(400, 401, 403, 404),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             },
         },
@@ -460,7 +460,7 @@ def openapi(gate: Gate, server_url: str, commands: Iterable[Command]) -> dict[st
                 ],
                 "responses": {
                     "200": _octets("the stream's bytes from the offset"),
-                    **_errors(400, 401, 403, 404),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             },
         },
@@ -485,7 +485,7 @@ def openapi(gate: Gate, server_url: str, commands: Iterable[Command]) -> dict[st
                             }
                         },
                     },
-                    **_errors(400, 401, 403, 404),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             },
         },
@@ -516,7 +516,7 @@ def openapi(gate: Gate, server_url: str, commands: Iterable[Command]) -> dict[st
                 ],
                 "responses": {
                     "200": _octets(f"the job's {stream}"),
-                    **_errors(400, 401, 403, 404),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             },
         }
