@@ -159,9 +159,10 @@ def test_a_full_disk_gives_503s_keeps_output_and_recovers(
     tmp_path: Path, small_disk: Path, servers: list[Server]
 ) -> None:
     """The data directory's disk fills while a job runs: new jobs get a JSON 503 with
-    Retry-After (never a generic 500), reads still answer, the running job's output and
-    end are kept (not an error with its output lost), and when space returns the server
-    takes jobs again without a restart."""
+    Retry-After (never a generic 500), reads still answer, DELETE still frees a job
+    (with the room the store held back), the running job's output and end are kept (not
+    an error with its output lost), and when space returns the server takes jobs again
+    without a restart, and holds its reserve back again."""
     server = serve(tmp_path, small_disk, servers, "--workers", "1")
     for number in range(5):  # some history, for DELETE below
         status, job = server.json("POST", "/commands/echo", {"args": [str(number)], "wait": 10})
@@ -169,6 +170,7 @@ def test_a_full_disk_gives_503s_keeps_output_and_recovers(
     old = job["id"]
     status, running = server.json("POST", "/commands/sh", {"args": ["sleep 1; echo kept"]})
     assert status == 202
+    wait_for(lambda: server.json("GET", f"/jobs/{running['id']}")[1]["status"] == "running")
     filler = fill(small_disk)
     try:
         assert_unavailable(server, "POST", "/commands/echo", {"args": ["x"]})
@@ -177,8 +179,12 @@ def test_a_full_disk_gives_503s_keeps_output_and_recovers(
         status, seen = server.json("GET", f"/jobs/{running['id']}?wait=3")
         assert status == 200
         assert seen["status"] == "running"  # ended, but its finish waits for space
+        reserve = small_disk / "jobs.db.reserve"
+        assert reserve.exists()
         status, _, body = server.request("DELETE", f"/jobs/{old}")
-        assert status in (204, 503), body  # freeing space may itself need space
+        assert status == 204, body
+        assert not reserve.exists()  # given back to the disk for the delete
+        assert server.json("GET", f"/jobs/{old}")[0] == 404
     finally:
         filler.unlink()
     status, done = server.json("GET", f"/jobs/{running['id']}?wait=30")
@@ -187,3 +193,4 @@ def test_a_full_disk_gives_503s_keeps_output_and_recovers(
     status, echo = server.json("POST", "/commands/echo", {"args": ["back"], "wait": 30})
     assert status == 200, echo
     assert echo["stdout"] == "back\n"
+    wait_for(lambda: server.json("GET", f"/jobs/{echo['id']}") and reserve.exists(), timeout=30)

@@ -89,3 +89,55 @@ def restore(source: sqlite3.Connection, path: str, mine: FileIdentity) -> FileId
 def _uri_path(path: str) -> str:
     """``path`` quoted for a ``file:`` URI (``?`` and ``#`` would end the path)."""
     return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
+#: Bytes of disk the SQLite store holds back beside its database by default.
+RESERVE = 1 << 20
+
+#: Seconds between two attempts to make the reserve again while the disk is full.
+REFILL_INTERVAL = 10.0
+
+
+class Reserve:
+    """Room held back on the database's disk for the writes that free room.
+
+    On a full disk SQLite cannot even delete: a delete appends to the write-ahead log. So
+    the store keeps a file of ``size`` bytes beside the database; a delete that meets a
+    full disk removes it (``release``) and tries again, and the file is made again
+    (``refill``) once the disk has room. ``size`` 0 keeps no reserve.
+    """
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._next_refill = 0.0
+
+    def release(self) -> bool:
+        """Give the room back to the disk; False when there was none to give."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def refill(self, now: float) -> None:
+        """Make the reserve if it is missing; tried at most every ``REFILL_INTERVAL`` s."""
+        if self.size <= 0 or now < self._next_refill or os.path.exists(self.path):
+            return
+        temporary = f"{self.path}.{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.posix_fallocate(descriptor, 0, self.size)
+            finally:
+                os.close(descriptor)
+            os.rename(temporary, self.path)
+        except OSError:  # no room yet: the next try is after REFILL_INTERVAL
+            self._next_refill = now + REFILL_INTERVAL
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a SQLite error says the disk (or the database) is full."""
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)

@@ -143,6 +143,7 @@ class SQLiteStore:
         max_jobs: int = 10_000,
         ttl: float | None = None,
         busy_timeout: float = 10.0,  # seconds a write waits for another writer's lock
+        reserve: int = _sqlite_file.RESERVE,  # bytes held back on the disk for deletes
         poll_interval: float = 0.05,  # longest sleep between checks in wait()
         evict_interval: float = 1.0,  # seconds between retention passes (they count rows)
     ) -> None:
@@ -157,6 +158,7 @@ class SQLiteStore:
         self.busy_timeout = busy_timeout
         self.poll_interval = poll_interval
         self.evict_interval = evict_interval
+        self._reserve = _sqlite_file.Reserve(self.path + ".reserve", reserve)
         self._lock = threading.Lock()
         self._write_lock = threading.RLock()  # re-entered by _evict inside a write
         self._changed = threading.Condition()  # news for this process's waiters
@@ -206,6 +208,7 @@ class SQLiteStore:
         except (OSError, sqlite3.Error) as exc:
             self.close()
             raise ConfigError(f"cannot open SQLite store {path!r}: {exc}") from None
+        self._reserve.refill(time.monotonic())
 
     # -- connections --------------------------------------------------------------------
 
@@ -526,16 +529,35 @@ class SQLiteStore:
         return row is not None and bool(row[0])
 
     def delete(self, job_id: str) -> bool:
+        """Delete a finished job; on a full disk, with the room of the reserve.
+
+        The pages it frees are reused by the jobs that come next: after the delete the
+        log is checkpointed, so new writes go to the start of the log file again.
+        """
+        try:
+            deleted = self._delete(job_id)
+        except sqlite3.OperationalError as exc:
+            if not _sqlite_file.disk_full(exc) or not self._reserve.release():
+                raise
+            logger.warning(
+                "SQLite store %s: the disk is full; deleting with the reserve", self.path
+            )
+            deleted = self._delete(job_id)
+            with self._db(write=True) as db:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        if not deleted:
+            self._require(job_id)
+        return bool(deleted)
+
+    def _delete(self, job_id: str) -> int:
         with self._transaction() as db:
-            deleted = db.execute(
+            deleted: int = db.execute(
                 f"DELETE FROM jobs WHERE id = ? AND status NOT IN {_ACTIVE_SQL}",
                 (job_id,),
             ).rowcount
             if deleted:
                 db.execute("DELETE FROM output WHERE job_id = ?", (job_id,))
-        if not deleted:
-            self._require(job_id)
-        return bool(deleted)
+        return deleted
 
     def wait(self, job_id: str, timeout: float) -> Job:
         """Wake on finishes in this process; poll for the others' with a short backoff.
@@ -763,12 +785,16 @@ class SQLiteStore:
         ]
 
     def _evict(self, db: sqlite3.Connection) -> None:
-        """Expire finished jobs past ``ttl``, then trim to ``max_jobs``: once a second."""
+        """Expire finished jobs past ``ttl``, then trim to ``max_jobs``: once a second.
+
+        Then, if a full disk took the reserve, make it again (when there is room).
+        """
         now = time.monotonic()
         with self._lock:
             if now < self._next_evict:
                 return
             self._next_evict = now + self.evict_interval
+        self._reserve.refill(now)
         doomed: _Ids = []
         if self.ttl is not None:
             doomed += [
