@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from procgate import JobStatus
-from procgate.errors import StoreUnavailable
+from procgate.errors import ConfigError, StoreUnavailable
 from procgate.jobs import Job, Outcome, Spec, new_job_id
-from procgate.stores.sqlite import SCHEMA_VERSION, SQLiteStore
+from procgate.stores._sqlite_schema import SCHEMA_VERSION
+from procgate.stores.sqlite import SQLiteStore
 
 
 def job() -> Job:
@@ -131,4 +132,18 @@ def test_a_version_2_file_is_migrated(path: Path, stores: list[SQLiteStore]) -> 
     assert again.get(started.id).process == "boot:1:2"
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
+
+
+def test_a_file_of_an_unknown_version_is_refused(path: Path) -> None:
+    """A file written by a newer procgate (a schema version this one does not know) is
+    refused at open, unchanged, rather than misread."""
+    SQLiteStore(str(path)).close()
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(ConfigError, match=f"schema version {SCHEMA_VERSION + 1}"):
+        SQLiteStore(str(path))
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     db.close()

@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from procgate.errors import ConfigError, JobNotFound
@@ -28,7 +28,8 @@ from procgate.jobs import (
 )
 from procgate.stores import _sqlite_file
 from procgate.stores._faults import translate_faults
-from procgate.stores._sqlite_file import FileIdentity
+from procgate.stores._sqlite_pool import ConnectionPool
+from procgate.stores._sqlite_schema import prepare
 
 logger = logging.getLogger("procgate")
 
@@ -38,70 +39,11 @@ LAUNCHES_KEPT = 86400.0
 #: Heartbeats older than this (seconds) are forgotten: their owners are long gone.
 FORGET_OWNERS_AFTER = 86400.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: list cursors stay valid
-    id TEXT NOT NULL UNIQUE,
-    command TEXT,
-    args TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    status TEXT NOT NULL,
-    returncode INTEGER,
-    error TEXT,
-    stdout_truncated INTEGER NOT NULL DEFAULT 0,
-    stderr_truncated INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    owner TEXT,
-    idempotency_key TEXT,
-    scope TEXT UNIQUE,  -- Job.idempotency_scope (caller, command, key): idempotency
-    cancel INTEGER NOT NULL DEFAULT 0,
-    link TEXT,
-    callback_url TEXT,
-    callback_context TEXT,
-    callback TEXT,
-    token_id TEXT,
-    client TEXT,
-    process TEXT  -- the running child's process tag (procgate.process.process_tag)
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_command ON jobs (command, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (command, created_at);
-CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS output (
-    job_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,  -- the chunk's number: 1, 2, 3... per job, both streams
-    stream INTEGER NOT NULL,  -- 0 stdout, 1 stderr
-    off INTEGER NOT NULL,  -- where the data starts in its stream
-    data BLOB NOT NULL,
-    PRIMARY KEY (job_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, beat REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS launches (  -- job creations of the last day, for rate limits
-    command TEXT,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS launches_by_command ON launches (command, at);
-"""
-
-#: The callback outbox, made at every open (IF NOT EXISTS): a file from before it gets it
-#: with no new schema version. A row is a finished job whose callback is due at ``due``
-#: (Unix time); a claim moves ``due`` to the end of its lease.
-_OUTBOX = """
-CREATE TABLE IF NOT EXISTS callbacks (job_id TEXT PRIMARY KEY, due REAL NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS callbacks_by_due ON callbacks (due);
-"""
-
 _COLUMNS = (
     "id, command, args, spec, status, returncode, error, stdout_truncated, stderr_truncated, "
     "created_at, started_at, finished_at, owner, idempotency_key, link, callback_url, "
     "callback_context, callback, token_id, client, process"
 )
-#: Stored in the database; a file of another schema is refused rather than misread.
-SCHEMA_VERSION = 3
-#: What brings a file of an older version (the key) up to ``SCHEMA_VERSION``.
-_MIGRATIONS = {2: ("ALTER TABLE jobs ADD COLUMN process TEXT",)}
 _ACTIVE_SQL = "('queued', 'running')"
 #: ``UPDATE ... RETURNING`` needs SQLite 3.35 (2021).
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -160,51 +102,19 @@ class SQLiteStore:
         self.evict_interval = evict_interval
         self._reserve = _sqlite_file.Reserve(self.path + ".reserve", reserve)
         self._lock = threading.Lock()
-        self._write_lock = threading.RLock()  # re-entered by _evict inside a write
         self._changed = threading.Condition()  # news for this process's waiters
         self._generation = 0  # bumped for news about every job (close, lost jobs)
         self._watched: dict[str, int] = {}  # job id -> how many threads wait for it
         self._job_news: dict[str, int] = {}  # job id -> news count, while watched
-        self._idle: list[sqlite3.Connection] = []
-        self._all: list[sqlite3.Connection] = []
-        # Kept open while the store is: what ``_reopen`` restores a deleted file from.
-        self._anchor: sqlite3.Connection | None = None
-        self._file_lock = threading.Lock()
-        self._identity: FileIdentity | None = None
-        self._pid = os.getpid()
+        self._pool: ConnectionPool | None = None
         self._closed = False
         self._next_evict = 0.0
         directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
-            sqlite3.connect(self.path).close()  # create it: connections never do
-            self._identity = FileIdentity.of(self.path)
+            self._pool = ConnectionPool(self.path, busy_timeout)
             with self._db(write=True) as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("BEGIN IMMEDIATE")
-                (version,) = db.execute("PRAGMA user_version").fetchone()
-                fresh = (
-                    db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None
-                )
-                if fresh:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                elif version in _MIGRATIONS:  # an older file: bring it up to date
-                    for statement in _MIGRATIONS[version]:
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    version = SCHEMA_VERSION
-                for statement in _OUTBOX.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute("COMMIT")
-            if not fresh and version != SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"schema version {version}, this procgate needs {SCHEMA_VERSION}: "
-                    "move the file away to start afresh"
-                )
+                prepare(db)
         except (OSError, sqlite3.Error) as exc:
             self.close()
             raise ConfigError(f"cannot open SQLite store {path!r}: {exc}") from None
@@ -212,94 +122,17 @@ class SQLiteStore:
 
     # -- connections --------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _db(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """A connection of this process's pool, in autocommit mode.
+    def _db(self, *, write: bool = False) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A pooled connection (``write=True``: holding this process's write lock)."""
+        if self._pool is None:
+            raise sqlite3.ProgrammingError("the SQLite store is not open")
+        return self._pool.db(write=write)
 
-        ``write=True`` also holds this process's write lock: threads of one process queue
-        here for microseconds instead of meeting in SQLite's busy handler, which sleeps
-        1, 2, 5, 10... ms before trying again. Processes still contend through SQLite.
-        """
-        with self._write_lock if write else contextlib.nullcontext(), self._connection() as db:
-            yield db
-
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        """A pooled connection to the file at ``path``, checked to be the one we opened.
-
-        A connection that met an error is closed rather than pooled again: after a full
-        disk, a read-only moment or a deleted file it may be stuck in a state that a fresh
-        connection is not, so the store recovers by itself once the fault is gone.
-        """
-        with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's connections are not ours
-                self._idle, self._all, self._pid = [], [], os.getpid()
-                self._anchor = None
-            db = self._idle.pop() if self._idle else None
-        if FileIdentity.of(self.path) != self._identity:
-            self._reopen()
-            db = None  # pooled connections were to the old file: reopened below
-        if db is None:
-            db = _sqlite_file.connect(self.path, self.busy_timeout)
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.row_factory = sqlite3.Row
-            with self._lock:
-                self._all.append(db)
-                if self._anchor is None:
-                    self._anchor = db
-        failed = False
-        try:
-            yield db
-        except sqlite3.Error as exc:
-            failed = not isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError))
-            raise
-        finally:
-            with self._lock:
-                pooled = db in self._all
-                if self._closed or not pooled or (failed and db is not self._anchor):
-                    if pooled:
-                        self._all.remove(db)
-                    db.close()
-                else:
-                    if db.in_transaction:  # a failed COMMIT or ROLLBACK left one open
-                        with contextlib.suppress(sqlite3.Error):
-                            db.execute("ROLLBACK")
-                    self._idle.append(db)
-
-    def _reopen(self) -> None:
-        """The path no longer names our file: write it back if it is gone (from a still
-        open connection), then forget every connection to the old one."""
-        with self._file_lock:
-            current = FileIdentity.of(self.path)
-            if current == self._identity:
-                return  # another thread did it
-            with self._lock:
-                anchor, idle = self._anchor, self._idle
-                self._all, self._idle, self._anchor = [], [], None
-            if current is None and anchor is not None and self._identity is not None:
-                logger.error("SQLite store %s was deleted while in use: writing it back", self.path)
-                current = _sqlite_file.restore(anchor, self.path, self._identity)
-            elif current is None:
-                raise sqlite3.OperationalError(f"database file {self.path!r} is gone")
-            else:
-                logger.warning("SQLite store %s was replaced: using the new file", self.path)
-            self._identity = current
-            for db in idle:  # those in use are closed as they come back
-                db.close()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A write transaction, taken at once so it never fails half way on a lock."""
-        with self._db(write=True) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise
+        if self._pool is None:
+            raise sqlite3.ProgrammingError("the SQLite store is not open")
+        return self._pool.transaction()
 
     # -- the JobStore protocol ----------------------------------------------------------
 
@@ -706,10 +539,8 @@ class SQLiteStore:
     def close(self) -> None:
         self._closed = True
         self._notify()
-        with self._lock:
-            idle, self._idle, self._all = self._idle, [], []
-        for db in idle:
-            db.close()
+        if self._pool is not None:
+            self._pool.close()
 
     # -- helpers ------------------------------------------------------------------------
 
