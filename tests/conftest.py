@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from werkzeug.test import Client
 
 from procgate import Gate, JobStore, ProcessRunner, SyncRunner, ThreadRunner, open_store
 from procgate.runners import Runner
+from tests.servers import Server
 
 RUNNER_KINDS = ["sync", "thread", "process"]
 
@@ -159,3 +162,14 @@ def _pings(client: Any) -> bool:
         return bool(client.ping())
     except Exception:
         return False
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """Real servers a test starts; each stopped (SIGTERM, or SIGKILL if it hangs) after."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        if server.proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.stop()

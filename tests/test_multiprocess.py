@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,6 @@ def sqlite_config(directory: Path) -> str:
 
 def redis_config(url: str, prefix: str) -> str:
     return f'[store]\nurl = "{url}"\nprefix = "{prefix}"\n' + COMMANDS
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    """Servers started by a test; all stopped (or killed) afterwards."""
-    started: list[Server] = []
-    yield started
-    for server in started:
-        if server.proc.poll() is None:
-            server.stop()
 
 
 def submit_and_check(targets: list[Server], jobs: int = 500, clients: int = 16) -> None:

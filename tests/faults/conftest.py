@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.servers import Server, free_port
+from tests.servers import free_port
 from tests.test_celery import cluster  # noqa: F401 - a fixture, for test_celery.py here
 
 
@@ -75,14 +74,3 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    """Servers started by a test; all stopped (or killed) afterwards."""
-    started: list[Server] = []
-    yield started
-    for server in started:
-        if server.proc.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                server.stop()
