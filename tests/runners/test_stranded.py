@@ -56,6 +56,11 @@ def job(*argv: str, owner: str | None = None) -> Job:
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     """A process group of its own that would run for 300 s: a job's orphaned child."""
     proc = subprocess.Popen(["sh", "-c", "sleep 300 & exec sleep 300"], start_new_session=True)
+    cheap = process_tag(proc.pid, just_started=True)
+    assert cheap is not None
+    exact = process_tag(proc.pid)
+    assert exact is not None
+    assert abs(int(cheap.split(":")[2]) - int(exact.split(":")[2])) <= os.sysconf("SC_CLK_TCK")
     yield proc
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -173,12 +178,15 @@ def test_a_dead_runner_s_queued_jobs_run_here(store: SQLiteStore) -> None:
 def test_kill_tagged_spares_a_process_that_reused_the_pid(
     sleeper: subprocess.Popen[bytes],
 ) -> None:
-    """A tag whose start time is not the live process's names another process: nothing
-    is signalled. The right tag kills the whole group."""
+    """A tag whose start time is not the live process's (by more than START_TOLERANCE)
+    names another process: nothing is signalled. A tag made the cheap way, from the boot
+    clock as the process starts, names it; the tag kills the whole group."""
     tag = process_tag(sleeper.pid)
     assert tag is not None
     boot, pid, start = tag.split(":")
-    assert kill_tagged(f"{boot}:{pid}:{int(start) - 1}") is False
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert kill_tagged(f"{boot}:{pid}:{int(start) - 2 * ticks}") is False
+    assert kill_tagged(f"{boot}:{pid}:{int(start) + 2 * ticks}") is False
     assert kill_tagged(f"not-this-boot:{pid}:{start}") is False
     assert live_pids_in_group(sleeper.pid)
     assert kill_tagged(tag) is True

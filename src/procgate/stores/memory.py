@@ -43,6 +43,7 @@ class _Entry:
     changed: threading.Condition | None = None
     chunks: list[Chunk] = field(default_factory=list)
     cancel: bool = False
+    process: str | None = None  # kept apart from ``job``: set once per job, read rarely
 
 
 class MemoryStore:
@@ -98,7 +99,9 @@ class MemoryStore:
         with self._lock:
             self._evict()
             entry = self._entry(job_id)
-            return self._snapshot(entry) if output else entry.job
+            if output:
+                return self._snapshot(entry)
+            return entry.job if entry.process is None else self._with_process(entry)
 
     def list(
         self,
@@ -318,9 +321,9 @@ class MemoryStore:
                     status=JobStatus.QUEUED,
                     owner=None,
                     started_at=None,
-                    process=None,
                     spec=spec,
                 )
+                entry.process = None
                 entry.chunks = []
                 entry.cancel = False
                 self._notify(entry)
@@ -329,7 +332,7 @@ class MemoryStore:
     def active_jobs(self, owner: str) -> _Jobs:
         with self._lock:
             return [
-                e.job  # without output, as the other stores give it
+                self._with_process(e)  # without output, as the other stores give them
                 for e in self._entries.values()
                 if e.job.owner == owner and e.job.status in ACTIVE
             ]
@@ -346,7 +349,7 @@ class MemoryStore:
         with self._lock:
             entry = self._entries.get(job_id)
             if entry is not None and entry.job.status is JobStatus.RUNNING:
-                entry.job = dataclasses.replace(entry.job, process=tag)
+                entry.process = tag
 
     def close(self) -> None:
         with self._lock:
@@ -373,11 +376,16 @@ class MemoryStore:
             raise JobNotFound(f"no job with id {job_id!r}") from None
 
     @staticmethod
+    def _with_process(entry: _Entry) -> Job:
+        return dataclasses.replace(entry.job, process=entry.process)
+
+    @staticmethod
     def _snapshot(entry: _Entry) -> Job:
         return dataclasses.replace(
             entry.job,
             stdout=b"".join(c.data for c in entry.chunks if c.stream == "stdout"),
             stderr=b"".join(c.data for c in entry.chunks if c.stream == "stderr"),
+            process=entry.process,
         )
 
     def _finish(self, entry: _Entry, outcome: Outcome) -> None:

@@ -554,17 +554,10 @@ class SQLiteStore:
         """Finish the active jobs matching ``where``; return how many changed.
 
         Those with a ``callback_url`` enter the callback outbox, due now, in the same
-        transaction: a savepoint, within the caller's transaction if there is one.
+        statement (the schema's ``callbacks_on_finish`` trigger).
         """
-        now = utcnow().timestamp()
-        db.execute("SAVEPOINT finish")
-        try:
-            db.execute(  # first: a write, so the savepoint takes the write lock at once
-                "INSERT OR IGNORE INTO callbacks (job_id, due) SELECT id, ? FROM jobs "
-                f"WHERE {where} AND status IN {_ACTIVE_SQL} AND callback_url IS NOT NULL",
-                (now, *params),
-            )
-            changed = db.execute(
+        return int(
+            db.execute(
                 "UPDATE jobs SET status = ?, returncode = ?, error = ?, stdout_truncated = ?, "
                 f"stderr_truncated = ?, finished_at = ? WHERE {where} "
                 f"AND status IN {_ACTIVE_SQL}",
@@ -574,17 +567,11 @@ class SQLiteStore:
                     outcome.error,
                     int(outcome.stdout_truncated),
                     int(outcome.stderr_truncated),
-                    now,
+                    utcnow().timestamp(),
                     *params,
                 ),
             ).rowcount
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK TO finish")
-                db.execute("RELEASE finish")
-            raise
-        db.execute("RELEASE finish")
-        return int(changed)
+        )
 
     @staticmethod
     def _jobs(db: sqlite3.Connection, rows: Sequence[sqlite3.Row], *, output: bool = True) -> _Jobs:
