@@ -52,9 +52,36 @@ def runner_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+#: Every store kind, for modules that run their HTTP tests on each (see ``store_kind``).
+STORE_KINDS = ["memory", "sqlite", "redis"]
+
+
+def make_store(kind: str, request: pytest.FixtureRequest, directory: Path) -> JobStore:
+    """A new, empty store of ``kind``: SQLite in ``directory``, Redis under a key prefix of
+    its own and with a 1 s client ``socket_timeout`` (shorter than the waits of the tests
+    that use it: every wait must hold past the client's own timeouts)."""
+    if kind == "memory":
+        return open_store("memory://")
+    if kind == "sqlite":
+        return open_store(f"sqlite:///{directory}/jobs.db")
+    url = request.getfixturevalue("redis_url")
+    prefix = f"test-{os.urandom(8).hex()}:"
+    return open_store(f"{url}?socket_timeout=1&socket_connect_timeout=1", prefix=prefix)
+
+
 @pytest.fixture
-def gate(runner_kind: str) -> Iterator[Gate]:
-    gate = register_defaults(Gate(runner=make_runner(runner_kind), max_wait=20))
+def store_kind() -> str:
+    """The store the ``gate`` fixture uses: memory, unless a module asks for every kind
+    by overriding this fixture with ``params=STORE_KINDS`` (the HTTP contract modules)."""
+    return "memory"
+
+
+@pytest.fixture
+def gate(
+    runner_kind: str, store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Gate]:
+    store = make_store(store_kind, request, tmp_path)
+    gate = register_defaults(Gate(store=store, runner=make_runner(runner_kind), max_wait=20))
     yield gate
     gate.close()
 
@@ -142,19 +169,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(20)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=STORE_KINDS)
 def job_store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     """A new, empty store of each kind, for HTTP tests that must hold on every store.
 
     SQLite gets a file in ``tmp_path``, Redis a key prefix of its own. The Gate built on
     it closes it.
     """
-    if request.param == "memory":
-        return open_store("memory://")
-    if request.param == "sqlite":
-        return open_store(f"sqlite:///{tmp_path}/jobs.db")
-    prefix = f"test-{os.urandom(8).hex()}:"
-    return open_store(request.getfixturevalue("redis_url"), prefix=prefix)
+    return make_store(str(request.param), request, tmp_path)
 
 
 def _pings(client: Any) -> bool:

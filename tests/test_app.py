@@ -16,7 +16,21 @@ from werkzeug.test import Client
 from werkzeug.wrappers import Response
 
 from procgate import Gate, JobStore, MemoryStore, ThreadRunner
-from tests.conftest import live_pids_in_group, make_runner, register_defaults, wait_for
+from tests.conftest import (
+    STORE_KINDS,
+    live_pids_in_group,
+    make_runner,
+    register_defaults,
+    wait_for,
+)
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The HTTP contract holds on every store: each test here runs on each, with each
+    runner (the ``gate`` fixture of tests/conftest.py)."""
+    return str(request.param)
+
 
 JOB_KEYS = {
     "id",

@@ -6,33 +6,37 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from werkzeug.test import Client
 
-from procgate import Gate, JobStore, MemoryStore, SQLiteStore, ThreadRunner
-from procgate.stores.redis import RedisStore
-from tests.conftest import register_defaults, wait_for
+from procgate import Gate, JobStore
+from tests.conftest import STORE_KINDS, wait_for
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
-    if request.param == "memory":
-        return MemoryStore()
-    if request.param == "sqlite":
-        return SQLiteStore(str(tmp_path / "jobs.db"))
-    return RedisStore(request.getfixturevalue("redis_url"), prefix=f"{tmp_path.name}:")
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Live output holds on every store (the ``gate`` fixture of tests/conftest.py)."""
+    return str(request.param)
+
+
+@pytest.fixture(params=["thread", "process"])
+def runner_kind(request: pytest.FixtureRequest) -> str:
+    """The runners that run a job apart from its request: a SyncRunner's job has ended
+    before its POST answers, so there is nothing left to follow."""
+    return str(request.param)
 
 
 @pytest.fixture
-def client(store: JobStore) -> Iterator[Client]:
-    gate = register_defaults(Gate(store=store, runner=ThreadRunner(max_workers=4)))
+def store(gate: Gate) -> JobStore:
+    return gate.store
+
+
+@pytest.fixture
+def client(gate: Gate) -> Client:
     gate.register("py", ["python3", "-c"], timeout=60, kill_grace=1)
-    yield Client(gate)
-    gate.close()
+    return Client(gate)
 
 
 def start(client: Client, *args: str, name: str = "sh") -> str:
