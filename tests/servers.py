@@ -107,7 +107,11 @@ class Worker:
 
     def ran(self, job_id: str) -> bool:
         """Whether this worker started the job (its audit trail says ``running``)."""
-        return f'"event": "running", "job": "{job_id}"' in self.text()
+        return self.starts(job_id) > 0
+
+    def starts(self, job_id: str) -> int:
+        """How many times this worker started the job (``running`` lines in its audit trail)."""
+        return self.text().count(f'"event": "running", "job": "{job_id}"')
 
     def text(self) -> str:
         return self.log.read_bytes().decode(errors="replace")

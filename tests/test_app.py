@@ -732,22 +732,28 @@ def test_waiting_request_runs_a_bounded_job_in_its_own_thread() -> None:
     gate.register("quick", ["echo", "hi"], timeout=5, kill_grace=1)
     gate.register("unbounded", ["echo", "hi"], timeout=None)
     gate.register("long", ["echo", "hi"], timeout=60)
-    threads: dict[str, int] = {}
-    gate.on_finish(lambda job, ctx: threads.setdefault(str(job.command), threading.get_ident()))
+    threads: dict[str, int] = {}  # job id -> the thread that finished it
+    gate.on_finish(lambda job, ctx: threads.setdefault(job.id, threading.get_ident()))
     client = Client(gate)
+    ids: dict[str, str] = {}  # what was asked -> job id
     try:
         for name in ("quick", "unbounded", "long"):
             response = client.post(f"/commands/{name}", json={"wait": True})
             assert response.status_code == 200
             assert response.json["stdout"] == "hi\n"
+            ids[name] = response.json["id"]
         response = client.post("/commands/quick", json={"wait": 2})  # 5 s + grace > 2 s
         assert response.status_code == 200
-        wait_for(lambda: len(threads) == 3)
+        assert response.json["stdout"] == "hi\n"
+        ids["quick, wait 2"] = response.json["id"]
+        wait_for(lambda: len(threads) == 4)
     finally:
         gate.close()
-    assert threads["quick"] == threading.get_ident()
-    assert threads["unbounded"] != threading.get_ident()
-    assert threads["long"] != threading.get_ident()
+    here = threading.get_ident()
+    assert threads[ids["quick"]] == here
+    assert threads[ids["unbounded"]] != here
+    assert threads[ids["long"]] != here
+    assert threads[ids["quick, wait 2"]] != here
 
 
 def test_output_full_of_control_characters_is_base64() -> None:

@@ -460,6 +460,11 @@ def test_max_rate_is_not_freed_by_deleting_jobs() -> None:
 
 def test_user_without_group_gets_the_users_group() -> None:
     """user = "nobody" alone runs with nobody's own group, not root's."""
+    import grp
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name
     gate = Gate()
     gate.register("whoami", ["id"], user="nobody")
     client = Client(gate)
@@ -467,8 +472,12 @@ def test_user_without_group_gets_the_users_group() -> None:
         job = client.post("/commands/whoami", json={"wait": True}).json
     finally:
         gate.close()
-    assert "gid=0(" not in job["stdout"]
-    assert "groups=0(" not in job["stdout"]
+    assert job["status"] == "succeeded", job  # an empty stdout would prove nothing
+    # The whole line: nobody's uid, its primary group, and no supplementary root group.
+    assert job["stdout"] == (
+        f"uid={nobody.pw_uid}(nobody) gid={nobody.pw_gid}({group}) "
+        f"groups={nobody.pw_gid}({group})\n"
+    )
 
 
 def test_uploads_are_readable_by_the_commands_user(tmp_path: Any) -> None:

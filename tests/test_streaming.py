@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,22 +184,34 @@ def test_events_stream(client: Client) -> None:
     assert ": keepalive" not in response.get_data(as_text=True)  # no silence here
 
 
-def test_events_resume_without_gaps_or_repeats(client: Client) -> None:
-    """Reconnecting with Last-Event-ID sends only the chunks after that id."""
-    job_id = start(client, "for i in 1 2 3 4 5; do echo $i; done")
+def test_events_resume_without_gaps_or_repeats(client: Client, tmp_path: Path) -> None:
+    """Reconnecting with Last-Event-ID sends only the chunks after that id.
+
+    Five echoes written at once usually arrive as one chunk, which would leave nothing to
+    resume; so each echo waits for the test to see the one before it stored: five chunks.
+    """
+    job_id = start(
+        client,
+        f'for i in 1 2 3 4 5; do echo $i; until [ -e "{tmp_path}/$i" ]; do sleep 0.01; done; done',
+    )
+    for i in range(1, 6):
+        wait_for(lambda i=i: client.get(f"/jobs/{job_id}/output").data.endswith(b"%d\n" % i))
+        (tmp_path / str(i)).touch()
     client.get(f"/jobs/{job_id}?wait=10")
     chunks = client.get(f"/jobs/{job_id}/output").data
+    assert chunks == b"1\n2\n3\n4\n5\n"
     all_events = parse_sse(client.get(f"/jobs/{job_id}/events").get_data(as_text=True))
     outputs = [e for e in all_events if e["event"] == "output"]
-    assert "".join(e["data"]["data"] for e in outputs).encode() == chunks
-    middle = outputs[0]["id"]
+    assert [e["data"]["data"] for e in outputs] == ["1\n", "2\n", "3\n", "4\n", "5\n"]
+    middle = outputs[1]["id"]
     resumed = parse_sse(
         client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": middle}).get_data(
             as_text=True
         )
     )
     again = [e for e in resumed if e["event"] == "output"]
-    assert [e["id"] for e in again] == [e["id"] for e in outputs[1:]]
+    assert [e["id"] for e in again] == [e["id"] for e in outputs[2:]]
+    assert [e["data"]["data"] for e in again] == ["3\n", "4\n", "5\n"]
     assert resumed[-1]["event"] == "end"
     by_query = parse_sse(
         client.get(f"/jobs/{job_id}/events?last_event_id={outputs[-1]['id']}").get_data(
