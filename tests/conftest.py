@@ -102,6 +102,19 @@ def wait_for(
         time.sleep(interval)
 
 
+def refused(store: JobStore, status: int, code: str, send: Callable[[], Any]) -> Any:
+    """Make a request with ``send()``; check it is refused with ``status`` and the JSON
+    error ``code``, and that no job was created for it. Jobs are counted by ``created_at``
+    (``count(since=...)``), so one created and then deleted or evicted still counts."""
+    hour_ago = time.time() - 3600  # a test is far shorter; count() looks back a day at most
+    before = store.count(since=hour_ago)
+    response = send()
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.json["error"]["code"] == code, response.json
+    assert store.count(since=hour_ago) == before, "a refused request created a job"
+    return response
+
+
 def _processes() -> Iterator[tuple[int, str, int, int]]:
     """(pid, state, ppid, pgid) of every process, read from /proc."""
     for entry in os.listdir("/proc"):

@@ -20,6 +20,7 @@ from tests.conftest import (
     STORE_KINDS,
     live_pids_in_group,
     make_runner,
+    refused,
     register_defaults,
     wait_for,
 )
@@ -447,15 +448,18 @@ def test_non_json_content_type_is_415(client: Client) -> None:
 
 
 def test_body_over_limit_is_413() -> None:
-    """A body over max_body is refused with a JSON 413 before it is parsed."""
+    """A body over max_body is refused with a JSON 413 before it is parsed; no job."""
     gate = Gate(runner=ThreadRunner(), max_body=1000)
     gate.register("cat", ["cat"])
     try:
-        response = Client(gate).post("/commands/cat", json={"stdin": "x" * 5000})
+        refused(
+            gate.store,
+            413,
+            "request_entity_too_large",
+            lambda: Client(gate).post("/commands/cat", json={"stdin": "x" * 5000}),
+        )
     finally:
         gate.close()
-    assert response.status_code == 413
-    assert error_code(response) == "request_entity_too_large"
 
 
 def post_chunked(client: Client, path: str, body: bytes) -> Any:
@@ -482,8 +486,12 @@ def test_chunked_body_over_limit_is_413() -> None:
         assert over.status_code == 413
         assert error_code(over) == "request_entity_too_large"
         assert client.get("/jobs").json["jobs"] == []
-        assert post_chunked(client, "/commands/cat", b"x" * 10_000).status_code == 413
-        assert client.get("/jobs").json["jobs"] == []
+        refused(
+            gate.store,
+            413,
+            "request_entity_too_large",
+            lambda: post_chunked(client, "/commands/cat", b"x" * 10_000),
+        )
         exact = post_chunked(client, "/commands/cat", body)
         assert exact.status_code == 200, exact.json
         assert exact.json["stdout"] == "x" * 100
@@ -581,11 +589,9 @@ def test_bug_is_generic_json_500_and_logged(caplog: pytest.LogCaptureFixture) ->
 # -- raw mode ----------------------------------------------------------------------------
 
 
-def test_run_is_off_by_default(client: Client) -> None:
-    """POST /run is refused unless raw mode was enabled."""
-    response = client.post("/run", json={"args": ["ls"]})
-    assert response.status_code == 403
-    assert error_code(response) == "run_disabled"
+def test_run_is_off_by_default(client: Client, gate: Gate) -> None:
+    """POST /run is refused unless raw mode was enabled; nothing is created."""
+    refused(gate.store, 403, "run_disabled", lambda: client.post("/run", json={"args": ["ls"]}))
 
 
 @pytest.fixture
@@ -606,10 +612,14 @@ def test_run_allowed_program(raw_client: Client) -> None:
 
 def test_run_disallowed_program_is_403(raw_client: Client) -> None:
     """A program outside the allowlist is refused, even by absolute path."""
+    store = raw_client.application.store  # the Gate the fixture made
     for args in (["cat", "/etc/passwd"], ["/usr/bin/cat"], "sh -c id"):
-        response = raw_client.post("/run", json={"args": args})
-        assert response.status_code == 403
-        assert error_code(response) == "program_not_allowed"
+        refused(
+            store,
+            403,
+            "program_not_allowed",
+            lambda args=args: raw_client.post("/run", json={"args": args}),
+        )
 
 
 def test_run_allowlist_is_by_name_not_by_file(tmp_path: Path) -> None:
@@ -624,18 +634,25 @@ def test_run_allowlist_is_by_name_not_by_file(tmp_path: Path) -> None:
     try:
         job = client.post("/run", json={"args": [str(tmp_path / "safe")], "wait": True}).json
         assert job["stdout"] == "ran as safe\n"
-        refused = client.post("/run", json={"args": [str(tmp_path / "danger")]})
-        assert refused.status_code == 403
-        assert client.post("/run", json={"args": [str(multi)]}).status_code == 403
+        for other in (tmp_path / "danger", multi):
+            refused(
+                gate.store,
+                403,
+                "program_not_allowed",
+                lambda other=other: client.post("/run", json={"args": [str(other)]}),
+            )
     finally:
         gate.close()
 
 
 def test_run_shell_needs_allow_shell(raw_client: Client) -> None:
-    """shell: true is refused unless the Gate allows shells."""
-    response = raw_client.post("/run", json={"args": "echo hi", "shell": True})
-    assert response.status_code == 403
-    assert error_code(response) == "shell_not_allowed"
+    """shell: true is refused unless the Gate allows shells; nothing is created."""
+    refused(
+        raw_client.application.store,  # the Gate the fixture made
+        403,
+        "shell_not_allowed",
+        lambda: raw_client.post("/run", json={"args": "echo hi", "shell": True}),
+    )
 
 
 @pytest.mark.parametrize(

@@ -94,9 +94,11 @@ def test_errors_are_json(server: Server) -> None:
     status, _, data = server.request("POST", "/commands/echo", b"{oops")
     assert status == 400
     assert json.loads(data)["error"]["code"] == "invalid_json"
+    jobs_before = server.json("GET", "/jobs")[1]["jobs"]
     status, _, data = server.request("POST", "/commands/echo", b"x" * (2 << 20))
     assert status == 413
     assert json.loads(data)["error"]["code"] == "request_entity_too_large"
+    assert server.json("GET", "/jobs")[1]["jobs"] == jobs_before  # refused: nothing created
 
 
 def post_chunked(server: Server, path: str, body: bytes) -> tuple[int, Any]:

@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from werkzeug.test import Client
 from procgate import ConfigError, Gate, JobStore, MemoryStore, ThreadRunner
 from procgate.auth import client_address, hash_token, make_token, parse_networks
 from procgate.jobs import Job
-from tests.conftest import wait_for
+from tests.conftest import refused, wait_for
 
 CI, OPS, ADMIN, VIEWER = "ci-secret", "ops-secret", "admin-secret", "viewer-secret"
 
@@ -69,13 +70,17 @@ def test_missing_or_bad_token_is_401(client: Client, headers: dict[str, str]) ->
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_token_limited_to_commands(client: Client) -> None:
-    """A token runs only its commands (403 otherwise) and lists only those."""
+def test_token_limited_to_commands(client: Client, gate: Gate) -> None:
+    """A token runs only its commands (403 otherwise, and nothing is created) and lists
+    only those."""
     ok = client.post("/commands/echo", json={"args": ["x"], "wait": True}, headers=bearer(CI))
     assert ok.status_code == 200
-    denied = client.post("/commands/secret", json={}, headers=bearer(CI))
-    assert denied.status_code == 403
-    assert denied.json["error"]["code"] == "forbidden"
+    refused(
+        gate.store,
+        403,
+        "forbidden",
+        lambda: client.post("/commands/secret", json={}, headers=bearer(CI)),
+    )
     names = {c["name"] for c in client.get("/commands", headers=bearer(CI)).json["commands"]}
     assert names == {"echo", "sleep"}
     assert client.get("/commands/secret", headers=bearer(CI)).status_code == 404
@@ -99,18 +104,31 @@ def test_jobs_are_private_to_their_token(client: Client) -> None:
     assert client.delete(f"/jobs/{mine}?wait=10", headers=bearer(ADMIN)).status_code == 202
 
 
-def test_read_only_token(client: Client) -> None:
+def test_read_only_token(client: Client, gate: Gate) -> None:
     """A read-only (admin) token reads every job but runs and cancels nothing."""
     job = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
     assert client.get(f"/jobs/{job}", headers=bearer(VIEWER)).status_code == 200
-    assert client.delete(f"/jobs/{job}", headers=bearer(VIEWER)).status_code == 403
-    assert client.post("/commands/echo", json={}, headers=bearer(VIEWER)).status_code == 403
+    refused(
+        gate.store, 403, "forbidden", lambda: client.delete(f"/jobs/{job}", headers=bearer(VIEWER))
+    )
+    assert not gate.store.cancel_requested(job)
+    refused(
+        gate.store,
+        403,
+        "forbidden",
+        lambda: client.post("/commands/echo", json={}, headers=bearer(VIEWER)),
+    )
     client.delete(f"/jobs/{job}?wait=10", headers=bearer(CI))
 
 
-def test_raw_mode_is_admin_only(client: Client) -> None:
-    """POST /run needs an admin token."""
-    assert client.post("/run", json={"args": ["echo"]}, headers=bearer(OPS)).status_code == 403
+def test_raw_mode_is_admin_only(client: Client, gate: Gate) -> None:
+    """POST /run needs an admin token: another one is a 403 that creates no job."""
+    refused(
+        gate.store,
+        403,
+        "forbidden",
+        lambda: client.post("/run", json={"args": ["echo"]}, headers=bearer(OPS)),
+    )
     response = client.post(
         "/run", json={"args": ["echo", "a"], "wait": True}, headers=bearer(ADMIN)
     )
@@ -160,10 +178,16 @@ def test_address_allowlists() -> None:
     try:
 
         def post(path: str, remote: str, forwarded: str | None = None) -> int:
+            """The status; a 403 must say address_not_allowed and create no job."""
             headers = {"X-Forwarded-For": forwarded} if forwarded else {}
-            return client.post(
+            created = gate.store.count(since=time.time() - 3600)
+            response = client.post(
                 path, json={}, headers=headers, environ_base={"REMOTE_ADDR": remote}
-            ).status_code
+            )
+            if response.status_code == 403:
+                assert response.json["error"]["code"] == "address_not_allowed"
+                assert gate.store.count(since=time.time() - 3600) == created
+            return int(response.status_code)
 
         assert post("/commands/echo", "127.0.0.1") == 202
         assert post("/commands/echo", "192.168.1.5") == 403
@@ -224,9 +248,12 @@ def test_stdin_limit() -> None:
     gate.register("cat", ["cat"])
     client = Client(gate)
     try:
-        response = client.post("/commands/cat", json={"stdin": "x" * 11})
-        assert response.status_code == 413
-        assert response.json["error"]["code"] == "payload_too_large"
+        refused(
+            gate.store,
+            413,
+            "payload_too_large",
+            lambda: client.post("/commands/cat", json={"stdin": "x" * 11}),
+        )
         assert client.post("/commands/cat", json={"stdin": "x" * 10}).status_code == 202
     finally:
         gate.close()

@@ -15,7 +15,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.test import Client, stream_encode_multipart
 
 from procgate import Gate
-from tests.conftest import make_runner, wait_for
+from tests.conftest import make_runner, refused, wait_for
 
 
 @pytest.fixture
@@ -124,27 +124,34 @@ def test_bad_uploads_are_refused_and_cleaned(
 
 
 def test_upload_over_limit_is_413(client: Client, uploads_dir: Path) -> None:
-    """A multipart body over max_upload is refused with 413."""
+    """A multipart body over max_upload is refused with 413; no job, no files."""
     # Encoded in memory: werkzeug's test client would spool a body this big to a
     # temporary file that it never closes when the app does not read it all.
     stream, _, boundary = stream_encode_multipart(
         {"f": FileStorage(io.BytesIO(b"x" * (2 << 20)), "big", "f")}, use_tempfile=False
     )
-    response = client.post(
-        "/commands/show",
-        data=stream.getvalue(),
-        content_type=f"multipart/form-data; boundary={boundary}",
+    refused(
+        client.application.store,  # the Gate the fixture made
+        413,
+        "request_entity_too_large",
+        lambda: client.post(
+            "/commands/show",
+            data=stream.getvalue(),
+            content_type=f"multipart/form-data; boundary={boundary}",
+        ),
     )
-    assert response.status_code == 413
-    assert response.json["error"]["code"] == "request_entity_too_large"
     assert list(uploads_dir.iterdir()) == []
 
 
 def test_json_requests_keep_their_small_limit(client: Client) -> None:
     """max_upload applies to multipart only: a JSON body still has max_body."""
     gate_limit = 1 << 20
-    response = client.post("/commands/cat", json={"stdin": "x" * (gate_limit + 10)})
-    assert response.status_code == 413
+    refused(
+        client.application.store,  # the Gate the fixture made
+        413,
+        "request_entity_too_large",
+        lambda: client.post("/commands/cat", json={"stdin": "x" * (gate_limit + 10)}),
+    )
 
 
 def test_request_part_sent_as_a_file(client: Client) -> None:
