@@ -95,6 +95,7 @@ def start_background(client: Client, runner_kind: str, name: str, **body: Any) -
 # -- basics ------------------------------------------------------------------------------
 
 
+@pytest.mark.docs("http-api.md#get-health")
 def test_health(client: Client) -> None:
     """GET /health answers ok in JSON."""
     response = client.get("/health")
@@ -102,6 +103,7 @@ def test_health(client: Client) -> None:
     assert response.json == {"status": "ok"}
 
 
+@pytest.mark.docs("http-api.md#get-commands-and-get-commandsname")
 def test_list_commands(client: Client) -> None:
     """GET /commands lists registered commands with resolved argv and policy."""
     commands = {c["name"]: c for c in client.get("/commands").json["commands"]}
@@ -112,6 +114,7 @@ def test_list_commands(client: Client) -> None:
     assert client.get("/commands/echo").json["name"] == "echo"
 
 
+@pytest.mark.docs("http-api.md#conventions")
 def test_get_and_head_on_a_command_run_nothing(client: Client) -> None:
     """GET and HEAD describe a command; only POST starts a job."""
     assert client.get("/commands/echo").status_code == 200
@@ -119,6 +122,7 @@ def test_get_and_head_on_a_command_run_nothing(client: Client) -> None:
     assert client.get("/jobs").json["jobs"] == []
 
 
+@pytest.mark.docs("http-api.md#post-commandsname", "http-api.md#the-job-object")
 def test_sync_echo(client: Client) -> None:
     """wait=true returns 200 with the finished job and every field present."""
     job = run(client, "echo", args=["hello"])
@@ -138,6 +142,7 @@ def test_sync_echo(client: Client) -> None:
     assert job["url"] == f"http://localhost/jobs/{job['id']}"
 
 
+@pytest.mark.docs("http-api.md#waiting")
 def test_wait_in_query_string(client: Client) -> None:
     """?wait=true on the POST works like the body field."""
     response = client.post("/commands/echo?wait=true", json={"args": ["q"]})
@@ -145,6 +150,7 @@ def test_wait_in_query_string(client: Client) -> None:
     assert response.json["stdout"] == "q\n"
 
 
+@pytest.mark.docs("http-api.md#conventions")
 def test_empty_body_runs_the_bare_command(client: Client) -> None:
     """A POST with no body runs the command with no args."""
     response = client.post("/commands/echo?wait=1")
@@ -152,6 +158,7 @@ def test_empty_body_runs_the_bare_command(client: Client) -> None:
     assert response.json["stdout"] == "\n"
 
 
+@pytest.mark.docs("http-api.md#post-commandsname", "http-api.md#get-jobsid")
 def test_async_job_then_poll(client: Client, runner_kind: str) -> None:
     """Without wait: 202, a Location header, then GET ?wait= returns the finished job."""
     response = client.post("/commands/echo", json={"args": ["later"]})
@@ -167,6 +174,7 @@ def test_async_job_then_poll(client: Client, runner_kind: str) -> None:
     assert polled.json["stdout"] == "later\n"
 
 
+@pytest.mark.docs("http-api.md#waiting")
 def test_wait_seconds_returns_202_when_not_done(client: Client, runner_kind: str) -> None:
     """wait=N that runs out answers 202 with the job still running."""
     if runner_kind == "sync":  # a SyncRunner finishes inside the POST: nothing to time out
@@ -180,12 +188,14 @@ def test_wait_seconds_returns_202_when_not_done(client: Client, runner_kind: str
     assert client.delete(f"/jobs/{response.json['id']}?wait=10").json["status"] == "cancelled"
 
 
+@pytest.mark.docs("http-api.md#the-job-object", "http-api.md#statuses")
 def test_failed_command(client: Client) -> None:
     """A non-zero exit is status failed with its returncode."""
     job = run(client, "false")
     assert (job["status"], job["returncode"]) == ("failed", 1)
 
 
+@pytest.mark.docs("http-api.md#the-job-object")
 def test_binary_output_is_base64(client: Client) -> None:
     """Output that is not UTF-8 comes back base64 with encoding=base64."""
     job = run(client, "sh", args=["printf '\\377\\376'; printf ok >&2"])
@@ -194,6 +204,7 @@ def test_binary_output_is_base64(client: Client) -> None:
     assert base64.b64decode(job["stderr"]) == b"ok"
 
 
+@pytest.mark.docs("http-api.md#post-commandsname")
 def test_stdin_text_and_base64(client: Client) -> None:
     """stdin is fed to the child, as UTF-8 text or as base64 bytes."""
     assert run(client, "cat", stdin="héllo\n")["stdout"] == "héllo\n"
@@ -201,6 +212,7 @@ def test_stdin_text_and_base64(client: Client) -> None:
     assert base64.b64decode(job["stdout"]) == b"\x00\xff"
 
 
+@pytest.mark.docs("http-api.md#post-commandsname")
 def test_env_minimal_configured_and_allowed(client: Client) -> None:
     """Children see PATH, LANG, configured env and allowed request env, nothing else."""
     job = run(client, "env", env={"FOO": "bar"})
@@ -209,6 +221,7 @@ def test_env_minimal_configured_and_allowed(client: Client) -> None:
     assert "FOO=bar" in job["stdout"].splitlines()
 
 
+@pytest.mark.docs("http-api.md#post-commandsname")
 def test_env_not_allowed_is_403(client: Client) -> None:
     """A request setting an env key the command does not allow is refused."""
     response = client.post("/commands/env", json={"env": {"LD_PRELOAD": "/x.so"}})
@@ -217,6 +230,7 @@ def test_env_not_allowed_is_403(client: Client) -> None:
     assert client.get("/jobs").json["jobs"] == []
 
 
+@pytest.mark.docs("http-api.md#post-commandsname", "http-api.md#statuses")
 def test_timeout_is_timed_out(client: Client) -> None:
     """A job past its timeout is timed_out with an explanatory error."""
     job = run(client, "short", args=["30"])
@@ -224,12 +238,14 @@ def test_timeout_is_timed_out(client: Client) -> None:
     assert job["error"] == "timed out after 0.5 s"
 
 
+@pytest.mark.docs("http-api.md#post-commandsname")
 def test_request_timeout_shortens(client: Client) -> None:
     """A request timeout below the command's applies."""
     job = run(client, "sleep", args=["30"], timeout=0.3)
     assert job["status"] == "timed_out"
 
 
+@pytest.mark.docs("http-api.md#post-commandsname")
 def test_request_timeout_cannot_exceed_command(client: Client) -> None:
     """A request timeout above the command's limit is a 400, not silently clamped."""
     response = client.post("/commands/short", json={"args": ["1"], "timeout": 100})
@@ -237,6 +253,7 @@ def test_request_timeout_cannot_exceed_command(client: Client) -> None:
     assert error_code(response) == "invalid_timeout"
 
 
+@pytest.mark.docs("http-api.md#post-commandsname")
 def test_shell_command_args_are_positional(client: Client) -> None:
     """Args of a shell command are $1..., never parsed by the shell."""
     job = run(client, "sh", args=['echo "$0"', "x"])
@@ -248,6 +265,7 @@ def test_shell_command_args_are_positional(client: Client) -> None:
 # -- cancel and delete -------------------------------------------------------------------
 
 
+@pytest.mark.docs("http-api.md#delete-jobsid")
 def test_cancel_running_job_kills_tree(client: Client, runner_kind: str) -> None:
     """DELETE on a running job answers 202 and the whole process tree dies."""
     job_id = start_background(client, runner_kind, "sh", args=["echo $$; sleep 100 & sleep 100"])
@@ -262,6 +280,7 @@ def test_cancel_running_job_kills_tree(client: Client, runner_kind: str) -> None
     wait_for(lambda: not live_pids_in_group(pgid), timeout=2)
 
 
+@pytest.mark.docs("http-api.md#delete-jobsid", "http-api.md#statuses")
 def test_cancel_queued_job() -> None:
     """A queued job that is cancelled never starts."""
     gate = register_defaults(Gate(runner=ThreadRunner(max_workers=1, max_queue=5)))
@@ -280,6 +299,7 @@ def test_cancel_queued_job() -> None:
     assert gate.store.get(queued).stdout == b""
 
 
+@pytest.mark.docs("http-api.md#delete-jobsid", "http-api.md#status-codes")
 def test_delete_finished_job(client: Client) -> None:
     """DELETE on a finished job removes it: 204 with no content, then 404."""
     job = run(client, "echo", args=["x"])
@@ -290,6 +310,7 @@ def test_delete_finished_job(client: Client) -> None:
     assert client.get(f"/jobs/{job['id']}").status_code == 404
 
 
+@pytest.mark.docs("http-api.md#delete-jobsid")
 def test_delete_unknown_job(client: Client) -> None:
     """DELETE on an unknown id is a JSON 404."""
     response = client.delete("/jobs/nope")
@@ -300,6 +321,7 @@ def test_delete_unknown_job(client: Client) -> None:
 # -- listing and output ------------------------------------------------------------------
 
 
+@pytest.mark.docs("http-api.md#get-jobs")
 def test_list_jobs_newest_first_with_filters_and_cursor(client: Client) -> None:
     """GET /jobs is newest first, filters by status and command, pages with a cursor."""
     ids = [run(client, "echo", args=[str(i)])["id"] for i in range(5)]
@@ -330,6 +352,7 @@ def test_list_jobs_newest_first_with_filters_and_cursor(client: Client) -> None:
         ("cursor=notanumber", "invalid_cursor"),
     ],
 )
+@pytest.mark.docs("http-api.md#get-jobs")
 def test_list_jobs_bad_query(client: Client, query: str, code: str) -> None:
     """Bad list parameters get a JSON 400 naming the problem."""
     response = client.get(f"/jobs?{query}")
@@ -337,6 +360,7 @@ def test_list_jobs_bad_query(client: Client, query: str, code: str) -> None:
     assert error_code(response) == code
 
 
+@pytest.mark.docs("http-api.md#get-jobsidstdout-and-get-jobsidstderr")
 def test_raw_output_endpoints(client: Client) -> None:
     """GET /jobs/<id>/stdout and /stderr return the raw bytes."""
     job = run(client, "sh", args=["printf '\\377out'; printf err >&2"])
@@ -350,6 +374,7 @@ def test_raw_output_endpoints(client: Client) -> None:
     assert client.get("/jobs/nope/stdout").status_code == 404
 
 
+@pytest.mark.docs("http-api.md#get-jobsid")
 def test_output_so_far_while_running(client: Client, runner_kind: str) -> None:
     """A running job shows the output it has produced so far."""
     job_id = start_background(client, runner_kind, "sh", args=["echo first; sleep 100"])
@@ -358,6 +383,7 @@ def test_output_so_far_while_running(client: Client, runner_kind: str) -> None:
     client.delete(f"/jobs/{job_id}?wait=10")
 
 
+@pytest.mark.docs("http-api.md#get-jobsidstdout-and-get-jobsidstderr")
 def test_truncation_flag() -> None:
     """Output past a command's max_output is dropped and flagged."""
     gate = Gate(runner=ThreadRunner())
@@ -375,6 +401,7 @@ def test_truncation_flag() -> None:
 # -- errors ------------------------------------------------------------------------------
 
 
+@pytest.mark.docs("http-api.md#get-commands-and-get-commandsname")
 def test_unknown_command_is_json_404(client: Client) -> None:
     """A name nobody registered gets a JSON 404, never an HTML page."""
     response = client.post("/commands/nope", json={})
@@ -382,6 +409,7 @@ def test_unknown_command_is_json_404(client: Client) -> None:
     assert error_code(response) == "unknown_command"
 
 
+@pytest.mark.docs("http-api.md#errors")
 def test_unknown_route_is_json_404(client: Client) -> None:
     """werkzeug's routing 404 is rendered as JSON too."""
     response = client.get("/nowhere")
@@ -389,6 +417,7 @@ def test_unknown_route_is_json_404(client: Client) -> None:
     assert error_code(response) == "not_found"
 
 
+@pytest.mark.docs("http-api.md#endpoints", "http-api.md#errors")
 def test_wrong_method_is_json_405_with_allow(client: Client) -> None:
     """A wrong method is a JSON 405 that keeps the Allow header."""
     response = client.put("/jobs/abc")
@@ -425,6 +454,7 @@ def test_wrong_method_is_json_405_with_allow(client: Client) -> None:
         (b'{"callback_url": 7}', "invalid_request"),
     ],
 )
+@pytest.mark.docs("http-api.md#conventions", "http-api.md#errors")
 def test_bad_bodies_are_json_400(client: Client, body: bytes, code: str) -> None:
     """Malformed JSON or fields get a 400 with a specific code; nothing is started."""
     response = client.post("/commands/echo", data=body, content_type="application/json")
@@ -434,12 +464,14 @@ def test_bad_bodies_are_json_400(client: Client, body: bytes, code: str) -> None
     assert client.get("/jobs").json["jobs"] == []
 
 
+@pytest.mark.docs("http-api.md#conventions", "http-api.md#waiting")
 def test_bad_wait_query_is_400(client: Client) -> None:
     """?wait= must be true, false or seconds."""
     response = client.get("/jobs/x?wait=forever")
     assert response.status_code == 400
 
 
+@pytest.mark.docs("http-api.md#conventions", "http-api.md#errors")
 def test_non_json_content_type_is_415(client: Client) -> None:
     """A form-encoded body (curl -d without a JSON header) is a JSON 415."""
     response = client.post("/commands/echo", data={"args": "x"})
@@ -447,6 +479,7 @@ def test_non_json_content_type_is_415(client: Client) -> None:
     assert error_code(response) == "unsupported_media_type"
 
 
+@pytest.mark.docs("http-api.md#conventions")
 def test_body_over_limit_is_413() -> None:
     """A body over max_body is refused with a JSON 413 before it is parsed; no job."""
     gate = Gate(runner=ThreadRunner(), max_body=1000)
@@ -473,6 +506,7 @@ def post_chunked(client: Client, path: str, body: bytes) -> Any:
     )
 
 
+@pytest.mark.docs("http-api.md#conventions")
 def test_chunked_body_over_limit_is_413() -> None:
     """A chunked body (no Content-Length) one byte over max_body is a JSON 413, as with a
     Content-Length, and nothing runs; one of exactly max_body bytes is read whole."""
@@ -499,6 +533,7 @@ def test_chunked_body_over_limit_is_413() -> None:
         gate.close()
 
 
+@pytest.mark.docs("http-api.md#conventions")
 def test_huge_numbers_are_400_on_every_store(job_store: JobStore) -> None:
     """A 400-digit integer in wait or timeout (commands and /run), or in limit, offset or
     Last-Event-ID, is a JSON 400 on every store: never a 500, and nothing runs."""
@@ -532,6 +567,7 @@ def test_huge_numbers_are_400_on_every_store(job_store: JobStore) -> None:
         gate.close()
 
 
+@pytest.mark.docs("http-api.md#status-codes", "http-api.md#errors")
 def test_runner_saturated_is_429_with_retry_after() -> None:
     """A full runner queue answers 429 with Retry-After, and keeps no trace of the job."""
     gate = register_defaults(Gate(runner=ThreadRunner(max_workers=1, max_queue=1)))
@@ -550,6 +586,7 @@ def test_runner_saturated_is_429_with_retry_after() -> None:
         gate.close()
 
 
+@pytest.mark.docs("http-api.md#status-codes")
 def test_closed_runner_is_503(runner_kind: str) -> None:
     """After close, new jobs get 503 with Retry-After, and nothing runs."""
     gate = register_defaults(Gate(runner=make_runner(runner_kind)))
@@ -569,6 +606,7 @@ class BrokenStore(MemoryStore):
         raise RuntimeError("secret internals")
 
 
+@pytest.mark.docs("http-api.md#status-codes", "http-api.md#errors")
 def test_bug_is_generic_json_500_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     """An unexpected exception is a generic JSON 500; the traceback goes to the log only."""
     store: JobStore = BrokenStore()
@@ -589,6 +627,7 @@ def test_bug_is_generic_json_500_and_logged(caplog: pytest.LogCaptureFixture) ->
 # -- raw mode ----------------------------------------------------------------------------
 
 
+@pytest.mark.docs("http-api.md#post-run-raw-mode")
 def test_run_is_off_by_default(client: Client, gate: Gate) -> None:
     """POST /run is refused unless raw mode was enabled; nothing is created."""
     refused(gate.store, 403, "run_disabled", lambda: client.post("/run", json={"args": ["ls"]}))
@@ -601,6 +640,7 @@ def raw_client(runner_kind: str) -> Any:
     gate.close()
 
 
+@pytest.mark.docs("http-api.md#post-run-raw-mode")
 def test_run_allowed_program(raw_client: Client) -> None:
     """An allowed program runs with list or shlex-split string args."""
     job = raw_client.post("/run", json={"args": ["echo", "a b"], "wait": True}).json
@@ -610,6 +650,7 @@ def test_run_allowed_program(raw_client: Client) -> None:
     assert job["args"] == ["echo", "x y", "z"]
 
 
+@pytest.mark.docs("http-api.md#post-run-raw-mode")
 def test_run_disallowed_program_is_403(raw_client: Client) -> None:
     """A program outside the allowlist is refused, even by absolute path."""
     store = raw_client.application.store  # the Gate the fixture made
@@ -622,6 +663,7 @@ def test_run_disallowed_program_is_403(raw_client: Client) -> None:
         )
 
 
+@pytest.mark.docs("http-api.md#post-run-raw-mode")
 def test_run_allowlist_is_by_name_not_by_file(tmp_path: Path) -> None:
     """Another name for an allowed file (a multi-call binary's link) is not allowed."""
     multi = tmp_path / "multi"
@@ -645,6 +687,7 @@ def test_run_allowlist_is_by_name_not_by_file(tmp_path: Path) -> None:
         gate.close()
 
 
+@pytest.mark.docs("http-api.md#post-run-raw-mode")
 def test_run_shell_needs_allow_shell(raw_client: Client) -> None:
     """shell: true is refused unless the Gate allows shells; nothing is created."""
     refused(
@@ -659,11 +702,13 @@ def test_run_shell_needs_allow_shell(raw_client: Client) -> None:
     "body",
     [{"args": []}, {"args": ""}, {"args": "'unclosed"}, {"args": ["echo"], "shell": "yes"}],
 )
+@pytest.mark.docs("http-api.md#post-run-raw-mode")
 def test_run_bad_args_are_400(raw_client: Client, body: dict[str, Any]) -> None:
     """Empty or unparseable raw args are a 400."""
     assert raw_client.post("/run", json=body).status_code == 400
 
 
+@pytest.mark.docs("http-api.md#post-run-raw-mode")
 def test_run_shell_and_any_program() -> None:
     """With allow_shell and allow_any_program, shell strings and any program run."""
     gate = Gate(runner=ThreadRunner(), allow_shell=True, allow_any_program=True)
@@ -685,6 +730,7 @@ def test_run_shell_and_any_program() -> None:
 # -- mounting and isolation --------------------------------------------------------------
 
 
+@pytest.mark.docs("http-api.md#conventions")
 def test_urls_respect_mount_prefix(gate: Gate) -> None:
     """Mounted under a prefix, job url and Location include it."""
 
@@ -773,6 +819,7 @@ def test_waiting_request_runs_a_bounded_job_in_its_own_thread() -> None:
     assert threads[ids["quick, wait 2"]] != here
 
 
+@pytest.mark.docs("http-api.md#the-job-object")
 def test_output_full_of_control_characters_is_base64() -> None:
     """Text stays text (tabs, newlines, an ANSI colour); NUL padding is sent as base64."""
     gate = Gate(runner=ThreadRunner())

@@ -75,6 +75,7 @@ def test_async_poll_and_cancel(server: Server) -> None:
     assert server.request("GET", path)[0] == 404
 
 
+@pytest.mark.docs("http-api.md#status-codes", "http-api.md#errors")
 def test_errors_are_json(server: Server) -> None:
     """Over real HTTP, errors are JSON with the documented codes and headers."""
     status, body = server.json("POST", "/commands/nope", {})

@@ -91,6 +91,7 @@ def test_four_gunicorn_workers_on_sqlite(tmp_path: Path, servers: list[Server]) 
     submit_and_check(servers)
 
 
+@pytest.mark.docs("http-api.md#conventions")
 def test_two_servers_sharing_redis(tmp_path: Path, servers: list[Server], redis_url: str) -> None:
     """Two separate servers on one Redis: jobs from either are read through the other."""
     config = redis_config(redis_url, f"{tmp_path.name}:")
@@ -128,6 +129,7 @@ def start_tree(server: Server) -> tuple[str, int]:
     return job["id"], int(server.json("GET", f"/jobs/{job['id']}")[1]["stdout"])
 
 
+@pytest.mark.docs("http-api.md#delete-jobsid")
 def test_cancel_through_another_process(
     tmp_path: Path, servers: list[Server], store_kind: str, any_redis_url: str
 ) -> None:
@@ -157,6 +159,7 @@ def test_output_so_far_is_visible_from_another_process(
     second.json("DELETE", f"/jobs/{job['id']}?wait=10")
 
 
+@pytest.mark.docs("http-api.md#idempotency")
 def test_idempotency_key_across_processes(
     tmp_path: Path, servers: list[Server], store_kind: str, any_redis_url: str
 ) -> None:

@@ -34,6 +34,7 @@ def document(gate: Gate, **headers: str) -> dict:  # type: ignore[type-arg]
     return response.json  # type: ignore[no-any-return]
 
 
+@pytest.mark.docs("http-api.md#get-openapijson")
 def test_document_is_valid_openapi_31(gate: Gate) -> None:
     """The document passes the OpenAPI 3.1 validator."""
     spec = document(gate)
@@ -42,6 +43,7 @@ def test_document_is_valid_openapi_31(gate: Gate) -> None:
     assert spec["servers"] == [{"url": "http://localhost"}]
 
 
+@pytest.mark.docs("http-api.md#endpoints")
 def test_every_route_is_described(gate: Gate) -> None:
     """Each rule of the URL map has a path with the same methods (commands by name)."""
     spec = document(gate)
@@ -73,6 +75,7 @@ def test_every_route_is_described(gate: Gate) -> None:
     )
 
 
+@pytest.mark.docs("http-api.md#get-openapijson")
 def test_command_request_schemas_follow_their_policy(gate: Gate) -> None:
     """Each command's request body schema carries its argument policy and limits."""
     paths = document(gate)["paths"]
@@ -98,6 +101,7 @@ def test_every_operation_documents_its_errors(gate: Gate) -> None:
             assert codes & {"400", "401", "403", "404"}, (path, method)
 
 
+@pytest.mark.docs("http-api.md#get-openapijson")
 def test_tokens_see_their_own_commands() -> None:
     """With auth, the document needs a token and lists only that token's commands."""
     gate = Gate(tokens=[make_token("ci", hash_token("t"), commands=["echo"])])

@@ -521,6 +521,7 @@ def test_policies_built_directly_are_validated(kwargs: dict[str, Any], expected:
 # -- to_json and to_schema --------------------------------------------------------------
 
 
+@pytest.mark.docs("http-api.md#get-commands-and-get-commandsname")
 def test_to_json(base: str) -> None:
     """GET /commands shows the mode, every rule with all its fields, options and dashdash."""
     policy = rules(

@@ -64,6 +64,7 @@ def test_death_by_signal_is_failed_and_named() -> None:
     assert outcome.error == "killed by SIGSEGV"
 
 
+@pytest.mark.docs("http-api.md#statuses")
 def test_missing_program_is_error() -> None:
     """A program that cannot be started is an error outcome, not an exception."""
     outcome = Capture().run(["/nonexistent/program"])
@@ -164,6 +165,7 @@ def test_timeout_kills_the_whole_tree() -> None:
     wait_for(lambda: not live_pids_in_group(pgid), timeout=2)
 
 
+@pytest.mark.docs("http-api.md#statuses")
 def test_sigterm_ignored_escalates_to_sigkill() -> None:
     """A child that ignores SIGTERM is SIGKILLed after the grace period."""
     cap = Capture()

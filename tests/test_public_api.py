@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import procgate
 
 
@@ -38,6 +40,7 @@ def test_all_is_pinned() -> None:
         assert getattr(procgate, name) is not None
 
 
+@pytest.mark.docs("http-api.md#statuses")
 def test_statuses_are_the_documented_words() -> None:
     """Job statuses serialise to the words of the HTTP contract."""
     assert [s.value for s in procgate.JobStatus] == [

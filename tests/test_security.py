@@ -52,6 +52,7 @@ def client(gate: Gate) -> Client:
     return Client(gate)
 
 
+@pytest.mark.docs("http-api.md#get-health")
 def test_health_needs_no_token(client: Client) -> None:
     """Load balancers can check health without credentials."""
     assert client.get("/health").status_code == 200
@@ -61,6 +62,7 @@ def test_health_needs_no_token(client: Client) -> None:
     "headers",
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic Y2k6eA=="}, bearer("")],
 )
+@pytest.mark.docs("http-api.md#authentication")
 def test_missing_or_bad_token_is_401(client: Client, headers: dict[str, str]) -> None:
     """No token or a wrong one: 401 with WWW-Authenticate, for every endpoint."""
     for method, path in (("GET", "/commands"), ("POST", "/commands/echo"), ("GET", "/jobs")):
@@ -70,6 +72,7 @@ def test_missing_or_bad_token_is_401(client: Client, headers: dict[str, str]) ->
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+@pytest.mark.docs("http-api.md#authentication")
 def test_token_limited_to_commands(client: Client, gate: Gate) -> None:
     """A token runs only its commands (403 otherwise, and nothing is created) and lists
     only those."""
@@ -89,6 +92,7 @@ def test_token_limited_to_commands(client: Client, gate: Gate) -> None:
     )
 
 
+@pytest.mark.docs("http-api.md#authentication", "http-api.md#get-jobsid")
 def test_jobs_are_private_to_their_token(client: Client) -> None:
     """A token sees and cancels only its own jobs; an admin sees all."""
     mine = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
@@ -104,6 +108,7 @@ def test_jobs_are_private_to_their_token(client: Client) -> None:
     assert client.delete(f"/jobs/{mine}?wait=10", headers=bearer(ADMIN)).status_code == 202
 
 
+@pytest.mark.docs("http-api.md#authentication")
 def test_read_only_token(client: Client, gate: Gate) -> None:
     """A read-only (admin) token reads every job but runs and cancels nothing."""
     job = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
@@ -121,6 +126,7 @@ def test_read_only_token(client: Client, gate: Gate) -> None:
     client.delete(f"/jobs/{job}?wait=10", headers=bearer(CI))
 
 
+@pytest.mark.docs("http-api.md#authentication")
 def test_raw_mode_is_admin_only(client: Client, gate: Gate) -> None:
     """POST /run needs an admin token: another one is a 403 that creates no job."""
     refused(
@@ -135,6 +141,7 @@ def test_raw_mode_is_admin_only(client: Client, gate: Gate) -> None:
     assert response.status_code == 200
 
 
+@pytest.mark.docs("http-api.md#authentication")
 def test_github_webhook(client: Client) -> None:
     """A GitHub-signed webhook needs no token; its raw body is stdin, its event in env."""
     body = json.dumps({"ref": "refs/heads/main", "zen": "Keep it logically awesome."}).encode()
@@ -154,6 +161,7 @@ def test_github_webhook(client: Client) -> None:
     assert unsigned.status_code == 401
 
 
+@pytest.mark.docs("http-api.md#authentication")
 def test_gitlab_token_webhook(client: Client) -> None:
     """GitLab's X-Gitlab-Token header authenticates a signed command too."""
     response = client.post(
@@ -169,6 +177,7 @@ def test_gitlab_token_webhook(client: Client) -> None:
     )
 
 
+@pytest.mark.docs("http-api.md#authentication")
 def test_address_allowlists() -> None:
     """Global and per-command CIDR lists; X-Forwarded-For only from trusted proxies."""
     gate = Gate(allow_ips=["127.0.0.0/8", "10.0.0.0/8"], trusted_proxies=["127.0.0.1/32"])
@@ -259,6 +268,7 @@ def test_stdin_limit() -> None:
         gate.close()
 
 
+@pytest.mark.docs("http-api.md#errors")
 def test_max_running_per_command_and_global() -> None:
     """Beyond max_running queued-or-running jobs: 429 with Retry-After."""
     gate = Gate(runner=ThreadRunner(max_workers=4), max_running=3)
@@ -278,6 +288,7 @@ def test_max_running_per_command_and_global() -> None:
         gate.close()
 
 
+@pytest.mark.docs("http-api.md#post-commandsname")
 def test_max_rate() -> None:
     """max_rate = "2/minute": the third job within the minute is a 429."""
     gate = Gate()
@@ -552,6 +563,7 @@ def keyed(client: Client, path: str, word: str, **options: Any) -> Any:
     return client.post(path, json=body, **options)
 
 
+@pytest.mark.docs("http-api.md#idempotency")
 def test_idempotency_keys_are_per_token(job_store: JobStore) -> None:
     """Bob sending Alice's idempotency_key runs his own job and sees nothing of hers; each
     of them still gets their own job replayed. On every store."""
@@ -582,6 +594,7 @@ def test_idempotency_keys_are_per_token(job_store: JobStore) -> None:
         gate.close()
 
 
+@pytest.mark.docs("http-api.md#idempotency")
 def test_idempotency_keys_are_per_client_address_without_tokens(job_store: JobStore) -> None:
     """Without tokens the client address is the caller: two addresses with one key get a
     job each, for a command and for /run alike, and /run does not share the command's key
@@ -639,6 +652,7 @@ def hosted(client: Client, method: str, path: str, host: str, **options: Any) ->
     return client.open(path, method=method, headers={"Host": host}, **options)
 
 
+@pytest.mark.docs("http-api.md#get-health")
 def test_trusted_hosts_refuse_other_hosts() -> None:
     """With trusted_hosts, a request for any other Host (or none that is valid) is a JSON
     400 untrusted_host and creates nothing; the trusted names (a leading "." for their

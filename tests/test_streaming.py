@@ -97,6 +97,7 @@ class Follower:
         return b"".join(self.parts)
 
 
+@pytest.mark.docs("http-api.md#get-jobsidstdout-and-get-jobsidstderr")
 def test_follow_stdout_streams_while_running(client: Client) -> None:
     """?follow=1 sends output as it is written, and ends when the job ends."""
     job_id = start(client, "echo one; sleep 0.5; echo two >&2; echo three; sleep 0.3")
@@ -126,6 +127,7 @@ def test_follow_unknown_job_is_404(client: Client) -> None:
     assert client.get("/jobs/nope/output").status_code == 404
 
 
+@pytest.mark.docs("http-api.md#get-jobsidoutput")
 def test_output_by_offset(client: Client) -> None:
     """?offset= returns the bytes from there, the next offset and whether it is complete."""
     job_id = start(client, "printf 12345; sleep 0.5; printf 678")
@@ -150,6 +152,7 @@ def test_output_by_offset(client: Client) -> None:
     assert client.get(f"/jobs/{job_id}/output?offset=-1").status_code == 400
 
 
+@pytest.mark.docs("http-api.md#get-jobsidevents")
 def test_events_stream(client: Client) -> None:
     """SSE: status events, output events in order across streams, then the whole job."""
     script = "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; exit 3"
@@ -184,6 +187,7 @@ def test_events_stream(client: Client) -> None:
     assert ": keepalive" not in response.get_data(as_text=True)  # no silence here
 
 
+@pytest.mark.docs("http-api.md#get-jobsidevents")
 def test_events_resume_without_gaps_or_repeats(client: Client, tmp_path: Path) -> None:
     """Reconnecting with Last-Event-ID sends only the chunks after that id.
 

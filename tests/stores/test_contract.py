@@ -144,6 +144,7 @@ def test_start_is_compare_and_set(store: JobStore) -> None:
     assert wins[0].started_at is not None
 
 
+@pytest.mark.docs("http-api.md#statuses")
 def test_finish_once(store: JobStore) -> None:
     """A job finishes once; a finished job never changes again."""
     job = store.create(new_job())
@@ -359,6 +360,7 @@ def test_ttl_expires_finished_jobs_only(make_store: MakeStore) -> None:
     assert [j.id for j in store.list().jobs] == [running.id]
 
 
+@pytest.mark.docs("http-api.md#statuses")
 def test_heartbeats_and_lost_jobs(store: JobStore) -> None:
     """Owners heartbeat; mark_lost finishes a dead owner's active jobs only."""
     store.heartbeat("a")
