@@ -213,6 +213,7 @@ def test_stdin_text_and_base64(client: Client) -> None:
 
 
 @pytest.mark.docs("http-api.md#post-commandsname")
+@pytest.mark.docs("security.md#environment")
 def test_env_minimal_configured_and_allowed(client: Client) -> None:
     """Children see PATH, LANG, configured env and allowed request env, nothing else."""
     job = run(client, "env", env={"FOO": "bar"})
@@ -222,6 +223,7 @@ def test_env_minimal_configured_and_allowed(client: Client) -> None:
 
 
 @pytest.mark.docs("http-api.md#post-commandsname")
+@pytest.mark.docs("security.md#environment")
 def test_env_not_allowed_is_403(client: Client) -> None:
     """A request setting an env key the command does not allow is refused."""
     response = client.post("/commands/env", json={"env": {"LD_PRELOAD": "/x.so"}})
@@ -384,6 +386,7 @@ def test_output_so_far_while_running(client: Client, runner_kind: str) -> None:
 
 
 @pytest.mark.docs("http-api.md#get-jobsidstdout-and-get-jobsidstderr")
+@pytest.mark.docs("live-output.md#truncation")
 def test_truncation_flag() -> None:
     """Output past a command's max_output is dropped and flagged."""
     gate = Gate(runner=ThreadRunner())
@@ -480,6 +483,7 @@ def test_non_json_content_type_is_415(client: Client) -> None:
 
 
 @pytest.mark.docs("http-api.md#conventions")
+@pytest.mark.docs("security.md#limits")
 def test_body_over_limit_is_413() -> None:
     """A body over max_body is refused with a JSON 413 before it is parsed; no job."""
     gate = Gate(runner=ThreadRunner(), max_body=1000)
@@ -507,6 +511,7 @@ def post_chunked(client: Client, path: str, body: bytes) -> Any:
 
 
 @pytest.mark.docs("http-api.md#conventions")
+@pytest.mark.docs("security.md#failure-modes")
 def test_chunked_body_over_limit_is_413() -> None:
     """A chunked body (no Content-Length) one byte over max_body is a JSON 413, as with a
     Content-Length, and nothing runs; one of exactly max_body bytes is read whole."""
@@ -534,6 +539,7 @@ def test_chunked_body_over_limit_is_413() -> None:
 
 
 @pytest.mark.docs("http-api.md#conventions")
+@pytest.mark.docs("security.md#failure-modes")
 def test_huge_numbers_are_400_on_every_store(job_store: JobStore) -> None:
     """A 400-digit integer in wait or timeout (commands and /run), or in limit, offset or
     Last-Event-ID, is a JSON 400 on every store: never a 500, and nothing runs."""

@@ -207,6 +207,7 @@ ALLOW = ["http://127.0.0.1:9000/hooks/"]
         None,
     ],
 )
+@pytest.mark.docs("callbacks.md#the-url-rules")
 def test_malformed_urls_are_refused(url: object) -> None:
     """Spaces, CR/LF, NUL, non-ASCII, lone %, user info, bad ports, encoded separators and
     dot segments with parameters are refused as invalid, whatever the prefix."""
@@ -231,6 +232,7 @@ def test_malformed_urls_are_refused(url: object) -> None:
         "https://127.0.0.1:9000/hooks/",
     ],
 )
+@pytest.mark.docs("security.md#callbacks", "callbacks.md#the-allowlist")
 def test_urls_leaving_the_prefix_once_normalised_are_not_allowed(url: str) -> None:
     """The allowlist sees the normal form: ``/hooks/../admin`` is ``/admin``."""
     with pytest.raises(InvalidRequest) as caught:
@@ -253,6 +255,7 @@ def test_urls_leaving_the_prefix_once_normalised_are_not_allowed(url: str) -> No
         ("http://127.0.0.1:9000/hooks/@evil", "http://127.0.0.1:9000/hooks/@evil"),  # a path
     ],
 )
+@pytest.mark.docs("callbacks.md#the-url-rules")
 def test_urls_are_normalised(url: str, normal: str | None) -> None:
     """Scheme and host in lower case, unreserved escapes decoded, slashes merged, dot
     segments resolved, no fragment; the query as given. An encoded slash in the path is
@@ -287,6 +290,13 @@ def settled(client: Client, job_id: str, timeout: float = 10.0) -> dict[str, Any
     return callback(client, job_id)
 
 
+@pytest.mark.docs(
+    "callbacks.md#http-callbacks",
+    "callbacks.md#the-request",
+    "callbacks.md#the-payload",
+    "callbacks.md#verifying-the-signature",
+    "callbacks.md#the-jobs-callback-field",
+)
 def test_job_callback_is_posted_signed_and_recorded(receiver: Receiver) -> None:
     """A finished job is POSTed with its context and signature; the job records delivery."""
     gate = make_gate(receiver, callback_secret="k")
@@ -325,6 +335,7 @@ def test_job_callback_is_posted_signed_and_recorded(receiver: Receiver) -> None:
     assert headers["X-Procgate-Signature"] == f"sha256={signature}"
 
 
+@pytest.mark.docs("callbacks.md#retries", "callbacks.md#the-jobs-callback-field")
 def test_failed_callback_is_retried_then_recorded(receiver: Receiver) -> None:
     """A receiver that keeps failing gets the configured attempts; the job says so."""
     receiver.codes = [500] * 10
@@ -342,6 +353,11 @@ def test_failed_callback_is_retried_then_recorded(receiver: Receiver) -> None:
     assert job["status"] == "succeeded"  # a callback never changes the job's result
 
 
+@pytest.mark.docs(
+    "security.md#callbacks",
+    "callbacks.md#http-callbacks",
+    "callbacks.md#the-allowlist",
+)
 def test_callback_outside_allowlist_is_400(receiver: Receiver) -> None:
     """No open SSRF: a callback URL outside callback_allow is refused before anything runs."""
     gate = make_gate(receiver)
@@ -357,6 +373,7 @@ def test_callback_outside_allowlist_is_400(receiver: Receiver) -> None:
         gate.close()
 
 
+@pytest.mark.docs("callbacks.md#python-hooks")
 def test_python_hooks_called_once_per_finished_job(receiver: Receiver) -> None:
     """Gate and command hooks run once per finished job, cancelled-while-queued included."""
     gate = Gate(runner=ThreadRunner(max_workers=1))
@@ -379,6 +396,7 @@ def test_python_hooks_called_once_per_finished_job(receiver: Receiver) -> None:
     assert sorted(s[1] for s in seen if s[0] == "gate") == ["cancelled", "cancelled", "succeeded"]
 
 
+@pytest.mark.docs("callbacks.md#python-hooks")
 def test_failing_hook_is_logged_and_harmless(caplog: pytest.LogCaptureFixture) -> None:
     """An exception in a hook is logged; the job, the runner and other hooks carry on."""
     gate = Gate(runner=ThreadRunner(max_workers=1))
@@ -401,6 +419,7 @@ def test_failing_hook_is_logged_and_harmless(caplog: pytest.LogCaptureFixture) -
     assert "hook bug" in caplog.text
 
 
+@pytest.mark.docs("security.md#callbacks", "callbacks.md#the-allowlist")
 def test_callback_allow_must_be_a_list() -> None:
     """A string is refused: taken as prefixes one character long it would allow anything."""
     from procgate import ConfigError
@@ -411,6 +430,7 @@ def test_callback_allow_must_be_a_list() -> None:
         Gate(allow_programs="echo")  # type: ignore[arg-type]
 
 
+@pytest.mark.docs("callbacks.md#the-request", "callbacks.md#durability-and-repeats")
 def test_retries_send_the_same_bytes_and_delivery_id(receiver: Receiver) -> None:
     """Every attempt of one callback carries the same body, signature and
     X-Procgate-Delivery (the job id), for the receiver to de-duplicate on."""
@@ -429,6 +449,7 @@ def test_retries_send_the_same_bytes_and_delivery_id(receiver: Receiver) -> None
     assert json.loads(receiver.received[0][2])["callback"]["attempts"] == 0
 
 
+@pytest.mark.docs("callbacks.md#verifying-the-signature")
 def test_no_secret_no_signature(receiver: Receiver) -> None:
     """Without a secret, no signature header is sent."""
     gate = make_gate(receiver)
@@ -441,6 +462,7 @@ def test_no_secret_no_signature(receiver: Receiver) -> None:
     assert "X-Procgate-Signature" not in receiver.received[0][1]
 
 
+@pytest.mark.docs("security.md#callbacks", "callbacks.md#retries")
 def test_redirects_are_not_followed(receiver: Receiver) -> None:
     """A redirect could leave the allowlist: it counts as a failed attempt."""
     receiver.codes = [302]
@@ -455,6 +477,7 @@ def test_redirects_are_not_followed(receiver: Receiver) -> None:
     assert len(receiver.received) == 1
 
 
+@pytest.mark.docs("callbacks.md#retries")
 def test_unreachable_is_a_failed_attempt(receiver: Receiver) -> None:
     """A refused connection is recorded with its error, and retried."""
     with socket.create_server(("127.0.0.1", 0)) as closed:
@@ -471,6 +494,7 @@ def test_unreachable_is_a_failed_attempt(receiver: Receiver) -> None:
     assert "ConnectionRefusedError" in state["last_error"]
 
 
+@pytest.mark.docs("security.md#failure-modes", "callbacks.md#the-url-rules")
 def test_malformed_urls_are_400_and_later_callbacks_go_out(receiver: Receiver) -> None:
     """Twelve callback_urls with a space, CR/LF or NUL after an allowed prefix are refused
     with a JSON 400 and create no job; the next good callback is delivered."""
@@ -489,6 +513,7 @@ def test_malformed_urls_are_400_and_later_callbacks_go_out(receiver: Receiver) -
         gate.close()
 
 
+@pytest.mark.docs("callbacks.md#the-url-rules")
 def test_the_callback_goes_to_the_normalised_url(receiver: Receiver) -> None:
     """The job keeps, and the callback goes to, the URL in normal form; a URL that leaves
     the allowed prefix once normalised is 400 callback_not_allowed."""
@@ -526,6 +551,7 @@ def finished_job(store: JobStore, url: str) -> Job:
     return job
 
 
+@pytest.mark.docs("security.md#failure-modes", "callbacks.md#retries")
 def test_every_failure_is_an_attempt_and_delivery_goes_on(
     receiver: Receiver, hostile: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -571,6 +597,7 @@ def test_every_failure_is_an_attempt_and_delivery_goes_on(
     assert [path for path, _, _ in receiver.received] == ["/hook"]  # none went elsewhere
 
 
+@pytest.mark.docs("security.md#failure-modes", "callbacks.md#retries")
 def test_a_trickling_receiver_is_cut_at_the_deadline(hostile: Any) -> None:
     """callback_timeout bounds the whole attempt: a receiver sending a header byte a
     second is dropped after 2 s (not after every byte), and the attempt is recorded."""
@@ -609,6 +636,7 @@ def test_a_tls_handshake_is_under_the_deadline(hostile: Any) -> None:
     assert state["last_error"].startswith("timed out")
 
 
+@pytest.mark.docs("security.md#failure-modes")
 def test_a_hanging_receiver_does_not_hold_up_the_others(
     receiver: Receiver, hostile: Any, tmp_path: Path
 ) -> None:
@@ -644,6 +672,7 @@ def test_a_hanging_receiver_does_not_hold_up_the_others(
     assert claimed.callback["attempts"] == 1  # the one under way was not counted
 
 
+@pytest.mark.docs("callbacks.md#configuration")
 def test_no_poller_without_callback_allow(receiver: Receiver) -> None:
     """A Gate without callback_allow starts no callback thread; one with it does, and
     stops it when closed."""
@@ -678,6 +707,7 @@ def test_finishing_here_wakes_the_poller(receiver: Receiver) -> None:
     assert delay < 0.5
 
 
+@pytest.mark.docs("callbacks.md#durability-and-repeats")
 def test_an_attempt_whose_process_died_counts(receiver: Receiver) -> None:
     """A claim whose process died without recording (its lease ran out) used up its
     attempt: past callback_attempts the callback is failed, and nothing is sent."""
@@ -771,6 +801,7 @@ def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any
         store.close()
 
 
+@pytest.mark.docs("callbacks.md#durability-and-repeats")
 def test_a_pending_callback_outlives_its_gate(receiver: Receiver, shared_store: Any) -> None:
     """A callback still pending when its Gate closes (the receiver was down) is delivered
     by the next Gate on the same store, with the same delivery id and body."""
@@ -829,6 +860,7 @@ def _end_leftover_sleeps() -> None:
                 os.kill(int(entry), signal.SIGKILL)
 
 
+@pytest.mark.docs("security.md#failure-modes", "callbacks.md#durability-and-repeats")
 def test_callbacks_survive_a_killed_server(receiver: Receiver, tmp_path: Path) -> None:
     """SIGKILL ``procgate serve`` while a finished job's callback is pending (its receiver
     down) and a job with a callback runs: the restarted server delivers both, the running

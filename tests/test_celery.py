@@ -179,6 +179,7 @@ def test_jobs_spread_over_both_workers_and_read_from_both_apis(cluster: Cluster)
     assert all(count > 0 for count in counts), counts
 
 
+@pytest.mark.docs("stores.md#cancelling-across-processes")
 def test_cancel_through_the_other_api_kills_the_tree(cluster: Cluster) -> None:
     """A job submitted through one API and cancelled through the other: its whole process
     tree, on the worker's side, is gone within 2 s."""

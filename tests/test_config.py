@@ -39,6 +39,7 @@ def test_example_config_builds_a_working_gate(
     assert (tmp_path / "procgate-data" / "jobs.db").is_file()
 
 
+@pytest.mark.docs("stores.md#options")
 def test_full_config(tmp_path: Path) -> None:
     """Every section maps onto Gate, runner, store and command options."""
     (tmp_path / "bin").mkdir()
@@ -141,6 +142,7 @@ def test_duplicate_registration_is_an_error() -> None:
         gate.close()
 
 
+@pytest.mark.docs("callbacks.md#configuration")
 def test_gate_section_sets_uploads_and_callbacks(tmp_path: Path) -> None:
     """[gate] carries the upload limits, the callback settings and trusted_hosts."""
     path = write(
@@ -234,6 +236,7 @@ hmac_secret_env = "PROCGATE_TEST_SECRET"
         gate.close()
 
 
+@pytest.mark.docs("security.md#signed-requests-and-webhooks")
 def test_missing_secret_env_is_a_config_error(tmp_path: Path) -> None:
     """A secret named by *_env that the environment lacks stops the startup."""
     path = write(tmp_path, "[commands.h]\nargv = ['cat']\nhmac_secret_env = 'PROCGATE_NOT_SET_X'\n")
@@ -241,6 +244,7 @@ def test_missing_secret_env_is_a_config_error(tmp_path: Path) -> None:
         read_config(path).build()
 
 
+@pytest.mark.docs("security.md#signed-requests-and-webhooks")
 def test_secret_and_secret_env_together_are_refused(tmp_path: Path) -> None:
     """Giving a secret both inline and through the environment is a mistake, not a choice."""
     path = write(

@@ -5,13 +5,15 @@ Each test names the docs section it pins (``tests/test_docs_map.py`` checks the 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from werkzeug.test import Client
 
-from procgate import Gate, ThreadRunner
+from procgate import Gate, ThreadRunner, create_app, streaming
 
 
 @pytest.fixture
@@ -114,3 +116,55 @@ def test_the_body_wait_wins_but_the_query_is_checked(client: Client) -> None:
     assert time.monotonic() - began < 0.9
     bad = client.post("/commands/echo", json={"wait": True}, query_string={"wait": "soon"})
     assert (bad.status_code, bad.json["error"]["code"]) == (400, "invalid_request")
+
+
+@pytest.mark.docs("live-output.md#proxies-and-servers")
+def test_event_streams_tell_nginx_not_to_buffer(client: Client) -> None:
+    """Event streams carry ``X-Accel-Buffering: no`` (nginx passes them on at once) and keep
+    a quiet stream alive every 15 s, below nginx's default 60 s ``proxy_read_timeout``."""
+    job = client.post("/commands/echo", json={"args": ["hi"], "wait": True}).json
+    response = client.get(f"{job['url']}/events")
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert response.mimetype == "text/event-stream"
+    assert "event: end" in response.get_data(as_text=True)
+    assert streaming.KEEPALIVE == 15.0
+
+
+@pytest.mark.docs("security.md#the-configuration")
+def test_the_hardened_configuration_loads_and_refuses_what_it_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hardened deployment's procgate.toml, with its paths moved into a temporary
+    directory, builds a Gate: every key exists, and it refuses a request without a token
+    and a deploy to an environment outside its choices."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
+    section = page.split("### The configuration", 1)[1]
+    toml = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert toml is not None
+    script = tmp_path / "deploy"
+    script.write_text('#!/bin/sh\necho deployed "$@"\n')
+    script.chmod(0o755)
+    (tmp_path / "log").mkdir()
+    text = (
+        toml.group(1)
+        .replace("/usr/local/libexec/procgate/deploy", str(script))
+        .replace("/usr/local/libexec/procgate/on-push", str(script))
+        .replace("sqlite:////var/lib/procgate/jobs.db", f"sqlite:///{tmp_path}/jobs.db")
+        .replace("/var/log/myapp", str(tmp_path / "log"))
+    )
+    config = tmp_path / "procgate.toml"
+    config.write_text(text)
+    monkeypatch.setenv("PROCGATE_CALLBACK_SECRET", "callback-secret")
+    monkeypatch.setenv("PROCGATE_GITLAB_SECRET", "gitlab-secret")
+    gate = create_app(str(config))
+    try:
+        client = Client(gate)
+        host = "http://jobs.example.com/"
+        inside = {"REMOTE_ADDR": "10.20.0.5"}
+        refused = client.post("/commands/deploy", json={}, environ_base=inside, base_url=host)
+        assert (refused.status_code, refused.json["error"]["code"]) == (401, "unauthorized")
+        outside = client.get("/jobs", environ_base={"REMOTE_ADDR": "192.0.2.1"}, base_url=host)
+        assert outside.json["error"]["code"] == "address_not_allowed"
+        assert list(gate.commands) == ["deploy", "logs", "disk", "gitlab-push"]
+    finally:
+        gate.close()

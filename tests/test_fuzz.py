@@ -78,6 +78,7 @@ def check(response: Any) -> None:
         ["application/json", "application/json; charset=latin-1", "text/plain", "", "x/y+json"]
     ),
 )
+@pytest.mark.docs("security.md#the-openapi-document-and-fuzzing")
 def test_malformed_bodies_never_crash(
     client: Client, body: bytes, path: str, content_type: str
 ) -> None:
@@ -94,6 +95,7 @@ def test_malformed_bodies_never_crash(
     ),
     path=st.sampled_from(["/jobs", "/jobs/x", "/jobs/x/stdout", "/jobs/x/output", "/health"]),
 )
+@pytest.mark.docs("security.md#the-openapi-document-and-fuzzing")
 def test_malformed_queries_never_crash(client: Client, query: dict[str, str], path: str) -> None:
     """Any query string on the read endpoints is answered, 2xx or a JSON 4xx."""
     check(client.get(path, query_string=query))

@@ -218,6 +218,7 @@ def rss_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} for {pid}")
 
 
+@pytest.mark.docs("live-output.md#truncation", "live-output.md#memory")
 def test_gigabyte_of_output_keeps_memory_bounded(tmp_path: Path) -> None:
     """1 GiB printed with max_output = 16 MiB: the server grows < 64 MiB; a follower gets
     exactly the 16 MiB kept, and the job says it was truncated."""

@@ -85,6 +85,7 @@ def submit_and_check(targets: list[Server], jobs: int = 500, clients: int = 16) 
         assert set(seen) == set(submitted)
 
 
+@pytest.mark.docs("stores.md#choosing-a-store")
 def test_four_gunicorn_workers_on_sqlite(tmp_path: Path, servers: list[Server]) -> None:
     """500 async jobs from 16 clients through 4 workers: all found, right, no duplicates."""
     servers.append(start_server(tmp_path, sqlite_config(tmp_path), "--workers", "4"))
@@ -92,6 +93,7 @@ def test_four_gunicorn_workers_on_sqlite(tmp_path: Path, servers: list[Server]) 
 
 
 @pytest.mark.docs("http-api.md#conventions")
+@pytest.mark.docs("stores.md#choosing-a-store")
 def test_two_servers_sharing_redis(tmp_path: Path, servers: list[Server], redis_url: str) -> None:
     """Two separate servers on one Redis: jobs from either are read through the other."""
     config = redis_config(redis_url, f"{tmp_path.name}:")
@@ -130,6 +132,7 @@ def start_tree(server: Server) -> tuple[str, int]:
 
 
 @pytest.mark.docs("http-api.md#delete-jobsid")
+@pytest.mark.docs("stores.md#cancelling-across-processes")
 def test_cancel_through_another_process(
     tmp_path: Path, servers: list[Server], store_kind: str, any_redis_url: str
 ) -> None:
@@ -145,6 +148,7 @@ def test_cancel_through_another_process(
     assert job["status"] == "cancelled"
 
 
+@pytest.mark.docs("live-output.md#followers-on-other-workers-and-hosts")
 def test_output_so_far_is_visible_from_another_process(
     tmp_path: Path, servers: list[Server], store_kind: str, any_redis_url: str
 ) -> None:
@@ -184,6 +188,7 @@ def test_idempotency_key_across_processes(
     assert len(listed["jobs"]) == 1
 
 
+@pytest.mark.docs("stores.md#restart-recovery-and-the-lost-status")
 def test_crash_leaves_lost_jobs_not_running(tmp_path: Path, servers: list[Server]) -> None:
     """SIGKILL of the whole server mid-job: after a restart the jobs are lost, not running,
     and the children the crash orphaned (each in a process group of its own) are killed.
@@ -231,6 +236,7 @@ def test_crash_leaves_lost_jobs_not_running(tmp_path: Path, servers: list[Server
                 os.killpg(int(pid), signal.SIGKILL)
 
 
+@pytest.mark.docs("live-output.md#followers-on-other-workers-and-hosts")
 def test_follower_in_another_process(
     tmp_path: Path, servers: list[Server], store_kind: str, any_redis_url: str
 ) -> None:

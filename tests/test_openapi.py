@@ -35,6 +35,7 @@ def document(gate: Gate, **headers: str) -> dict:  # type: ignore[type-arg]
 
 
 @pytest.mark.docs("http-api.md#get-openapijson")
+@pytest.mark.docs("security.md#the-openapi-document-and-fuzzing")
 def test_document_is_valid_openapi_31(gate: Gate) -> None:
     """The document passes the OpenAPI 3.1 validator."""
     spec = document(gate)
@@ -91,6 +92,7 @@ def test_command_request_schemas_follow_their_policy(gate: Gate) -> None:
     assert "*/*" in hook["requestBody"]["content"]
 
 
+@pytest.mark.docs("security.md#the-openapi-document-and-fuzzing")
 def test_every_operation_documents_its_errors(gate: Gate) -> None:
     """Operations that can fail document JSON error responses."""
     for path, item in document(gate)["paths"].items():
@@ -102,6 +104,7 @@ def test_every_operation_documents_its_errors(gate: Gate) -> None:
 
 
 @pytest.mark.docs("http-api.md#get-openapijson")
+@pytest.mark.docs("security.md#the-openapi-document-and-fuzzing")
 def test_tokens_see_their_own_commands() -> None:
     """With auth, the document needs a token and lists only that token's commands."""
     gate = Gate(tokens=[make_token("ci", hash_token("t"), commands=["echo"])])

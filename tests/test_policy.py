@@ -84,6 +84,7 @@ def test_any_returns_args_unchanged() -> None:
 
 
 @pytest.mark.parametrize("mode", ["any", "none"])
+@pytest.mark.docs("security.md#argument-policy")
 def test_nul_and_lone_surrogates_are_refused_in_every_mode(mode: str) -> None:
     """No value with a NUL byte or a lone surrogate can reach argv, whatever the mode."""
     policy = parse_policy(mode, where="x")
@@ -91,6 +92,7 @@ def test_nul_and_lone_surrogates_are_refused_in_every_mode(mode: str) -> None:
     assert "argument 1: must be valid Unicode" in refused(policy, ["\ud800"])
 
 
+@pytest.mark.docs("security.md#argument-policy")
 def test_none_refuses_any_arg() -> None:
     """Mode none accepts only an empty list; even "--" is an argument."""
     policy = parse_policy("none", where="x")
@@ -116,6 +118,7 @@ def test_args_must_be_a_list_of_strings(args: Any) -> None:
 # -- options ----------------------------------------------------------------------------
 
 
+@pytest.mark.docs("security.md#argument-policy")
 def test_exact_options_are_allowed_and_others_refused() -> None:
     """A leading option must be listed exactly; anything else names its position."""
     policy = rules({"name": "target"}, options=["-v", "--verbose"])
@@ -125,6 +128,7 @@ def test_exact_options_are_allowed_and_others_refused() -> None:
     assert "not allowed" in refused(policy, ["--verbose=1", "t"])
 
 
+@pytest.mark.docs("security.md#argument-policy")
 def test_prefix_options_need_a_value() -> None:
     """An entry ending in "=" allows that option with any non-empty value after the "="."""
     policy = rules(options=["--depth="])
@@ -140,6 +144,7 @@ def test_lone_dash_is_not_an_option() -> None:
     assert "option '-' is not allowed" in refused(rules({"name": "f"}), ["-"])
 
 
+@pytest.mark.docs("security.md#argument-policy")
 def test_double_dash_ends_options_and_is_consumed() -> None:
     """A leading "--" is not passed on; what follows it is positional, even "-x"."""
     policy = rules({"name": "a", "allow_dash": True}, options=["-v"])
@@ -148,6 +153,7 @@ def test_double_dash_ends_options_and_is_consumed() -> None:
     assert policy.check(["--", "-v"]) == ["-v"]
 
 
+@pytest.mark.docs("security.md#argument-policy")
 def test_dashdash_separates_options_from_positionals() -> None:
     """With dashdash, "--" is always put between the options and the positionals."""
     policy = rules(
@@ -263,6 +269,7 @@ TYPE_CASES = {
     [(t, v, True) for t, (good, _) in TYPE_CASES.items() for v in good]
     + [(t, v, False) for t, (_, bad) in TYPE_CASES.items() for v in bad],
 )
+@pytest.mark.docs("security.md#argument-policy")
 def test_rule_types(type_: str, value: str, ok: bool) -> None:
     """Each type accepts its own syntax (ASCII digits only) and refuses look-alikes."""
     policy = rules({"name": "v", "type": type_})
@@ -273,6 +280,7 @@ def test_rule_types(type_: str, value: str, ok: bool) -> None:
 
 
 @pytest.mark.parametrize(("type_", "value"), [("int", "-3"), ("number", "-1.5"), ("string", "-")])
+@pytest.mark.docs("security.md#argument-policy")
 def test_negative_values_need_allow_dash(type_: str, value: str) -> None:
     """A "-" value is refused by default (option injection) and passed with allow_dash."""
     assert "must not start with '-'" in refused(rules({"name": "n", "type": type_}), ["--", value])
@@ -323,12 +331,14 @@ def test_absolute_path_inside_base_is_allowed(base: str) -> None:
         "link_in/../../outside",
     ],
 )
+@pytest.mark.docs("security.md#argument-policy")
 def test_path_outside_base_is_refused(base: str, value: str) -> None:
     """ "..", absolute paths elsewhere and symlinks that lead out are all refused."""
     policy = rules({"name": "p", "type": "path", "base": base})
     assert refused(policy, [value]).startswith("argument 1 (p): path ")
 
 
+@pytest.mark.docs("security.md#argument-policy")
 def test_path_sibling_with_common_prefix_is_refused(tmp_path: Path) -> None:
     """A sibling named like base plus a suffix is outside: containment compares components."""
     (tmp_path / "base").mkdir()
@@ -372,6 +382,7 @@ def test_path_pattern_and_choices_apply_to_the_value_as_given(base: str) -> None
 # -- pattern and choices ----------------------------------------------------------------
 
 
+@pytest.mark.docs("security.md#argument-policy")
 def test_pattern_must_match_the_whole_value() -> None:
     """A pattern is applied with fullmatch: a partial match is not enough."""
     policy = rules({"name": "tag", "pattern": "[a-z]+"})
@@ -381,6 +392,7 @@ def test_pattern_must_match_the_whole_value() -> None:
     assert "does not match" in refused(policy, ["abc\n"])
 
 
+@pytest.mark.docs("security.md#argument-policy")
 def test_choices() -> None:
     """choices allows exactly the listed values."""
     policy = rules({"name": "color", "choices": ["red", "green"]})
@@ -397,6 +409,7 @@ def test_type_pattern_and_choices_combine() -> None:
     assert "not an integer" in refused(policy, ["ab"])
 
 
+@pytest.mark.docs("security.md#argument-policy")
 def test_error_position_counts_options_and_double_dash() -> None:
     """Positions are 1-based indexes into the request's args, so clients can find them."""
     policy = rules({"name": "host"}, {"name": "port", "type": "int"}, options=["-v"])
@@ -458,6 +471,7 @@ def test_long_values_are_cut_short_in_messages() -> None:
         ("none", {"dashdash": True}, "need a list of argument rules"),
     ],
 )
+@pytest.mark.docs("security.md#argument-policy")
 def test_parse_policy_errors(value: Any, extra: dict[str, Any], expected: str) -> None:
     """Every invalid policy is a ConfigError whose message starts with the given place."""
     with pytest.raises(ConfigError) as info:
@@ -1112,6 +1126,7 @@ def test_every_type_against_every_near_miss(sandbox: str) -> None:
 
 @PROPERTY
 @given(data=st.data())
+@pytest.mark.docs("security.md#argument-policy")
 def test_check_and_schema_hold_for_any_policy_and_args(sandbox: str, data: st.DataObject) -> None:
     """For generated policies and hostile or near-valid args, ``verify`` holds: check only
     ever raises InvalidRequest, and what it accepts obeys the policy and the schema."""

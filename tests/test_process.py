@@ -125,6 +125,7 @@ def test_binary_output_is_kept_as_bytes() -> None:
     assert cap.stdout == bytes(range(256))
 
 
+@pytest.mark.docs("live-output.md#truncation")
 def test_output_cap_truncates_without_blocking_the_child() -> None:
     """Past max_output the rest is drained and dropped; the child still runs to the end."""
     cap = Capture()

@@ -14,6 +14,7 @@ SCRIPT = Path(__file__).parent / "fuzz" / "schemathesis.sh"
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.docs("security.md#the-openapi-document-and-fuzzing")
 def test_schemathesis_finds_nothing() -> None:
     """All checks, seeded and bounded: no 5xx, no schema violations, no hangs, no tracebacks."""
     bash = shutil.which("bash")

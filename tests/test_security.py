@@ -63,6 +63,7 @@ def test_health_needs_no_token(client: Client) -> None:
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic Y2k6eA=="}, bearer("")],
 )
 @pytest.mark.docs("http-api.md#authentication")
+@pytest.mark.docs("security.md#bearer-tokens", "security.md#401-403-and-404")
 def test_missing_or_bad_token_is_401(client: Client, headers: dict[str, str]) -> None:
     """No token or a wrong one: 401 with WWW-Authenticate, for every endpoint."""
     for method, path in (("GET", "/commands"), ("POST", "/commands/echo"), ("GET", "/jobs")):
@@ -73,6 +74,7 @@ def test_missing_or_bad_token_is_401(client: Client, headers: dict[str, str]) ->
 
 
 @pytest.mark.docs("http-api.md#authentication")
+@pytest.mark.docs("security.md#bearer-tokens", "security.md#401-403-and-404")
 def test_token_limited_to_commands(client: Client, gate: Gate) -> None:
     """A token runs only its commands (403 otherwise, and nothing is created) and lists
     only those."""
@@ -93,6 +95,7 @@ def test_token_limited_to_commands(client: Client, gate: Gate) -> None:
 
 
 @pytest.mark.docs("http-api.md#authentication", "http-api.md#get-jobsid")
+@pytest.mark.docs("security.md#bearer-tokens", "security.md#401-403-and-404")
 def test_jobs_are_private_to_their_token(client: Client) -> None:
     """A token sees and cancels only its own jobs; an admin sees all."""
     mine = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
@@ -109,6 +112,7 @@ def test_jobs_are_private_to_their_token(client: Client) -> None:
 
 
 @pytest.mark.docs("http-api.md#authentication")
+@pytest.mark.docs("security.md#bearer-tokens", "security.md#401-403-and-404")
 def test_read_only_token(client: Client, gate: Gate) -> None:
     """A read-only (admin) token reads every job but runs and cancels nothing."""
     job = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
@@ -142,6 +146,7 @@ def test_raw_mode_is_admin_only(client: Client, gate: Gate) -> None:
 
 
 @pytest.mark.docs("http-api.md#authentication")
+@pytest.mark.docs("security.md#signed-requests-and-webhooks")
 def test_github_webhook(client: Client) -> None:
     """A GitHub-signed webhook needs no token; its raw body is stdin, its event in env."""
     body = json.dumps({"ref": "refs/heads/main", "zen": "Keep it logically awesome."}).encode()
@@ -162,6 +167,7 @@ def test_github_webhook(client: Client) -> None:
 
 
 @pytest.mark.docs("http-api.md#authentication")
+@pytest.mark.docs("security.md#signed-requests-and-webhooks")
 def test_gitlab_token_webhook(client: Client) -> None:
     """GitLab's X-Gitlab-Token header authenticates a signed command too."""
     response = client.post(
@@ -178,6 +184,7 @@ def test_gitlab_token_webhook(client: Client) -> None:
 
 
 @pytest.mark.docs("http-api.md#authentication")
+@pytest.mark.docs("security.md#401-403-and-404", "security.md#client-addresses")
 def test_address_allowlists() -> None:
     """Global and per-command CIDR lists; X-Forwarded-For only from trusted proxies."""
     gate = Gate(allow_ips=["127.0.0.0/8", "10.0.0.0/8"], trusted_proxies=["127.0.0.1/32"])
@@ -213,6 +220,7 @@ def test_address_allowlists() -> None:
         gate.close()
 
 
+@pytest.mark.docs("security.md#client-addresses")
 def test_client_address_walks_trusted_proxies() -> None:
     """The client is the last X-Forwarded-For hop that is not a trusted proxy."""
     trusted = parse_networks(["10.0.0.0/8"], "t")
@@ -223,6 +231,7 @@ def test_client_address_walks_trusted_proxies() -> None:
     assert client_address("10.0.0.1", "1.2.3.4", ()) == "10.0.0.1"
 
 
+@pytest.mark.docs("security.md#bearer-tokens")
 def test_token_config_errors() -> None:
     """Tokens need an id, a SHA-256 hex digest, unique ids."""
     with pytest.raises(ConfigError):
@@ -236,6 +245,7 @@ def test_token_config_errors() -> None:
 # -- limits --------------------------------------------------------------------------------
 
 
+@pytest.mark.docs("security.md#limits")
 def test_args_count_and_length_limits() -> None:
     """Too many or too long args are a 400 naming the limit."""
     gate = Gate(max_args=3, max_arg_length=5)
@@ -251,6 +261,7 @@ def test_args_count_and_length_limits() -> None:
         gate.close()
 
 
+@pytest.mark.docs("security.md#limits")
 def test_stdin_limit() -> None:
     """stdin over max_stdin is a 413."""
     gate = Gate(max_stdin=10)
@@ -269,6 +280,7 @@ def test_stdin_limit() -> None:
 
 
 @pytest.mark.docs("http-api.md#errors")
+@pytest.mark.docs("security.md#limits")
 def test_max_running_per_command_and_global() -> None:
     """Beyond max_running queued-or-running jobs: 429 with Retry-After."""
     gate = Gate(runner=ThreadRunner(max_workers=4), max_running=3)
@@ -289,6 +301,7 @@ def test_max_running_per_command_and_global() -> None:
 
 
 @pytest.mark.docs("http-api.md#post-commandsname")
+@pytest.mark.docs("security.md#limits")
 def test_max_rate() -> None:
     """max_rate = "2/minute": the third job within the minute is a 429."""
     gate = Gate()
@@ -326,6 +339,7 @@ def test_policy_config_errors(policy: dict[str, Any], message: str) -> None:
         gate.close()
 
 
+@pytest.mark.docs("security.md#rlimits-user-and-group")
 def test_rlimits_apply_to_the_child() -> None:
     """limits are set on the child: here, open files and file size."""
     gate = Gate()
@@ -341,6 +355,7 @@ def test_rlimits_apply_to_the_child() -> None:
     assert job["stdout"].split() == ["64", "2048"]  # ulimit -f counts 512-byte blocks
 
 
+@pytest.mark.docs("security.md#rlimits-user-and-group")
 def test_cpu_limit_kills_a_spinning_child() -> None:
     """A CPU-seconds limit stops a busy loop: the job fails, killed by SIGKILL/SIGXCPU."""
     gate = Gate()
@@ -354,6 +369,7 @@ def test_cpu_limit_kills_a_spinning_child() -> None:
     assert job["error"] in ("killed by SIGXCPU", "killed by SIGKILL")
 
 
+@pytest.mark.docs("security.md#rlimits-user-and-group")
 def test_user_needs_root_or_exists() -> None:
     """Dropping to a user is checked at registration."""
     gate = Gate()
@@ -364,6 +380,7 @@ def test_user_needs_root_or_exists() -> None:
         gate.close()
 
 
+@pytest.mark.docs("security.md#rlimits-user-and-group")
 def test_runs_as_configured_user() -> None:
     """As root, a command with user = "nobody" runs as nobody, without root's groups."""
     gate = Gate()
@@ -381,6 +398,7 @@ def test_runs_as_configured_user() -> None:
 # -- audit -----------------------------------------------------------------------------------
 
 
+@pytest.mark.docs("security.md#the-audit-log")
 def test_audit_log_lines(client: Client, caplog: pytest.LogCaptureFixture) -> None:
     """One JSON line per transition, with token id and client, never the token or stdin."""
     with caplog.at_level(logging.INFO, logger="procgate.audit"):
@@ -407,6 +425,7 @@ def test_audit_log_lines(client: Client, caplog: pytest.LogCaptureFixture) -> No
     assert hash_token(CI) not in text
 
 
+@pytest.mark.docs("security.md#the-audit-log")
 def test_cancel_is_audited(client: Client, caplog: pytest.LogCaptureFixture) -> None:
     """A cancel request is audited with who asked."""
     job = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
@@ -419,6 +438,7 @@ def test_cancel_is_audited(client: Client, caplog: pytest.LogCaptureFixture) -> 
     assert "cancelled" in events
 
 
+@pytest.mark.docs("security.md#bearer-tokens")
 def test_concurrent_auth_is_consistent(client: Client) -> None:
     """Many threads with mixed tokens each get exactly their own rights."""
     results: list[tuple[str, int]] = []
@@ -437,6 +457,7 @@ def test_concurrent_auth_is_consistent(client: Client) -> None:
     assert {code for secret, code in results if secret == OPS} == {202}
 
 
+@pytest.mark.docs("security.md#authentication-in-middleware-instead")
 def test_any_wsgi_auth_middleware_can_stand_in_front() -> None:
     """Auth is pluggable: a plain WSGI middleware in front of a token-less Gate works."""
 
@@ -464,6 +485,7 @@ def test_any_wsgi_auth_middleware_can_stand_in_front() -> None:
         gate.close()
 
 
+@pytest.mark.docs("security.md#bearer-tokens")
 def test_token_command_prints_a_working_entry(tmp_path: Any) -> None:
     """procgate token makes a secret whose config entry authenticates it."""
     import subprocess
@@ -482,6 +504,7 @@ def test_token_command_prints_a_working_entry(tmp_path: Any) -> None:
     assert 'id = "deploy"' in out
 
 
+@pytest.mark.docs("security.md#limits")
 def test_max_rate_is_not_freed_by_deleting_jobs() -> None:
     """Deleting finished jobs does not make room under max_rate."""
     gate = Gate()
@@ -496,6 +519,7 @@ def test_max_rate_is_not_freed_by_deleting_jobs() -> None:
         gate.close()
 
 
+@pytest.mark.docs("security.md#rlimits-user-and-group")
 def test_user_without_group_gets_the_users_group() -> None:
     """user = "nobody" alone runs with nobody's own group, not root's."""
     import grp
@@ -518,6 +542,7 @@ def test_user_without_group_gets_the_users_group() -> None:
     )
 
 
+@pytest.mark.docs("security.md#rlimits-user-and-group")
 def test_uploads_are_readable_by_the_commands_user(tmp_path: Any) -> None:
     """A command that runs as another user can read its uploaded files."""
     import io
@@ -539,6 +564,7 @@ def test_uploads_are_readable_by_the_commands_user(tmp_path: Any) -> None:
     assert response.json["stdout"] == "for nobody", response.json
 
 
+@pytest.mark.docs("security.md#the-audit-log")
 def test_audit_says_who_cancelled(client: Client, caplog: pytest.LogCaptureFixture) -> None:
     """An admin cancelling another token's job is named in the audit line."""
     job = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
@@ -564,6 +590,7 @@ def keyed(client: Client, path: str, word: str, **options: Any) -> Any:
 
 
 @pytest.mark.docs("http-api.md#idempotency")
+@pytest.mark.docs("security.md#failure-modes", "stores.md#idempotency")
 def test_idempotency_keys_are_per_token(job_store: JobStore) -> None:
     """Bob sending Alice's idempotency_key runs his own job and sees nothing of hers; each
     of them still gets their own job replayed. On every store."""
@@ -653,6 +680,7 @@ def hosted(client: Client, method: str, path: str, host: str, **options: Any) ->
 
 
 @pytest.mark.docs("http-api.md#get-health")
+@pytest.mark.docs("security.md#the-host-header")
 def test_trusted_hosts_refuse_other_hosts() -> None:
     """With trusted_hosts, a request for any other Host (or none that is valid) is a JSON
     400 untrusted_host and creates nothing; the trusted names (a leading "." for their
@@ -683,6 +711,7 @@ def test_trusted_hosts_refuse_other_hosts() -> None:
         gate.close()
 
 
+@pytest.mark.docs("security.md#the-host-header")
 def test_without_trusted_hosts_any_host_is_answered() -> None:
     """trusted_hosts=None (the default) answers any Host, building URLs from it."""
     gate = Gate(runner=ThreadRunner())
@@ -705,6 +734,7 @@ def test_without_trusted_hosts_any_host_is_answered() -> None:
         (["https://jobs.example.com"], "not a host name"),
     ],
 )
+@pytest.mark.docs("security.md#the-host-header")
 def test_trusted_hosts_config_errors(hosts: Any, message: str) -> None:
     """trusted_hosts must be a non-empty list of names or IPv4 addresses: no port (werkzeug
     ignores it), no IPv6 literal (werkzeug cannot tell two apart), no wildcard or URL."""

@@ -98,6 +98,7 @@ class Follower:
 
 
 @pytest.mark.docs("http-api.md#get-jobsidstdout-and-get-jobsidstderr")
+@pytest.mark.docs("live-output.md#raw-bytes-follow1")
 def test_follow_stdout_streams_while_running(client: Client) -> None:
     """?follow=1 sends output as it is written, and ends when the job ends."""
     job_id = start(client, "echo one; sleep 0.5; echo two >&2; echo three; sleep 0.3")
@@ -110,6 +111,7 @@ def test_follow_stdout_streams_while_running(client: Client) -> None:
     assert follower.data == b"one\nthree\n"
 
 
+@pytest.mark.docs("live-output.md#raw-bytes-follow1")
 def test_follow_after_the_end_gets_everything_at_once(client: Client) -> None:
     """A follower connecting after the job ended gets all output and the end at once."""
     job_id = start(client, "echo a; echo b >&2")
@@ -120,6 +122,7 @@ def test_follow_after_the_end_gets_everything_at_once(client: Client) -> None:
     assert time.monotonic() - started < 2
 
 
+@pytest.mark.docs("live-output.md#raw-bytes-follow1")
 def test_follow_unknown_job_is_404(client: Client) -> None:
     """Following a job that does not exist is a JSON 404, not an empty stream."""
     assert client.get("/jobs/nope/stdout?follow=1").status_code == 404
@@ -128,6 +131,7 @@ def test_follow_unknown_job_is_404(client: Client) -> None:
 
 
 @pytest.mark.docs("http-api.md#get-jobsidoutput")
+@pytest.mark.docs("live-output.md#polling-by-byte-offset")
 def test_output_by_offset(client: Client) -> None:
     """?offset= returns the bytes from there, the next offset and whether it is complete."""
     job_id = start(client, "printf 12345; sleep 0.5; printf 678")
@@ -153,6 +157,7 @@ def test_output_by_offset(client: Client) -> None:
 
 
 @pytest.mark.docs("http-api.md#get-jobsidevents")
+@pytest.mark.docs("live-output.md#server-sent-events", "live-output.md#ordering-across-streams")
 def test_events_stream(client: Client) -> None:
     """SSE: status events, output events in order across streams, then the whole job."""
     script = "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; exit 3"
@@ -188,6 +193,7 @@ def test_events_stream(client: Client) -> None:
 
 
 @pytest.mark.docs("http-api.md#get-jobsidevents")
+@pytest.mark.docs("live-output.md#event-ids-and-resuming")
 def test_events_resume_without_gaps_or_repeats(client: Client, tmp_path: Path) -> None:
     """Reconnecting with Last-Event-ID sends only the chunks after that id.
 
@@ -227,6 +233,7 @@ def test_events_resume_without_gaps_or_repeats(client: Client, tmp_path: Path) -
     assert bad.status_code == 400
 
 
+@pytest.mark.docs("live-output.md#server-sent-events")
 def test_events_binary_output_is_base64(client: Client) -> None:
     """Output that is not UTF-8 travels base64 in its event, marked so."""
     job_id = start(client, "printf '\\377\\376'")
@@ -236,6 +243,7 @@ def test_events_binary_output_is_base64(client: Client) -> None:
     assert base64.b64decode(output["data"]) == b"\xff\xfe"
 
 
+@pytest.mark.docs("live-output.md#server-sent-events")
 def test_events_live_then_cancel(client: Client) -> None:
     """A live SSE follower sees output as it comes and the cancel at the end."""
     job_id = start(client, "echo started; sleep 100")
@@ -248,6 +256,7 @@ def test_events_live_then_cancel(client: Client) -> None:
     assert events[-1]["data"]["status"] == "cancelled"
 
 
+@pytest.mark.docs("live-output.md#memory")
 def test_disconnected_follower_releases_and_blocks_nothing(client: Client) -> None:
     """A follower that goes away mid-stream holds nothing; the job runs on unhindered."""
     job_id = start(client, "for i in $(seq 1 50); do echo line $i; sleep 0.01; done")
@@ -268,6 +277,7 @@ def test_many_followers(client: Client) -> None:
     assert {f.data for f in followers} == {expected}
 
 
+@pytest.mark.docs("live-output.md#keepalives")
 def test_keepalives_only_after_silence(client: Client, store: JobStore) -> None:
     """SSE comments are sent after idle seconds without news, not after every burst."""
     from procgate import streaming

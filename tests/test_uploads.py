@@ -123,6 +123,7 @@ def test_bad_uploads_are_refused_and_cleaned(
     assert list(uploads_dir.iterdir()) == []
 
 
+@pytest.mark.docs("security.md#limits")
 def test_upload_over_limit_is_413(client: Client, uploads_dir: Path) -> None:
     """A multipart body over max_upload is refused with 413; no job, no files."""
     # Encoded in memory: werkzeug's test client would spool a body this big to a
@@ -201,6 +202,7 @@ FILE_PART = b'--b\r\nContent-Disposition: form-data; name="f"; filename="f.txt"\
     ],
     ids=["field-not-utf8", "file-not-utf8", "no-boundary", "empty-boundary", "cut-short"],
 )
+@pytest.mark.docs("security.md#failure-modes")
 def test_malformed_multipart_is_400_and_runs_nothing(
     client: Client, uploads_dir: Path, body: bytes, params: str, code: str, says: str
 ) -> None:
@@ -215,6 +217,7 @@ def test_malformed_multipart_is_400_and_runs_nothing(
     assert list(uploads_dir.iterdir()) == []
 
 
+@pytest.mark.docs("security.md#failure-modes")
 def test_streamed_multipart_cut_short_closes_its_files(client: Client, uploads_dir: Path) -> None:
     """A chunked multipart body (spooled to temporary files) that ends early is a 400, and
     the file parts read so far are closed (an open one would be a ResourceWarning)."""

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from procgate.stores.redis import RedisStore
 from tests.conftest import live_pids_in_group, wait_for
 from tests.test_celery import Cluster, get, post, processes_with
 
 
+@pytest.mark.docs("security.md#failure-modes")
 def test_messages_a_killed_worker_held_run_within_stale_after(
     cluster: Cluster, redis_url: str
 ) -> None:

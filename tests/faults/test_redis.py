@@ -45,6 +45,7 @@ def started(client: Client, script: str) -> str:
     return job_id
 
 
+@pytest.mark.docs("stores.md#when-the-store-fails")
 def test_post_wait_outlasts_the_socket_timeout(client: Client) -> None:
     """ "wait": N longer than the client's socket timeout answers 200 with the finished
     job, not a 500 after the socket timeout."""
@@ -75,6 +76,7 @@ def test_delete_wait_outlasts_the_socket_timeout(client: Client) -> None:
     assert response.json["status"] == "cancelled"
 
 
+@pytest.mark.docs("live-output.md#polling-by-byte-offset")
 def test_follow_and_offsets_outlast_the_socket_timeout(client: Client) -> None:
     """?follow=1 and ?offset=&wait= stay open through a silence longer than the socket
     timeout and deliver what comes after it."""
@@ -125,6 +127,7 @@ def redis_server(tmp_path: Path, own_redis: RedisServer, servers: list[Server]) 
 @pytest.mark.parametrize(
     ("runs", "outage"), [(3, 2.0), (2, 3.5)], ids=["ends-after-outage", "ends-during-outage"]
 )
+@pytest.mark.docs("security.md#failure-modes", "stores.md#when-the-store-fails")
 def test_a_redis_outage_during_a_job_leaves_nothing_stuck(
     tmp_path: Path, own_redis: RedisServer, servers: list[Server], runs: int, outage: float
 ) -> None:
@@ -155,6 +158,7 @@ def test_a_redis_outage_during_a_job_leaves_nothing_stuck(
     assert echo["stdout"] == "after\n"
 
 
+@pytest.mark.docs("stores.md#when-the-store-fails")
 def test_a_wait_across_a_redis_restart_answers(
     tmp_path: Path, own_redis: RedisServer, servers: list[Server]
 ) -> None:

@@ -61,6 +61,7 @@ def immutable(*files: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", *names], check=True)
 
 
+@pytest.mark.docs("stores.md#when-the-store-fails")
 def test_an_unwritable_file_gives_503s_and_the_job_still_ends(
     tmp_path: Path, servers: list[Server]
 ) -> None:
@@ -88,6 +89,7 @@ def test_an_unwritable_file_gives_503s_and_the_job_still_ends(
     assert again["stdout"] == "again\n"
 
 
+@pytest.mark.docs("stores.md#durability")
 def test_deleting_the_data_directory_loses_no_acknowledged_job(
     tmp_path: Path, servers: list[Server]
 ) -> None:
@@ -155,6 +157,7 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+@pytest.mark.docs("stores.md#when-the-store-fails")
 def test_a_full_disk_gives_503s_keeps_output_and_recovers(
     tmp_path: Path, small_disk: Path, servers: list[Server]
 ) -> None:

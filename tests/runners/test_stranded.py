@@ -75,6 +75,7 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     ],
     ids=["output-and-finish", "finish-only"],
 )
+@pytest.mark.docs("stores.md#when-the-store-fails")
 def test_a_finish_the_store_refuses_is_recorded_once_it_can_be(
     store: SQLiteStore, script: str, output: bytes
 ) -> None:
@@ -138,6 +139,7 @@ def test_a_running_job_its_runner_let_go_of_becomes_lost_and_is_killed(
         runner.close()
 
 
+@pytest.mark.docs("security.md#failure-modes", "stores.md#restart-recovery-and-the-lost-status")
 def test_a_dead_runner_s_children_on_this_host_are_killed(
     store: SQLiteStore, sleeper: subprocess.Popen[bytes]
 ) -> None:
@@ -160,6 +162,7 @@ def test_a_dead_runner_s_children_on_this_host_are_killed(
         runner.close()
 
 
+@pytest.mark.docs("stores.md#restart-recovery-and-the-lost-status")
 def test_a_dead_runner_s_queued_jobs_run_here(store: SQLiteStore) -> None:
     """Jobs a dead runner had queued but never started are not lost: they run here."""
     dead = f"{socket.gethostname()}:{_free_pid()}:gone"
@@ -175,6 +178,7 @@ def test_a_dead_runner_s_queued_jobs_run_here(store: SQLiteStore) -> None:
         runner.close()
 
 
+@pytest.mark.docs("stores.md#restart-recovery-and-the-lost-status")
 def test_kill_tagged_spares_a_process_that_reused_the_pid(
     sleeper: subprocess.Popen[bytes],
 ) -> None:

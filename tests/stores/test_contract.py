@@ -122,6 +122,7 @@ def test_missing_ids_raise_job_not_found(store: JobStore) -> None:
     assert store.cancel_requested("nope") is False
 
 
+@pytest.mark.docs("stores.md#writing-your-own-store")
 def test_start_is_compare_and_set(store: JobStore) -> None:
     """Only one of many concurrent starts wins."""
     job = store.create(new_job())
@@ -145,6 +146,7 @@ def test_start_is_compare_and_set(store: JobStore) -> None:
 
 
 @pytest.mark.docs("http-api.md#statuses")
+@pytest.mark.docs("stores.md#writing-your-own-store")
 def test_finish_once(store: JobStore) -> None:
     """A job finishes once; a finished job never changes again."""
     job = store.create(new_job())
@@ -193,6 +195,7 @@ def test_cancel_queued_job_finishes_it(store: JobStore) -> None:
     assert store.start(job.id) is None
 
 
+@pytest.mark.docs("stores.md#cancelling-across-processes")
 def test_cancel_running_job_sets_a_flag(store: JobStore) -> None:
     """Cancelling a running job flags it for its runner; the runner finishes it."""
     job = store.create(new_job())
@@ -248,6 +251,7 @@ def test_list_filters_and_pages(store: JobStore) -> None:
         store.list(cursor="garbage")
 
 
+@pytest.mark.docs("stores.md#options", "stores.md#retention")
 def test_eviction_drops_oldest_finished_never_active(make_store: MakeStore) -> None:
     """Over max_jobs the oldest finished jobs go; queued and running jobs stay."""
     store = make_store(max_jobs=3)
@@ -264,6 +268,7 @@ def test_eviction_drops_oldest_finished_never_active(make_store: MakeStore) -> N
     assert len(ids) == 3
 
 
+@pytest.mark.docs("stores.md#writing-your-own-store")
 def test_concurrent_writers(store: JobStore) -> None:
     """Many threads creating, appending and finishing jobs lose nothing."""
     errors: list[BaseException] = []
@@ -296,6 +301,7 @@ def test_concurrent_writers(store: JobStore) -> None:
         assert [p.rsplit(":", 1)[1] for p in parts] == ["0", "1", "2", "3", "4"]
 
 
+@pytest.mark.docs("stores.md#urls")
 def test_open_store_by_url() -> None:
     """open_store picks the implementation from the URL scheme."""
     store = open_store("memory://", max_jobs=5)
@@ -307,6 +313,7 @@ def test_open_store_by_url() -> None:
         MemoryStore(max_jobs=0)
 
 
+@pytest.mark.docs("stores.md#idempotency")
 def test_idempotency_returns_the_existing_job(store: JobStore) -> None:
     """A second create with the same command and key returns the first job."""
     first = store.create(new_job(key="deploy-42"))
@@ -319,6 +326,7 @@ def test_idempotency_returns_the_existing_job(store: JobStore) -> None:
     assert len(store.list().jobs) == 3
 
 
+@pytest.mark.docs("stores.md#idempotency", "stores.md#writing-your-own-store")
 def test_idempotency_under_concurrency(store: JobStore) -> None:
     """Sixteen threads racing with one key create exactly one job."""
     barrier = threading.Barrier(16)
@@ -337,6 +345,7 @@ def test_idempotency_under_concurrency(store: JobStore) -> None:
     assert len(store.list(command="echo").jobs) == 1
 
 
+@pytest.mark.docs("stores.md#idempotency")
 def test_idempotency_key_is_free_after_delete(store: JobStore) -> None:
     """Once its job is deleted, a key starts a new job."""
     first = store.create(new_job(key="again"))
@@ -346,6 +355,7 @@ def test_idempotency_key_is_free_after_delete(store: JobStore) -> None:
     assert store.create(new_job(key="again")).id != first.id
 
 
+@pytest.mark.docs("stores.md#options", "stores.md#retention")
 def test_ttl_expires_finished_jobs_only(make_store: MakeStore) -> None:
     """Finished jobs disappear ttl seconds after they finish; active ones stay."""
     store = make_store(ttl=0.3)
@@ -361,6 +371,7 @@ def test_ttl_expires_finished_jobs_only(make_store: MakeStore) -> None:
 
 
 @pytest.mark.docs("http-api.md#statuses")
+@pytest.mark.docs("stores.md#restart-recovery-and-the-lost-status")
 def test_heartbeats_and_lost_jobs(store: JobStore) -> None:
     """Owners heartbeat; mark_lost finishes a dead owner's active jobs only."""
     store.heartbeat("a")
@@ -402,6 +413,7 @@ def test_start_claims_the_job_for_its_runner(store: JobStore) -> None:
     assert store.get(job.id).status is JobStatus.LOST
 
 
+@pytest.mark.docs("stores.md#restart-recovery-and-the-lost-status")
 def test_requeue_lost_puts_retryable_jobs_back_once(store: JobStore) -> None:
     """A dead owner's jobs with retry_on_worker_loss go back to queued, without owner,
     start time, output or cancel request, and with the flag cleared; the others stay."""
@@ -446,6 +458,7 @@ def test_wait_wakes_on_cancel_of_queued_job(store: JobStore) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.docs("stores.md#durability")
 def test_jobs_survive_reopening(make_store: MakeStore) -> None:
     """A persistent store opened again sees every job, output and status."""
     first = make_store("shared")
@@ -461,6 +474,7 @@ def test_jobs_survive_reopening(make_store: MakeStore) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.docs("stores.md#cancelling-across-processes")
 def test_two_store_objects_share_state(make_store: MakeStore) -> None:
     """Two store objects on the same data see each other's jobs and cancel requests."""
     one, two = make_store("shared"), make_store("shared")
@@ -477,6 +491,7 @@ def test_two_store_objects_share_state(make_store: MakeStore) -> None:
     assert one.get(job.id).stderr == b"x"
 
 
+@pytest.mark.docs("stores.md#urls")
 def test_open_store_urls(tmp_path: Path, redis_url: str) -> None:
     """open_store reads sqlite and redis URLs, and refuses what it cannot open."""
     store = open_store(f"sqlite:///{tmp_path}/a/b.db", max_jobs=3)
@@ -517,6 +532,7 @@ def test_close_wakes_waiters(store: JobStore) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite"])
+@pytest.mark.docs("stores.md#urls")
 def test_sqlite_path_is_fixed_at_open(
     make_store: MakeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -547,6 +563,7 @@ def test_sqlite_path_is_fixed_at_open(
         store.close()
 
 
+@pytest.mark.docs("live-output.md#ordering-across-streams")
 def test_read_output_by_index(store: JobStore) -> None:
     """Chunks come back in order, with indexes, streams and offsets, from any point."""
     job = store.create(new_job())
@@ -706,6 +723,7 @@ def test_cancelled_and_lost_jobs_queue_their_callbacks(store: JobStore) -> None:
     }
 
 
+@pytest.mark.docs("stores.md#retention")
 def test_a_deleted_job_drops_its_callback(store: JobStore) -> None:
     """Deleting (or evicting) a job with a pending callback drops the callback."""
     job = finished_with_callback(store)
@@ -724,6 +742,7 @@ def test_claims_take_the_longest_due_first_up_to_the_limit(store: JobStore) -> N
     assert [j.id for j in store.claim_callbacks(now, 60, 2)] == [jobs[2].id]
 
 
+@pytest.mark.docs("stores.md#writing-your-own-store")
 def test_claims_are_exclusive(make_store: MakeStore, kind: str) -> None:
     """Claims racing from many threads (each with its own store object where the store is
     shared) hand every due callback out exactly once."""
@@ -748,6 +767,7 @@ def test_claims_are_exclusive(make_store: MakeStore, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.docs("stores.md#durability")
 def test_callbacks_survive_reopening(make_store: MakeStore) -> None:
     """A persistent store opened again still holds the callbacks due, and when."""
     first = make_store("shared")

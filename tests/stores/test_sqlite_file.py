@@ -34,6 +34,7 @@ def stores() -> Iterator[list[SQLiteStore]]:
         store.close()
 
 
+@pytest.mark.docs("stores.md#durability")
 def test_a_deleted_file_is_written_back_with_every_job(
     path: Path, stores: list[SQLiteStore]
 ) -> None:
@@ -86,6 +87,7 @@ def test_a_replaced_file_is_used_not_overwritten(path: Path, stores: list[SQLite
     assert old not in {j.id for j in store.list().jobs}
 
 
+@pytest.mark.docs("stores.md#when-the-store-fails")
 def test_an_unwritable_file_is_a_store_fault_and_passes(
     path: Path, stores: list[SQLiteStore]
 ) -> None:
