@@ -214,6 +214,7 @@ def test_stdin_text_and_base64(client: Client) -> None:
 
 @pytest.mark.docs("http-api.md#post-commandsname")
 @pytest.mark.docs("security.md#environment")
+@pytest.mark.docs("README.md#safety-defaults")
 def test_env_minimal_configured_and_allowed(client: Client) -> None:
     """Children see PATH, LANG, configured env and allowed request env, nothing else."""
     job = run(client, "env", env={"FOO": "bar"})
@@ -268,6 +269,7 @@ def test_shell_command_args_are_positional(client: Client) -> None:
 
 
 @pytest.mark.docs("http-api.md#delete-jobsid")
+@pytest.mark.docs("testing.md#choosing-a-runner")
 def test_cancel_running_job_kills_tree(client: Client, runner_kind: str) -> None:
     """DELETE on a running job answers 202 and the whole process tree dies."""
     job_id = start_background(client, runner_kind, "sh", args=["echo $$; sleep 100 & sleep 100"])
@@ -405,6 +407,7 @@ def test_truncation_flag() -> None:
 
 
 @pytest.mark.docs("http-api.md#get-commands-and-get-commandsname")
+@pytest.mark.docs("python-api.md#errors")
 def test_unknown_command_is_json_404(client: Client) -> None:
     """A name nobody registered gets a JSON 404, never an HTML page."""
     response = client.post("/commands/nope", json={})
@@ -484,6 +487,7 @@ def test_non_json_content_type_is_415(client: Client) -> None:
 
 @pytest.mark.docs("http-api.md#conventions")
 @pytest.mark.docs("security.md#limits")
+@pytest.mark.docs("README.md#safety-defaults")
 def test_body_over_limit_is_413() -> None:
     """A body over max_body is refused with a JSON 413 before it is parsed; no job."""
     gate = Gate(runner=ThreadRunner(), max_body=1000)
@@ -593,6 +597,7 @@ def test_runner_saturated_is_429_with_retry_after() -> None:
 
 
 @pytest.mark.docs("http-api.md#status-codes")
+@pytest.mark.docs("python-api.md#gate")
 def test_closed_runner_is_503(runner_kind: str) -> None:
     """After close, new jobs get 503 with Retry-After, and nothing runs."""
     gate = register_defaults(Gate(runner=make_runner(runner_kind)))
@@ -613,6 +618,7 @@ class BrokenStore(MemoryStore):
 
 
 @pytest.mark.docs("http-api.md#status-codes", "http-api.md#errors")
+@pytest.mark.docs("python-api.md#errors")
 def test_bug_is_generic_json_500_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     """An unexpected exception is a generic JSON 500; the traceback goes to the log only."""
     store: JobStore = BrokenStore()
@@ -634,6 +640,7 @@ def test_bug_is_generic_json_500_and_logged(caplog: pytest.LogCaptureFixture) ->
 
 
 @pytest.mark.docs("http-api.md#post-run-raw-mode")
+@pytest.mark.docs("configuration.md#run", "README.md#safety-defaults")
 def test_run_is_off_by_default(client: Client, gate: Gate) -> None:
     """POST /run is refused unless raw mode was enabled; nothing is created."""
     refused(gate.store, 403, "run_disabled", lambda: client.post("/run", json={"args": ["ls"]}))
@@ -753,6 +760,7 @@ def test_urls_respect_mount_prefix(gate: Gate) -> None:
     assert client.get("/").get_data(as_text=True) == "other"
 
 
+@pytest.mark.docs("python-api.md#gate")
 def test_two_gates_do_not_share_state() -> None:
     """Commands and jobs of one Gate are invisible to another in the same process."""
     one, two = Gate(), Gate()

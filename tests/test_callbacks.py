@@ -358,6 +358,7 @@ def test_failed_callback_is_retried_then_recorded(receiver: Receiver) -> None:
     "callbacks.md#http-callbacks",
     "callbacks.md#the-allowlist",
 )
+@pytest.mark.docs("README.md#safety-defaults")
 def test_callback_outside_allowlist_is_400(receiver: Receiver) -> None:
     """No open SSRF: a callback URL outside callback_allow is refused before anything runs."""
     gate = make_gate(receiver)
@@ -374,6 +375,7 @@ def test_callback_outside_allowlist_is_400(receiver: Receiver) -> None:
 
 
 @pytest.mark.docs("callbacks.md#python-hooks")
+@pytest.mark.docs("python-api.md#python-hooks")
 def test_python_hooks_called_once_per_finished_job(receiver: Receiver) -> None:
     """Gate and command hooks run once per finished job, cancelled-while-queued included."""
     gate = Gate(runner=ThreadRunner(max_workers=1))
@@ -397,6 +399,7 @@ def test_python_hooks_called_once_per_finished_job(receiver: Receiver) -> None:
 
 
 @pytest.mark.docs("callbacks.md#python-hooks")
+@pytest.mark.docs("python-api.md#python-hooks")
 def test_failing_hook_is_logged_and_harmless(caplog: pytest.LogCaptureFixture) -> None:
     """An exception in a hook is logged; the job, the runner and other hooks carry on."""
     gate = Gate(runner=ThreadRunner(max_workers=1))

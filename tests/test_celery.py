@@ -155,6 +155,7 @@ def parent_of(pid: int) -> int:
         return int(file.read().rsplit(b")", 1)[1].split()[1])
 
 
+@pytest.mark.docs("scaling.md#the-topology")
 def test_jobs_spread_over_both_workers_and_read_from_both_apis(cluster: Cluster) -> None:
     """200 jobs submitted round-robin through two APIs all finish; both workers ran some;
     every job reads the same from both APIs."""
@@ -180,6 +181,7 @@ def test_jobs_spread_over_both_workers_and_read_from_both_apis(cluster: Cluster)
 
 
 @pytest.mark.docs("stores.md#cancelling-across-processes")
+@pytest.mark.docs("scaling.md#cancelling")
 def test_cancel_through_the_other_api_kills_the_tree(cluster: Cluster) -> None:
     """A job submitted through one API and cancelled through the other: its whole process
     tree, on the worker's side, is gone within 2 s."""
@@ -197,6 +199,7 @@ def test_cancel_through_the_other_api_kills_the_tree(cluster: Cluster) -> None:
     assert get(a, job["id"])["status"] == "cancelled"
 
 
+@pytest.mark.docs("scaling.md#when-a-worker-dies")
 def test_a_killed_worker_s_job_becomes_lost(cluster: Cluster) -> None:
     """SIGKILL the worker running a job: the job is lost within the heartbeat settings
     (stale_after = 3 s), and never stays running."""
@@ -217,6 +220,7 @@ def test_a_killed_worker_s_job_becomes_lost(cluster: Cluster) -> None:
         _kill_processes(f"sleep {mark}")  # a killed worker leaves its children behind
 
 
+@pytest.mark.docs("scaling.md#when-a-worker-dies")
 def test_a_killed_worker_s_job_runs_again_once_when_configured(cluster: Cluster) -> None:
     """With retry_on_worker_loss, the job of a SIGKILLed worker is queued again and run
     by the other worker, once."""
@@ -241,6 +245,7 @@ def test_a_killed_worker_s_job_runs_again_once_when_configured(cluster: Cluster)
         _kill_processes(f"sleep {mark}")
 
 
+@pytest.mark.docs("configuration.md#procgate-worker", "scaling.md#routing-commands-to-workers")
 def test_a_queue_s_jobs_run_only_on_its_workers(cluster: Cluster) -> None:
     """A command with queue = "special" runs only on the worker that consumes that queue;
     the other worker still takes the default queue's jobs."""
@@ -261,6 +266,7 @@ def test_a_queue_s_jobs_run_only_on_its_workers(cluster: Cluster) -> None:
         assert not special.ran(job_id)
 
 
+@pytest.mark.docs("scaling.md#routing-commands-to-workers")
 def test_a_worker_without_the_command_says_so(cluster: Cluster, redis_url: str) -> None:
     """Commands are resolved on the worker's host: one it lacks, or whose program is not
     there, ends the job as an error that names the worker."""
@@ -279,6 +285,7 @@ def test_a_worker_without_the_command_says_so(cluster: Cluster, redis_url: str) 
     assert "program '/opt/no-such-dir/render' not found here" in absent["error"]
 
 
+@pytest.mark.docs("scaling.md#restarts")
 def test_queued_jobs_wait_in_the_broker_for_a_worker(cluster: Cluster) -> None:
     """Jobs submitted while no worker runs (the only one was stopped) stay queued, and run
     when a worker starts again, even after the API that took them has restarted."""
@@ -298,6 +305,7 @@ def test_queued_jobs_wait_in_the_broker_for_a_worker(cluster: Cluster) -> None:
         assert job["stdout"] == f"{number}\n"
 
 
+@pytest.mark.docs("scaling.md#configuration")
 def test_celery_runner_config_errors() -> None:
     """The runner kind needs Celery and a broker; its heartbeat settings are checked."""
     assert by_kind("celery") is CeleryRunner
@@ -307,6 +315,7 @@ def test_celery_runner_config_errors() -> None:
         CeleryRunner("redis://127.0.0.1:1/0", heartbeat=5, stale_after=5)
 
 
+@pytest.mark.docs("scaling.md#what-else-to-know")
 def test_an_unreachable_broker_is_a_503(tmp_path: Path) -> None:
     """When the job cannot be queued the client hears so (503), and no job is left."""
     from werkzeug.test import Client
@@ -326,6 +335,7 @@ def test_an_unreachable_broker_is_a_503(tmp_path: Path) -> None:
     assert store.list().jobs == []
 
 
+@pytest.mark.docs("configuration.md#procgate-worker")
 def test_procgate_worker_needs_the_celery_runner(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -344,6 +354,7 @@ def test_procgate_worker_needs_the_celery_runner(
     assert "concurrency" in capsys.readouterr().err
 
 
+@pytest.mark.docs("scaling.md#configuration")
 def test_a_sqlite_store_serves_api_and_worker_on_one_host(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -20,6 +20,11 @@ def write(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
+@pytest.mark.docs(
+    "configuration.md#a-complete-file",
+    "configuration.md#store",
+    "python-api.md#create_app",
+)
 def test_example_config_builds_a_working_gate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -40,6 +45,14 @@ def test_example_config_builds_a_working_gate(
 
 
 @pytest.mark.docs("stores.md#options")
+@pytest.mark.docs(
+    "configuration.md#a-complete-file",
+    "configuration.md#server",
+    "configuration.md#runner",
+    "configuration.md#store",
+    "configuration.md#run",
+    "configuration.md#commandsname",
+)
 def test_full_config(tmp_path: Path) -> None:
     """Every section maps onto Gate, runner, store and command options."""
     (tmp_path / "bin").mkdir()
@@ -118,6 +131,7 @@ description = "relative paths"
         ("[gate]\ntrusted_hosts = ['jobs.example.com:443']\n", "not a host name"),
     ],
 )
+@pytest.mark.docs("configuration.md#commandsname", "testing.md#testing-a-configuration-file")
 def test_config_errors_are_clear(tmp_path: Path, text: str, message: str) -> None:
     """A bad config fails at load with a ConfigError that says what is wrong."""
     with pytest.raises(ConfigError) as info:
@@ -125,12 +139,14 @@ def test_config_errors_are_clear(tmp_path: Path, text: str, message: str) -> Non
     assert message in info.value.message
 
 
+@pytest.mark.docs("python-api.md#create_app")
 def test_missing_config_file() -> None:
     """A config path that does not exist is a ConfigError, not a traceback."""
     with pytest.raises(ConfigError, match="cannot read config"):
         read_config("/no/such/procgate.toml")
 
 
+@pytest.mark.docs("configuration.md#commandsname", "python-api.md#gateregister")
 def test_duplicate_registration_is_an_error() -> None:
     """Registering the same command name twice is refused."""
     gate = Gate()
@@ -143,6 +159,7 @@ def test_duplicate_registration_is_an_error() -> None:
 
 
 @pytest.mark.docs("callbacks.md#configuration")
+@pytest.mark.docs("configuration.md#gate")
 def test_gate_section_sets_uploads_and_callbacks(tmp_path: Path) -> None:
     """[gate] carries the upload limits, the callback settings and trusted_hosts."""
     path = write(
@@ -174,6 +191,7 @@ trusted_hosts = ["jobs.example.com"]
         gate.close()
 
 
+@pytest.mark.docs("configuration.md#auth")
 def test_auth_section(tmp_path: Path) -> None:
     """[[auth.tokens]], allow_ips and trusted_proxies, and per-command security keys."""
     from procgate.auth import hash_token
@@ -255,6 +273,7 @@ def test_secret_and_secret_env_together_are_refused(tmp_path: Path) -> None:
         read_config(path).build()
 
 
+@pytest.mark.docs("configuration.md#commandsname")
 def test_path_rule_base_is_relative_to_the_config(tmp_path: Path) -> None:
     """A path rule's relative base is taken from the config file's directory."""
     (tmp_path / "data").mkdir()

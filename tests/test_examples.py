@@ -57,6 +57,7 @@ def flask_app() -> Iterator[ModuleType]:
     module.gate.close()
 
 
+@pytest.mark.docs("deploy-gunicorn.md#the-application-module")
 def test_gunicorn_app_is_a_gate_built_from_the_toml_beside_it(gunicorn_app: ModuleType) -> None:
     """``application`` is a Gate with the example config's commands, whatever the cwd."""
     assert isinstance(gunicorn_app.application, Gate)
@@ -64,6 +65,7 @@ def test_gunicorn_app_is_a_gate_built_from_the_toml_beside_it(gunicorn_app: Modu
     assert {"echo", "sleep", "wc", "greet"} <= set(gunicorn_app.application.commands)
 
 
+@pytest.mark.docs("deploy-gunicorn.md#the-application-module")
 def test_gunicorn_app_runs_echo(gunicorn_app: ModuleType) -> None:
     """POST /commands/echo with wait answers 200 with the finished job and its output."""
     client = Client(gunicorn_app.application)
@@ -76,6 +78,7 @@ def test_gunicorn_app_runs_echo(gunicorn_app: ModuleType) -> None:
     assert job["url"] == f"http://localhost/jobs/{job['id']}"
 
 
+@pytest.mark.docs("dispatcher.md#the-example")
 def test_dispatcher_serves_the_other_app_at_the_root(dispatcher: ModuleType) -> None:
     """Paths outside the prefix go to the other WSGI app, not to the Gate."""
     response = Client(dispatcher.application).get("/")
@@ -83,6 +86,7 @@ def test_dispatcher_serves_the_other_app_at_the_root(dispatcher: ModuleType) -> 
     assert response.text == "hello from the main app\n"
 
 
+@pytest.mark.docs("dispatcher.md#the-example")
 def test_dispatcher_job_urls_include_the_prefix(dispatcher: ModuleType) -> None:
     """A job started under /procgate has a url and Location under /procgate/jobs/."""
     client = Client(dispatcher.application)
@@ -99,6 +103,7 @@ def test_dispatcher_job_urls_include_the_prefix(dispatcher: ModuleType) -> None:
     assert finished.json["url"] == prefix + finished.json["id"]
 
 
+@pytest.mark.docs("dispatcher.md#the-example")
 def test_dispatcher_make_gate_builds_an_independent_gate(dispatcher: ModuleType) -> None:
     """make_gate() returns a new Gate each time, with echo registered and no shared jobs."""
     gate = dispatcher.make_gate()
@@ -111,6 +116,7 @@ def test_dispatcher_make_gate_builds_an_independent_gate(dispatcher: ModuleType)
         gate.close()
 
 
+@pytest.mark.docs("flask.md#the-example")
 def test_flask_app_serves_its_own_route(flask_app: ModuleType) -> None:
     """Flask still answers its own routes once the Gate is mounted beside them."""
     response = Client(flask_app.app).get("/")
@@ -118,6 +124,7 @@ def test_flask_app_serves_its_own_route(flask_app: ModuleType) -> None:
     assert response.json == {"app": "demo", "commands": ["echo"]}
 
 
+@pytest.mark.docs("flask.md#the-example")
 def test_flask_app_runs_a_job_under_jobs_api(flask_app: ModuleType) -> None:
     """The Gate answers under /jobs-api, with the prefix in the job's url."""
     client = Client(flask_app.app)
@@ -130,6 +137,7 @@ def test_flask_app_runs_a_job_under_jobs_api(flask_app: ModuleType) -> None:
     assert client.get(f"/jobs-api/jobs/{job['id']}/stdout").data == b"from flask\n"
 
 
+@pytest.mark.docs("flask.md#what-flask-does-not-see")
 def test_flask_app_errors_under_the_prefix_are_the_gates_json(flask_app: ModuleType) -> None:
     """Under /jobs-api, an unknown command gets procgate's JSON error, not Flask's page."""
     response = Client(flask_app.app).post("/jobs-api/commands/nope", json={})
@@ -139,6 +147,7 @@ def test_flask_app_errors_under_the_prefix_are_the_gates_json(flask_app: ModuleT
     }
 
 
+@pytest.mark.docs("testing.md#choosing-a-runner")
 def test_client_example_passes_under_pytest() -> None:
     """examples/test_with_client.py passes when run with pytest in a fresh interpreter."""
     path = EXAMPLES / "test_with_client.py"

@@ -47,6 +47,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     stop(server)
 
 
+@pytest.mark.docs("configuration.md#procgate-serve", "README.md#quickstart")
 def test_quickstart_sync_echo(server: Server) -> None:
     """The README's curl call: a sync echo answers 200 with the finished job."""
     status, headers, data = server.request(
@@ -59,6 +60,7 @@ def test_quickstart_sync_echo(server: Server) -> None:
     assert job["url"] == f"http://127.0.0.1:{server.port}/jobs/{job['id']}"
 
 
+@pytest.mark.docs("README.md#quickstart")
 def test_async_poll_and_cancel(server: Server) -> None:
     """An async sleep can be polled, then cancelled, and its process is gone."""
     status, job = server.json("POST", "/commands/sh", {"args": ["echo $$; sleep 100"]})
@@ -136,6 +138,7 @@ def test_chunked_body_over_max_body_is_413(tmp_path: Path) -> None:
         stop(server)
 
 
+@pytest.mark.docs("configuration.md#procgate-serve")
 def test_served_under_a_prefix(tmp_path: Path) -> None:
     """With SCRIPT_NAME set, gunicorn mounts the Gate under it and URLs carry it."""
     server = start(tmp_path, env={"SCRIPT_NAME": "/pg"}, prefix="/pg")
@@ -150,6 +153,7 @@ def test_served_under_a_prefix(tmp_path: Path) -> None:
         stop(server)
 
 
+@pytest.mark.docs("configuration.md#procgate-serve")
 def test_shutdown_stops_running_jobs(tmp_path: Path) -> None:
     """SIGTERM to the server stops it promptly and kills its running children."""
     server = start(tmp_path)
@@ -176,6 +180,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.docs("configuration.md#procgate-check", "testing.md#testing-a-configuration-file")
 def test_check_lists_commands(tmp_path: Path) -> None:
     """procgate check validates the example config and lists its commands."""
     example = Path(__file__).parent.parent / "examples" / "procgate.toml"
@@ -186,6 +191,7 @@ def test_check_lists_commands(tmp_path: Path) -> None:
     assert "/echo" in result.stdout
 
 
+@pytest.mark.docs("configuration.md#server", "configuration.md#procgate-check")
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     """A bad config or flag combination exits 2 with a message, not a traceback."""
     bad = tmp_path / "bad.toml"

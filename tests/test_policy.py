@@ -496,6 +496,7 @@ def test_base_is_stored_as_its_real_path(tmp_path: Path, base: str) -> None:
     assert relative.rules[0].base == os.path.realpath(tmp_path)
 
 
+@pytest.mark.docs("python-api.md#procgateauth-and-procgatepolicy")
 def test_parse_policy_builds_the_records(base: str) -> None:
     """Config tables become ArgRule records with defaults filled in and lists as tuples."""
     policy = rules(
@@ -526,6 +527,7 @@ def test_parse_policy_builds_the_records(base: str) -> None:
         ({"mode": "any", "rules": (ArgRule("a"),)}, "need a list of argument rules"),
     ],
 )
+@pytest.mark.docs("python-api.md#procgateauth-and-procgatepolicy")
 def test_policies_built_directly_are_validated(kwargs: dict[str, Any], expected: str) -> None:
     """ArgPolicy validates itself, so a policy built in Python is as safe as a parsed one."""
     with pytest.raises(ConfigError, match=re.escape(expected)):

@@ -79,6 +79,7 @@ def test_bad_cwd_is_error() -> None:
     assert outcome.status is JobStatus.ERROR
 
 
+@pytest.mark.docs("python-api.md#how-a-jobs-process-is-run")
 def test_cwd_and_minimal_env(tmp_path: Path) -> None:
     """The child runs in the given cwd with exactly the environment it was given."""
     cap = Capture()
@@ -103,6 +104,7 @@ def test_stdin_large_is_fed_without_deadlock() -> None:
     assert cap.stdout == data
 
 
+@pytest.mark.docs("python-api.md#how-a-jobs-process-is-run")
 def test_stdin_is_devnull_by_default() -> None:
     """Without stdin the child reads end-of-file at once instead of hanging."""
     cap = Capture()
@@ -138,6 +140,7 @@ def test_output_cap_truncates_without_blocking_the_child() -> None:
     assert cap.stderr == b"done\n"
 
 
+@pytest.mark.docs("python-api.md#how-a-jobs-process-is-run")
 def test_both_streams_large_do_not_deadlock() -> None:
     """Both pipes are drained concurrently, so a child filling both never blocks."""
     code = (
@@ -152,6 +155,7 @@ def test_both_streams_large_do_not_deadlock() -> None:
     assert cap.stderr == b"e" * 2_000_000
 
 
+@pytest.mark.docs("python-api.md#how-a-jobs-process-is-run")
 def test_timeout_kills_the_whole_tree() -> None:
     """A timeout SIGTERMs the process group: background children die too."""
     cap = Capture()
@@ -167,6 +171,7 @@ def test_timeout_kills_the_whole_tree() -> None:
 
 
 @pytest.mark.docs("http-api.md#statuses")
+@pytest.mark.docs("python-api.md#how-a-jobs-process-is-run")
 def test_sigterm_ignored_escalates_to_sigkill() -> None:
     """A child that ignores SIGTERM is SIGKILLed after the grace period."""
     cap = Capture()
@@ -223,6 +228,7 @@ def test_child_closing_its_pipes_is_still_timed_out() -> None:
     assert outcome.status is JobStatus.TIMED_OUT
 
 
+@pytest.mark.docs("python-api.md#how-a-jobs-process-is-run")
 def test_children_are_always_reaped() -> None:
     """Hundreds of jobs leave no zombie children behind."""
     for _ in range(300):

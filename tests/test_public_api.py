@@ -7,6 +7,7 @@ import pytest
 import procgate
 
 
+@pytest.mark.docs("python-api.md#errors")
 def test_all_is_pinned() -> None:
     """procgate.__all__ lists exactly the public names, sorted, all importable."""
     assert procgate.__all__ == [
@@ -41,6 +42,7 @@ def test_all_is_pinned() -> None:
 
 
 @pytest.mark.docs("http-api.md#statuses")
+@pytest.mark.docs("python-api.md#records")
 def test_statuses_are_the_documented_words() -> None:
     """Job statuses serialise to the words of the HTTP contract."""
     assert [s.value for s in procgate.JobStatus] == [

@@ -232,6 +232,7 @@ def test_client_address_walks_trusted_proxies() -> None:
 
 
 @pytest.mark.docs("security.md#bearer-tokens")
+@pytest.mark.docs("configuration.md#auth")
 def test_token_config_errors() -> None:
     """Tokens need an id, a SHA-256 hex digest, unique ids."""
     with pytest.raises(ConfigError):
@@ -329,6 +330,7 @@ def test_max_rate() -> None:
         ({"allow_ips": ["not-an-ip"]}, "allow_ips"),
     ],
 )
+@pytest.mark.docs("python-api.md#gateregister")
 def test_policy_config_errors(policy: dict[str, Any], message: str) -> None:
     """Bad limits and security settings fail at registration."""
     gate = Gate()
@@ -370,6 +372,7 @@ def test_cpu_limit_kills_a_spinning_child() -> None:
 
 
 @pytest.mark.docs("security.md#rlimits-user-and-group")
+@pytest.mark.docs("python-api.md#gateregister")
 def test_user_needs_root_or_exists() -> None:
     """Dropping to a user is checked at registration."""
     gate = Gate()
@@ -486,6 +489,7 @@ def test_any_wsgi_auth_middleware_can_stand_in_front() -> None:
 
 
 @pytest.mark.docs("security.md#bearer-tokens")
+@pytest.mark.docs("configuration.md#procgate-token")
 def test_token_command_prints_a_working_entry(tmp_path: Any) -> None:
     """procgate token makes a secret whose config entry authenticates it."""
     import subprocess
@@ -543,6 +547,7 @@ def test_user_without_group_gets_the_users_group() -> None:
 
 
 @pytest.mark.docs("security.md#rlimits-user-and-group")
+@pytest.mark.docs("uploads.md#where-files-go")
 def test_uploads_are_readable_by_the_commands_user(tmp_path: Any) -> None:
     """A command that runs as another user can read its uploaded files."""
     import io

@@ -45,6 +45,11 @@ def post(client: Client, name: str, request: Any = None, **files: Any) -> Any:
     return client.post(f"/commands/{name}", data=data, content_type="multipart/form-data")
 
 
+@pytest.mark.docs(
+    "uploads.md#the-request",
+    "uploads.md#placeholders-filefield",
+    "uploads.md#where-files-go",
+)
 def test_file_placeholder_in_args(client: Client, uploads_dir: Path) -> None:
     """{file:FIELD} becomes the saved file's path, with its (sanitised) name and extension."""
     response = post(
@@ -65,6 +70,7 @@ def test_file_placeholder_in_args(client: Client, uploads_dir: Path) -> None:
     assert list(uploads_dir.iterdir()) == []  # removed when the job ended
 
 
+@pytest.mark.docs("uploads.md#stdin_file")
 def test_stdin_file(client: Client, uploads_dir: Path) -> None:
     """ "stdin_file" feeds a file part to the command's stdin."""
     big = b"line\n" * 100_000
@@ -76,6 +82,7 @@ def test_stdin_file(client: Client, uploads_dir: Path) -> None:
     assert list(uploads_dir.iterdir()) == []
 
 
+@pytest.mark.docs("uploads.md#cleanup")
 def test_directory_removed_whatever_the_outcome(
     client: Client, uploads_dir: Path, runner_kind: str
 ) -> None:
@@ -106,6 +113,7 @@ def test_directory_removed_whatever_the_outcome(
         ({}, {"a": "1", "b": "2", "c": "3", "d": "4"}, 413, "too_many_files"),
     ],
 )
+@pytest.mark.docs("uploads.md#errors")
 def test_bad_uploads_are_refused_and_cleaned(
     client: Client,
     uploads_dir: Path,
@@ -124,6 +132,7 @@ def test_bad_uploads_are_refused_and_cleaned(
 
 
 @pytest.mark.docs("security.md#limits")
+@pytest.mark.docs("uploads.md#limits")
 def test_upload_over_limit_is_413(client: Client, uploads_dir: Path) -> None:
     """A multipart body over max_upload is refused with 413; no job, no files."""
     # Encoded in memory: werkzeug's test client would spool a body this big to a
@@ -144,6 +153,7 @@ def test_upload_over_limit_is_413(client: Client, uploads_dir: Path) -> None:
     assert list(uploads_dir.iterdir()) == []
 
 
+@pytest.mark.docs("uploads.md#limits")
 def test_json_requests_keep_their_small_limit(client: Client) -> None:
     """max_upload applies to multipart only: a JSON body still has max_body."""
     gate_limit = 1 << 20
@@ -155,6 +165,7 @@ def test_json_requests_keep_their_small_limit(client: Client) -> None:
     )
 
 
+@pytest.mark.docs("uploads.md#the-request")
 def test_request_part_sent_as_a_file(client: Client) -> None:
     """curl -F request=@req.json: the request part arrives as a file, and still counts."""
     response = client.post(
@@ -203,6 +214,7 @@ FILE_PART = b'--b\r\nContent-Disposition: form-data; name="f"; filename="f.txt"\
     ids=["field-not-utf8", "file-not-utf8", "no-boundary", "empty-boundary", "cut-short"],
 )
 @pytest.mark.docs("security.md#failure-modes")
+@pytest.mark.docs("uploads.md#errors")
 def test_malformed_multipart_is_400_and_runs_nothing(
     client: Client, uploads_dir: Path, body: bytes, params: str, code: str, says: str
 ) -> None:
@@ -234,6 +246,7 @@ def test_streamed_multipart_cut_short_closes_its_files(client: Client, uploads_d
     assert list(uploads_dir.iterdir()) == []
 
 
+@pytest.mark.docs("uploads.md#the-request")
 def test_request_part_in_utf8_keeps_its_characters(client: Client) -> None:
     """A request part with non-ASCII UTF-8, as a field or as a file, reaches the job as
     sent: fields are read byte for byte, then decoded as UTF-8."""
@@ -247,6 +260,7 @@ def test_request_part_in_utf8_keeps_its_characters(client: Client) -> None:
     assert as_file.json["stdout"] == "Grüße", as_file.json
 
 
+@pytest.mark.docs("uploads.md#cleanup")
 def test_close_cleans_queued_uploads_and_calls_hooks(uploads_dir: Path) -> None:
     """Jobs still queued when the Gate closes are cancelled, their files removed, hooked."""
     from procgate import ThreadRunner

@@ -16,6 +16,7 @@ from tests.test_celery import Cluster, get, post, processes_with
 
 
 @pytest.mark.docs("security.md#failure-modes")
+@pytest.mark.docs("scaling.md#when-a-worker-dies")
 def test_messages_a_killed_worker_held_run_within_stale_after(
     cluster: Cluster, redis_url: str
 ) -> None:

@@ -35,6 +35,7 @@ def submit(
     return job.id
 
 
+@pytest.mark.docs("configuration.md#runner", "python-api.md#runners")
 def test_by_kind() -> None:
     """Config kinds map to runner classes; an unknown kind is a ConfigError."""
     assert by_kind("sync") is SyncRunner
@@ -72,6 +73,7 @@ def test_sequential_jobs_reuse_one_thread() -> None:
 
 
 @pytest.mark.parametrize("runner_class", [ThreadRunner, ProcessRunner])
+@pytest.mark.docs("python-api.md#runners", "testing.md#always-close-the-gate")
 def test_close_cancels_queued_and_stops_running(runner_class: type[ThreadRunner]) -> None:
     """close() cancels what waits and stops what runs, and leaves no children behind."""
     store, runner = MemoryStore(), runner_class(max_workers=1)
@@ -89,6 +91,7 @@ def test_close_cancels_queued_and_stops_running(runner_class: type[ThreadRunner]
     assert zombie_children() == []
 
 
+@pytest.mark.docs("python-api.md#runners", "python-api.md#the-runner-protocol")
 def test_full_queue_raises_runner_busy() -> None:
     """Beyond max_workers running and max_queue waiting, submit raises RunnerBusy."""
     store, runner = MemoryStore(), ThreadRunner(max_workers=1, max_queue=2)
@@ -104,6 +107,7 @@ def test_full_queue_raises_runner_busy() -> None:
         runner.close()
 
 
+@pytest.mark.docs("python-api.md#runners")
 def test_process_runner_runs_in_worker_processes() -> None:
     """ProcessRunner's children are started by a worker, not by the server process."""
     store, runner = MemoryStore(), ProcessRunner(max_workers=2)
@@ -165,12 +169,14 @@ def test_process_runner_timeout_in_worker() -> None:
         runner.close()
 
 
+@pytest.mark.docs("python-api.md#the-runner-protocol")
 def test_sync_runner_needs_open() -> None:
     """A runner used before the Gate opened it says so."""
     with pytest.raises(RuntimeError):
         SyncRunner().submit("x")
 
 
+@pytest.mark.docs("configuration.md#runner")
 def test_invalid_pool_sizes() -> None:
     """Pool sizes below one are configuration errors."""
     with pytest.raises(ConfigError):
@@ -186,6 +192,7 @@ def finishing_threads(runner: ThreadRunner, store: MemoryStore) -> list[int]:
     return threads
 
 
+@pytest.mark.docs("python-api.md#the-runner-protocol")
 def test_inline_submit_runs_in_the_callers_thread() -> None:
     """submit(inline=True) with a free slot runs the job before returning, right here."""
     store, runner = MemoryStore(), ThreadRunner(max_workers=2)

@@ -91,6 +91,7 @@ def finished(
     return store.get(job.id)
 
 
+@pytest.mark.docs("python-api.md#records")
 def test_create_then_get(store: JobStore) -> None:
     """A created job is queued and readable, every field intact."""
     job = store.create(new_job(owner="host:1:ab", key="k1"))
@@ -107,6 +108,7 @@ def test_create_then_get(store: JobStore) -> None:
     assert (got.stdout, got.stderr, got.returncode) == (b"", b"", None)
 
 
+@pytest.mark.docs("python-api.md#the-jobstore-protocol")
 def test_missing_ids_raise_job_not_found(store: JobStore) -> None:
     """Every per-job read or change of an unknown id raises JobNotFound."""
     for call in (
@@ -123,6 +125,7 @@ def test_missing_ids_raise_job_not_found(store: JobStore) -> None:
 
 
 @pytest.mark.docs("stores.md#writing-your-own-store")
+@pytest.mark.docs("python-api.md#the-jobstore-protocol")
 def test_start_is_compare_and_set(store: JobStore) -> None:
     """Only one of many concurrent starts wins."""
     job = store.create(new_job())
@@ -147,6 +150,7 @@ def test_start_is_compare_and_set(store: JobStore) -> None:
 
 @pytest.mark.docs("http-api.md#statuses")
 @pytest.mark.docs("stores.md#writing-your-own-store")
+@pytest.mark.docs("python-api.md#the-jobstore-protocol")
 def test_finish_once(store: JobStore) -> None:
     """A job finishes once; a finished job never changes again."""
     job = store.create(new_job())
@@ -219,6 +223,7 @@ def test_delete_only_finished(store: JobStore) -> None:
         store.get(job.id)
 
 
+@pytest.mark.docs("python-api.md#the-jobstore-protocol")
 def test_wait_times_out_and_wakes(store: JobStore) -> None:
     """wait returns the unfinished job at the deadline, and wakes as soon as it finishes."""
     job = store.create(new_job())
@@ -302,6 +307,7 @@ def test_concurrent_writers(store: JobStore) -> None:
 
 
 @pytest.mark.docs("stores.md#urls")
+@pytest.mark.docs("python-api.md#stores")
 def test_open_store_by_url() -> None:
     """open_store picks the implementation from the URL scheme."""
     store = open_store("memory://", max_jobs=5)
@@ -492,6 +498,7 @@ def test_two_store_objects_share_state(make_store: MakeStore) -> None:
 
 
 @pytest.mark.docs("stores.md#urls")
+@pytest.mark.docs("python-api.md#stores")
 def test_open_store_urls(tmp_path: Path, redis_url: str) -> None:
     """open_store reads sqlite and redis URLs, and refuses what it cannot open."""
     store = open_store(f"sqlite:///{tmp_path}/a/b.db", max_jobs=3)
