@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import time_machine
 
 from procgate import JobNotFound, JobStatus, JobStore, MemoryStore, open_store
 from procgate.errors import ConfigError, InvalidRequest
@@ -21,6 +23,7 @@ from procgate.jobs import Chunk, Job, Outcome, Spec, new_job_id
 from procgate.runners.sync import OutputWriter
 from procgate.stores.redis import RedisStore
 from procgate.stores.sqlite import SQLiteStore
+from tests.conftest import wait_for
 
 STORE_KINDS = ["memory", "sqlite", "redis"]
 
@@ -80,6 +83,62 @@ def new_job(command: str = "echo", key: str | None = None, owner: str | None = N
         idempotency_key=key,
         owner=owner,
     )
+
+
+#: Longest a waiter may sleep through the news it waits for. The promise is "at once" in
+#: one process and ``poll_interval`` (50 ms) for SQLite store objects that do not share a
+#: notifier. Measured on 2 cores loaded by two busy loops, 10 runs of every wake-up test
+#: below: worst 0.046 s (SQLite, two store objects), 0.018 s for any other; twice that.
+WAKE_BOUND = 0.1
+#: Longest ``close()`` may take to release a blocked waiter: worst of 10 loaded runs
+#: 0.021 s (SQLite), twice that rounded up.
+CLOSE_BOUND = 0.05
+
+
+def woken_after(
+    news: Callable[[], object], wait: Callable[[], object], after: float = 0.1
+) -> float:
+    """Seconds ``wait()`` (here) went on after ``news()`` (another thread, ``after`` s
+    after the wait began) returned: how long a waiter sleeps through its news. A wait that
+    returned before the news was even sent fails here, so the bound cannot pass by not
+    waiting."""
+    sent: list[float] = []
+
+    def send() -> None:
+        sent.append(time.monotonic())  # before news(): the wait may end inside it
+        news()
+        sent.append(time.monotonic())
+
+    timer = threading.Timer(after, send)
+    timer.start()
+    try:
+        wait()
+        returned = time.monotonic()
+    finally:
+        timer.join()
+    assert returned >= sent[0], "the wait returned before there was any news"
+    return returned - sent[1]
+
+
+def blocked_in_wait(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is blocked waiting inside a store's ``wait`` (in a condition, a
+    socket read), not reading the job: the state a ``close()`` must wake it from."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    stack = []  # innermost first
+    while frame is not None:
+        stack.append(frame.f_code)
+        frame = frame.f_back
+    for depth, code in enumerate(stack):
+        if code.co_name == "wait" and "/procgate/stores/" in code.co_filename:
+            below = stack[:depth]
+            return (
+                bool(below)
+                and "/procgate/" not in below[0].co_filename
+                and not any(
+                    c.co_name in ("get", "_read") and "/procgate/" in c.co_filename for c in below
+                )
+            )
+    return False
 
 
 def finished(
@@ -228,11 +287,16 @@ def test_wait_times_out_and_wakes(store: JobStore) -> None:
     """wait returns the unfinished job at the deadline, and wakes as soon as it finishes."""
     job = store.create(new_job())
     store.start(job.id)
+    started = time.monotonic()
     assert store.wait(job.id, 0.05).status is JobStatus.RUNNING
-    timer = threading.Timer(0.1, store.finish, (job.id, Outcome(JobStatus.SUCCEEDED, 0)))
-    timer.start()
-    assert store.wait(job.id, 10).status is JobStatus.SUCCEEDED
-    timer.join()
+    assert time.monotonic() - started >= 0.05
+    seen: list[Job] = []
+    late = woken_after(
+        lambda: store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0)),
+        lambda: seen.append(store.wait(job.id, 10)),
+    )
+    assert seen[0].status is JobStatus.SUCCEEDED
+    assert late < WAKE_BOUND
 
 
 def test_list_filters_and_pages(store: JobStore) -> None:
@@ -362,16 +426,25 @@ def test_idempotency_key_is_free_after_delete(store: JobStore) -> None:
 
 
 @pytest.mark.docs("stores.md#options", "stores.md#retention")
-def test_ttl_expires_finished_jobs_only(make_store: MakeStore) -> None:
-    """Finished jobs disappear ttl seconds after they finish; active ones stay."""
-    store = make_store(ttl=0.3)
-    done = finished(store)
+def test_ttl_expires_finished_jobs_only(
+    make_store: MakeStore, time_machine: time_machine.TimeMachineFixture
+) -> None:
+    """Finished jobs disappear ttl seconds after they finish; active ones stay.
+
+    On a stopped clock (every store reads its ttl clock in this process): the job is
+    there just before ttl has passed and gone just after, with no real waiting.
+    """
+    time_machine.move_to(time.time(), tick=False)
+    store = make_store(ttl=60)
     running = store.create(new_job())
     store.start(running.id)
-    store.get(done.id)
-    time.sleep(0.5)
+    done = finished(store)
+    time_machine.shift(60 - 0.01)
+    assert store.get(done.id).status is JobStatus.SUCCEEDED
+    time_machine.shift(0.02)
     with pytest.raises(JobNotFound):
         store.get(done.id)
+    time_machine.shift(3600)
     assert store.get(running.id).status is JobStatus.RUNNING
     assert [j.id for j in store.list().jobs] == [running.id]
 
@@ -455,12 +528,10 @@ def test_requeue_lost_puts_retryable_jobs_back_once(store: JobStore) -> None:
 def test_wait_wakes_on_cancel_of_queued_job(store: JobStore) -> None:
     """A waiter wakes when a queued job is cancelled, not only when one finishes."""
     job = store.create(new_job())
-    timer = threading.Timer(0.1, store.cancel, (job.id,))
-    timer.start()
-    started = time.monotonic()
-    assert store.wait(job.id, 10).status is JobStatus.CANCELLED
-    assert time.monotonic() - started < 5
-    timer.join()
+    seen: list[Job] = []
+    late = woken_after(lambda: store.cancel(job.id), lambda: seen.append(store.wait(job.id, 10)))
+    assert seen[0].status is JobStatus.CANCELLED
+    assert late < WAKE_BOUND
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
@@ -482,7 +553,8 @@ def test_jobs_survive_reopening(make_store: MakeStore) -> None:
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 @pytest.mark.docs("stores.md#cancelling-across-processes")
 def test_two_store_objects_share_state(make_store: MakeStore) -> None:
-    """Two store objects on the same data see each other's jobs and cancel requests."""
+    """Two store objects on the same data see each other's jobs and cancel requests; a
+    waiter on one wakes promptly for a finish through the other."""
     one, two = make_store("shared"), make_store("shared")
     job = one.create(new_job())
     assert two.start(job.id) is not None
@@ -490,10 +562,14 @@ def test_two_store_objects_share_state(make_store: MakeStore) -> None:
     OutputWriter(two, job.id)("stderr", b"x")
     one.cancel(job.id)
     assert two.cancel_requested(job.id)
-    timer = threading.Timer(0.1, two.finish, (job.id, Outcome(JobStatus.CANCELLED, -15)))
-    timer.start()
-    assert one.wait(job.id, 10).status is JobStatus.CANCELLED
-    timer.join()
+    seen: list[Job] = []
+    late = woken_after(
+        lambda: two.finish(job.id, Outcome(JobStatus.CANCELLED, -15)),
+        lambda: seen.append(one.wait(job.id, 10)),
+        after=0.5,  # long enough for SQLite's backoff to reach poll_interval
+    )
+    assert seen[0].status is JobStatus.CANCELLED
+    assert late < WAKE_BOUND
     assert one.get(job.id).stderr == b"x"
 
 
@@ -528,11 +604,11 @@ def test_close_wakes_waiters(store: JobStore) -> None:
 
     thread = threading.Thread(target=wait)
     thread.start()
-    time.sleep(0.3)
+    wait_for(lambda: blocked_in_wait(thread))
     started = time.monotonic()
     store.close()
     thread.join(10)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < CLOSE_BOUND
     assert len(results) == 1
     assert isinstance(results[0], Job)
     assert results[0].id == job.id
@@ -609,21 +685,16 @@ def test_wait_output_wakes_on_output_and_on_finish(store: JobStore) -> None:
     started = time.monotonic()
     store.wait_output(job.id, 0, 0.1)
     assert time.monotonic() - started >= 0.09
-    timer = threading.Timer(0.1, write, ("stdout", b"x"))
-    timer.start()
-    started = time.monotonic()
-    store.wait_output(job.id, 0, 10)
-    assert time.monotonic() - started < 5
-    timer.join()
+    late = woken_after(lambda: write("stdout", b"x"), lambda: store.wait_output(job.id, 0, 10))
+    assert late < WAKE_BOUND
     started = time.monotonic()
     store.wait_output(job.id, 0, 10)  # chunk 1 exists: at once
-    assert time.monotonic() - started < 1
-    timer = threading.Timer(0.1, store.finish, (job.id, Outcome(JobStatus.SUCCEEDED, 0)))
-    timer.start()
-    started = time.monotonic()
-    store.wait_output(job.id, 1, 10)
-    assert time.monotonic() - started < 5
-    timer.join()
+    assert time.monotonic() - started < WAKE_BOUND
+    late = woken_after(
+        lambda: store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0)),
+        lambda: store.wait_output(job.id, 1, 10),
+    )
+    assert late < WAKE_BOUND
 
 
 def with_callback(job: Job, url: str = "http://cb.example/hook") -> Job:
