@@ -46,6 +46,12 @@ def start(client: Client, *args: str, name: str = "sh") -> str:
     return str(response.json["id"])
 
 
+def hold(path: Path) -> str:
+    """Shell that waits until ``path`` exists (giving up after about 10 s): the test lets
+    the job go on when it has seen what it wants, instead of guessing with sleeps."""
+    return f'for _ in $(seq 1000); do [ -e "{path}" ] && break; sleep 0.01; done'
+
+
 def parse_sse(text: str) -> list[dict[str, Any]]:
     """Events as dicts: id, event, data (decoded JSON); comments are skipped."""
     events = []
@@ -99,14 +105,16 @@ class Follower:
 
 @pytest.mark.docs("http-api.md#get-jobsidstdout-and-get-jobsidstderr")
 @pytest.mark.docs("live-output.md#raw-bytes-follow1")
-def test_follow_stdout_streams_while_running(client: Client) -> None:
+def test_follow_stdout_streams_while_running(client: Client, tmp_path: Path) -> None:
     """?follow=1 sends output as it is written, and ends when the job ends."""
-    job_id = start(client, "echo one; sleep 0.5; echo two >&2; echo three; sleep 0.3")
+    go = tmp_path / "go"
+    job_id = start(client, f"echo one; {hold(go)}; echo two >&2; echo three")
     follower = Follower(client, f"/jobs/{job_id}/stdout?follow=1")
     assert follower.response.status_code == 200
     assert follower.response.mimetype == "application/octet-stream"
     wait_for(lambda: follower.data == b"one\n")
-    assert not follower.done.is_set()
+    assert not follower.done.is_set()  # the job is held: the stream must still be open
+    go.touch()
     assert follower.done.wait(10)
     assert follower.data == b"one\nthree\n"
 
@@ -132,9 +140,10 @@ def test_follow_unknown_job_is_404(client: Client) -> None:
 
 @pytest.mark.docs("http-api.md#get-jobsidoutput")
 @pytest.mark.docs("live-output.md#polling-by-byte-offset")
-def test_output_by_offset(client: Client) -> None:
+def test_output_by_offset(client: Client, tmp_path: Path) -> None:
     """?offset= returns the bytes from there, the next offset and whether it is complete."""
-    job_id = start(client, "printf 12345; sleep 0.5; printf 678")
+    go = tmp_path / "go"
+    job_id = start(client, f"printf 12345; {hold(go)}; printf 678")
     wait_for(lambda: client.get(f"/jobs/{job_id}/output").data == b"12345")
     first = client.get(f"/jobs/{job_id}/output?stream=stdout&offset=0")
     assert first.data == b"12345"
@@ -143,7 +152,10 @@ def test_output_by_offset(client: Client) -> None:
     nothing = client.get(f"/jobs/{job_id}/output?offset=5")
     assert nothing.data == b""
     assert nothing.headers["X-Output-Offset"] == "5"
+    release = threading.Timer(0.2, go.touch)  # while the next request long-polls
+    release.start()
     later = client.get(f"/jobs/{job_id}/output?offset=5&wait=10")  # long-polls for news
+    release.join()
     assert later.data == b"678"
     client.get(f"/jobs/{job_id}?wait=10")
     final = client.get(f"/jobs/{job_id}/output?offset=3")
@@ -158,14 +170,27 @@ def test_output_by_offset(client: Client) -> None:
 
 @pytest.mark.docs("http-api.md#get-jobsidevents")
 @pytest.mark.docs("live-output.md#server-sent-events", "live-output.md#ordering-across-streams")
-def test_events_stream(client: Client) -> None:
-    """SSE: status events, output events in order across streams, then the whole job."""
-    script = "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; exit 3"
+def test_events_stream(client: Client, tmp_path: Path) -> None:
+    """SSE: status events, output events in order across streams, then the whole job.
+
+    The order across streams is the order procgate read the pieces, which the docs do not
+    promise to be the order of writes; so each write here waits until the piece before
+    it was sent, which makes both orders one.
+    """
+    first, second = tmp_path / "1", tmp_path / "2"
+    script = f"echo out1; {hold(first)}; echo err1 >&2; {hold(second)}; echo out2; exit 3"
     job_id = start(client, script)
-    response = client.get(f"/jobs/{job_id}/events")
+    follower = Follower(client, f"/jobs/{job_id}/events")
+    response = follower.response
     assert response.mimetype == "text/event-stream"
     assert response.headers["Cache-Control"] == "no-cache"
-    events = parse_sse(response.get_data(as_text=True))
+    wait_for(lambda: b"out1" in follower.data)
+    first.touch()
+    wait_for(lambda: b"err1" in follower.data)
+    second.touch()
+    assert follower.done.wait(10)
+    text = follower.data.decode()
+    events = parse_sse(text)
     names = [e["event"] for e in events]
     assert names[-1] == "end"
     statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
@@ -189,7 +214,7 @@ def test_events_stream(client: Client) -> None:
     last_output = max(i for i, name in enumerate(order) if name == "output")
     final_status = max(i for i, name in enumerate(order) if name == "status")
     assert final_status > last_output  # the final status comes after the output
-    assert ": keepalive" not in response.get_data(as_text=True)  # no silence here
+    assert ": keepalive" not in text  # no silence here
 
 
 @pytest.mark.docs("http-api.md#get-jobsidevents")
@@ -278,14 +303,32 @@ def test_many_followers(client: Client) -> None:
 
 
 @pytest.mark.docs("live-output.md#keepalives")
-def test_keepalives_only_after_silence(client: Client, store: JobStore) -> None:
-    """SSE comments are sent after idle seconds without news, not after every burst."""
+def test_keepalives_only_after_silence(client: Client, store: JobStore, tmp_path: Path) -> None:
+    """SSE comments are sent after idle seconds without news, not after every burst.
+
+    The job is held after "a" until two keepalives came, each at least ``idle`` after
+    the news or keepalive before it; the burst and the end that follow bring none.
+    """
     from procgate import streaming
 
-    job_id = start(client, "echo a; sleep 1; echo b; echo c; echo d")
+    go = tmp_path / "go"
+    job_id = start(client, f"echo a; {hold(go)}; echo b; echo c; echo d")
     stream = streaming.events(store, job_id, lambda job: {"id": job.id}, idle=0.4)
-    text = b"".join(stream).decode()
-    # the 1 s pause makes one or two; one per output burst would make more
-    assert 1 <= text.count(": keepalive") <= 2
+    held = b""
+    news_at = time.monotonic()
+    gaps = []  # seconds from the news or keepalive before each keepalive
+    for part in stream:
+        held += part
+        if part.startswith(b": keepalive"):
+            gaps.append(time.monotonic() - news_at)
+        news_at = time.monotonic()
+        if len(gaps) == 2:
+            break
+    go.touch()
+    rest = b"".join(stream).decode()
+    assert len(gaps) == 2, held  # the held job ended without two keepalives
+    assert min(gaps) >= 0.39  # a Redis block is whole milliseconds: 0.4 s may be 399 ms
+    assert ": keepalive" not in rest
+    text = held.decode() + rest
     outputs = "".join(e["data"]["data"] for e in parse_sse(text) if e["event"] == "output")
     assert outputs == "a\nb\nc\nd\n"
