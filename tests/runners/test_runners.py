@@ -6,13 +6,14 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 
 from procgate import ConfigError, JobStatus, MemoryStore, ProcessRunner, SyncRunner, ThreadRunner
 from procgate.commands import child_env
 from procgate.errors import RunnerBusy, RunnerClosed
-from procgate.jobs import Job, Spec, new_job_id
+from procgate.jobs import Job, Outcome, Spec, new_job_id
 from procgate.runners import by_kind
 from tests.conftest import wait_for, zombie_children
 
@@ -228,26 +229,43 @@ def test_inline_submit_respects_max_workers_and_the_queue() -> None:
         runner.close()
 
 
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts the jobs between ``start`` and ``finish``: the peak is
+    exact, where a thread sampling ``list()`` spins a core and can miss a short overlap."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._counting = threading.Lock()
+        self.active = 0
+        self.peak = 0
+
+    def start(self, job_id: str, owner: str | None = None) -> Job | None:
+        job = super().start(job_id, owner)
+        if job is not None:
+            with self._counting:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+        return job
+
+    def finish(self, job_id: str, outcome: Outcome) -> bool:
+        was_running = self.get(job_id, output=False).status is JobStatus.RUNNING
+        finished = super().finish(job_id, outcome)
+        if finished and was_running:
+            with self._counting:
+                self.active -= 1
+        return finished
+
+
 def test_inline_and_pool_jobs_share_max_workers() -> None:
     """Inline jobs from many threads and pool jobs together never run more than the limit."""
-    store, runner = MemoryStore(max_jobs=1000), ThreadRunner(max_workers=2)
+    store, runner = CountingStore(max_jobs=1000), ThreadRunner(max_workers=2)
     runner.open(store)
-    peak = 0
-    stop = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            running = store.list(status=JobStatus.RUNNING, limit=100).jobs
-            peak = max(peak, len(running))
 
     def client(inline: bool) -> None:
         for _ in range(4):
             job_id = submit(store, runner, "/bin/sleep", "0.05", inline=inline)
             store.wait(job_id, 30)
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
     clients = [threading.Thread(target=client, args=(n % 2 == 0,)) for n in range(8)]
     try:
         for thread in clients:
@@ -255,13 +273,11 @@ def test_inline_and_pool_jobs_share_max_workers() -> None:
         for thread in clients:
             thread.join(60)
     finally:
-        stop.set()
-        watcher.join()
         runner.close()
     jobs = store.list(limit=1000).jobs
     assert len(jobs) == 32
     assert all(job.status is JobStatus.SUCCEEDED for job in jobs)
-    assert peak == 2
+    assert (store.peak, store.active) == (2, 0)
 
 
 def test_close_stops_inline_jobs_and_waits_for_them() -> None:
