@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import time_machine
 from werkzeug.test import Client
 
 from procgate import Gate, MemoryStore, SQLiteStore, ThreadRunner
@@ -903,3 +904,52 @@ def test_callbacks_survive_a_killed_server(receiver: Receiver, tmp_path: Path) -
     assert len(by_id[done]) >= 2  # refused before the kill, delivered after
     assert {payload["id"] for payload in by_id[done]} == {done}
     assert by_id[running][-1]["status"] == "lost"
+
+
+def test_failed_attempts_are_retried_on_the_backoff_schedule(
+    monkeypatch: pytest.MonkeyPatch, time_machine: time_machine.TimeMachineFixture
+) -> None:
+    """Failed attempt n is due again backoff * 2 ** (n - 1) seconds later (10, 20, 40 s
+    here), and the last of max_attempts is final. On a stopped clock, with every POST
+    answered 500: nothing is due 0.01 s before each retry, the callback is 0.01 s after."""
+    time_machine.move_to(time.time(), tick=False)
+    store = MemoryStore()
+    notifier = Notifier(store, allow=["http://cb.example/"], backoff=10, max_attempts=4)
+    monkeypatch.setattr(notifier, "_post", lambda url, body, delivery: 500)
+    url = "http://cb.example/hook"
+    state = {"url": url, "status": "pending", "attempts": 0, "last_status": None}
+    job = Job(
+        id=new_job_id(),
+        command="t",
+        args=(),
+        spec=Spec(argv=("true",)),
+        callback_url=url,
+        callback={**state, "last_error": None},
+    )
+    store.create(job)
+    store.start(job.id)
+    store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
+    lease = notifier.timeout + notifier.lease_margin
+    for attempt, delay in ((1, 10), (2, 20), (3, 40)):
+        [claimed] = store.claim_callbacks(time.time(), lease, 10)
+        notifier._deliver(claimed)
+        assert store.get(job.id).callback == {
+            **state,
+            "attempts": attempt,
+            "last_status": 500,
+            "last_error": "HTTP 500",
+        }
+        time_machine.shift(delay - 0.01)
+        assert store.claim_callbacks(time.time(), lease, 10) == []
+        time_machine.shift(0.02)
+    [claimed] = store.claim_callbacks(time.time(), lease, 10)
+    notifier._deliver(claimed)
+    assert store.get(job.id).callback == {
+        **state,
+        "status": "failed",
+        "attempts": 4,
+        "last_status": 500,
+        "last_error": "HTTP 500",
+    }
+    time_machine.shift(10**6)
+    assert store.claim_callbacks(time.time(), lease, 10) == []

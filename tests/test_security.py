@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import time_machine
 from werkzeug.test import Client
 
 from procgate import ConfigError, Gate, JobStore, MemoryStore, ThreadRunner
@@ -315,6 +316,29 @@ def test_max_rate() -> None:
         assert limited.status_code == 429
         assert limited.json["error"]["code"] == "rate_limited"
         assert int(limited.headers["Retry-After"]) == 30
+    finally:
+        gate.close()
+
+
+def test_max_rate_window_edge_on_every_store(
+    job_store: JobStore, time_machine: time_machine.TimeMachineFixture
+) -> None:
+    """max_rate counts the jobs created in the window before now, on every store: on a
+    stopped clock, 0.01 s before the first two jobs leave the minute a third is still a
+    429; 0.01 s after, it runs, and the window is full again."""
+    time_machine.move_to(time.time(), tick=False)
+    gate = Gate(store=job_store)
+    gate.register("echo", ["echo"], max_rate="2/minute")
+    client = Client(gate)
+    try:
+        for _ in range(2):
+            assert client.post("/commands/echo", json={"wait": True}).status_code == 200
+        time_machine.shift(60 - 0.01)
+        refused(job_store, 429, "rate_limited", lambda: client.post("/commands/echo", json={}))
+        time_machine.shift(0.02)
+        assert client.post("/commands/echo", json={"wait": True}).status_code == 200
+        assert client.post("/commands/echo", json={"wait": True}).status_code == 200
+        refused(job_store, 429, "rate_limited", lambda: client.post("/commands/echo", json={}))
     finally:
         gate.close()
 

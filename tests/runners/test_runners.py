@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import threading
 import time
 from typing import Any
 
 import pytest
+import time_machine
 
 from procgate import ConfigError, JobStatus, MemoryStore, ProcessRunner, SyncRunner, ThreadRunner
 from procgate.commands import child_env
 from procgate.errors import RunnerBusy, RunnerClosed
 from procgate.jobs import Job, Outcome, Spec, new_job_id
 from procgate.runners import by_kind
+from procgate.runners.liveness import STALE_AFTER, owner_is_dead, sweep_lost
 from tests.conftest import wait_for, zombie_children
 
 
@@ -337,3 +341,46 @@ def test_a_dead_runner_s_retryable_job_runs_again_here() -> None:
         assert store.get(jobs["plain"]).status is JobStatus.LOST
     finally:
         runner.close()
+
+
+def test_an_owner_on_another_host_is_lost_only_after_stale_after(
+    time_machine: time_machine.TimeMachineFixture,
+) -> None:
+    """A runner on another host (its pid means nothing here) is taken for dead only when
+    its last heartbeat is more than stale_after old. On a stopped clock, sweeps 0.01 s
+    before that leave its running job alone, a heartbeat then starts the count again, and
+    a sweep 0.01 s past stale_after makes the job lost, naming the owner."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process here, which must not matter there
+    time_machine.move_to(time.time(), tick=False)
+    store = MemoryStore()
+    owner = f"elsewhere.invalid:{gone.pid}:cafe"
+    store.heartbeat(owner)
+    job = Job(id=new_job_id(), command="t", args=(), spec=Spec(argv=("true",)), owner=owner)
+    store.create(job)
+    store.start(job.id, owner)
+    time_machine.shift(STALE_AFTER - 0.01)
+    assert sweep_lost(store, "me", stale_after=STALE_AFTER) == 0
+    store.heartbeat(owner)
+    time_machine.shift(STALE_AFTER - 0.01)
+    assert sweep_lost(store, "me", stale_after=STALE_AFTER) == 0
+    assert store.get(job.id).status is JobStatus.RUNNING
+    time_machine.shift(0.02)
+    assert sweep_lost(store, "me", stale_after=STALE_AFTER) == 1
+    lost = store.get(job.id)
+    assert lost.status is JobStatus.LOST
+    assert owner in (lost.error or "")
+
+
+def test_an_owner_on_this_host_is_lost_once_its_pid_is_gone() -> None:
+    """On this host a runner whose process is gone is dead at once, however fresh its
+    heartbeat; one whose process lives is judged by its heartbeat alone."""
+    me = socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process now
+    beat = time.time()
+    assert owner_is_dead(f"{me}:{gone.pid}:cafe", beat, beat, stale_after=STALE_AFTER)
+    alive = f"{me}:{os.getpid()}:cafe"
+    assert not owner_is_dead(alive, beat, beat + STALE_AFTER, stale_after=STALE_AFTER)
+    assert owner_is_dead(alive, beat, beat + STALE_AFTER + 0.01, stale_after=STALE_AFTER)
+    assert owner_is_dead(alive, None, beat, stale_after=STALE_AFTER)  # never beat
