@@ -11,10 +11,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from werkzeug.test import Client
 
 from procgate import Gate, ThreadRunner
@@ -159,6 +161,12 @@ def test_a_redis_outage_during_a_job_leaves_nothing_stuck(
 
 
 @pytest.mark.docs("stores.md#when-the-store-fails")
+def blocked_reads(server: RedisServer) -> int:
+    """How many clients of ``server`` are blocked in a command (a store's XREAD)."""
+    with closing(redis.Redis.from_url(server.url)) as client:
+        return int(client.info("clients")["blocked_clients"])
+
+
 def test_a_wait_across_a_redis_restart_answers(
     tmp_path: Path, own_redis: RedisServer, servers: list[Server]
 ) -> None:
@@ -173,9 +181,10 @@ def test_a_wait_across_a_redis_restart_answers(
         status, _, body = server.request("GET", f"/jobs/{job['id']}?wait=20")
         answers.append((status, json.loads(body)))
 
+    assert blocked_reads(own_redis) == 0  # so the one below is the long-poll's XREAD
     waiter = threading.Thread(target=poll)
     waiter.start()
-    time.sleep(0.5)
+    wait_for(lambda: blocked_reads(own_redis) == 1)
     own_redis.stop()
     try:
         waiter.join(60)
