@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from procgate.errors import ConfigError, JobNotFound
+from procgate.errors import ConfigError, JobNotFound, StoreUnavailable
 from procgate.jobs import (
     Chunk,
     Chunks,
@@ -320,7 +320,12 @@ class RedisStore:
                 break
             if not self._block({self._key("end", job_id): "0-0"}, remaining):
                 return job  # closed under us: answer as we can
-            job = self.get(job_id)
+            try:
+                job = self.get(job_id)
+            except StoreUnavailable:
+                if self._closed:  # closed between the block and the read
+                    return job
+                raise
         return job
 
     def _block(self, streams: Mapping[str, str], timeout: float) -> bool:
