@@ -217,6 +217,16 @@ def test_malformed_urls_are_refused(url: object) -> None:
     assert caught.value.code == "invalid_request"
 
 
+@pytest.mark.parametrize("segment", [".;x", "..;x", "..;a;b", ".;a;b"])
+def test_dot_segments_with_any_parameters_are_refused(segment: str) -> None:
+    """A ``.`` or ``..`` segment carrying parameters, one or several, is refused even when
+    the URL would stay under the prefix: some servers (Tomcat) read ``..;x`` as ``..``."""
+    with pytest.raises(InvalidRequest) as caught:
+        check_callback_url(f"http://127.0.0.1:9000/hooks/{segment}/a", ALLOW)
+    assert caught.value.code == "invalid_request"
+    assert "dot segments" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "url",
     [

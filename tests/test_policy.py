@@ -664,6 +664,35 @@ def test_schema_pattern_translation(pattern: str, ecma: str | None) -> None:
     assert schema.get("pattern") == ecma
 
 
+def test_schema_of_url_number_and_path_rules() -> None:
+    """In the OpenAPI schema a url rule is ``format: uri`` with an http(s) pattern, and a
+    number or path rule without allow_dash has a pattern that refuses a leading "-"."""
+    policy = rules(
+        {"name": "u", "type": "url"},
+        {"name": "n", "type": "number"},
+        {"name": "f", "type": "path", "base": str(Path(__file__).parent)},
+    )
+    url, number, path = policy.to_schema()["anyOf"][0]["prefixItems"]
+    assert url["format"] == "uri"
+    assert re.match(url["pattern"], "HTTPS://a.b")
+    assert not re.match(url["pattern"], "ftp://a.b")
+    assert re.match(number["pattern"], "+1.5e3")
+    assert not re.match(number["pattern"], "-1")
+    assert path["minLength"] == 1
+    assert not re.match(path["pattern"], "-x")
+
+
+def test_email_is_at_most_254_characters() -> None:
+    """An email argument of exactly 254 characters is accepted; 255 are refused, even
+    with a 64-character local part and domain labels of 63 or fewer."""
+    policy = rules({"name": "to", "type": "email"})
+    longest = "a" * 64 + "@" + ".".join(["b" * 63, "c" * 63, "d" * 58]) + ".co"
+    assert len(longest) == 254
+    assert policy.check([longest]) == [longest]
+    too_long = longest.replace("d" * 58, "d" * 59)
+    assert "is not an email address" in refused(policy, [too_long])
+
+
 # -- properties -------------------------------------------------------------------------
 
 NASTY = [

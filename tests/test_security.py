@@ -16,7 +16,14 @@ import time_machine
 from werkzeug.test import Client
 
 from procgate import ConfigError, Gate, JobStore, MemoryStore, ThreadRunner
-from procgate.auth import client_address, hash_token, make_token, parse_networks
+from procgate.auth import (
+    client_address,
+    hash_token,
+    make_token,
+    parse_networks,
+    require_address,
+)
+from procgate.errors import Forbidden
 from procgate.jobs import Job
 from tests.conftest import refused, wait_for
 
@@ -232,6 +239,20 @@ def test_client_address_walks_trusted_proxies() -> None:
     assert client_address("10.0.0.1", "1.2.3.4", ()) == "10.0.0.1"
 
 
+def test_address_allowlist_matching() -> None:
+    """An allowlist entry with host bits set is its network; an IPv4-mapped IPv6 client
+    (``::ffff:10.1.2.3``) matches its IPv4 network; a zone id (``fe80::1%eth0``) is ignored;
+    an address that does not parse (or none) is never allowed."""
+    allowed = parse_networks(["10.0.0.1/8", "fe80::/64"], "t")
+    require_address("10.9.9.9", allowed, "x")
+    require_address("::ffff:10.1.2.3", allowed, "x")
+    require_address("fe80::1%eth0", allowed, "x")
+    for address in ("11.0.0.1", "::ffff:11.0.0.1", "not-an-ip", ""):
+        with pytest.raises(Forbidden) as caught:
+            require_address(address, allowed, "x")
+        assert caught.value.code == "address_not_allowed"
+
+
 @pytest.mark.docs("security.md#bearer-tokens")
 @pytest.mark.docs("configuration.md#auth")
 def test_token_config_errors() -> None:
@@ -242,6 +263,53 @@ def test_token_config_errors() -> None:
         make_token("", hash_token("a"))
     with pytest.raises(ConfigError):
         Gate(tokens=[make_token("a", hash_token("1")), make_token("a", hash_token("2"))])
+
+
+@pytest.mark.parametrize(
+    ("sha256", "commands"),
+    [
+        ("a" * 63, None),  # hex, one digit short
+        ("g" * 64, None),  # 64 digits, not hex
+        (5, None),  # not a string
+        (hash_token("a"), "echo"),  # one string, not a list of names
+        (hash_token("a"), ["echo", 5]),
+    ],
+)
+@pytest.mark.docs("configuration.md#auth")
+def test_token_digest_is_64_hex_digits_and_commands_a_list(sha256: Any, commands: Any) -> None:
+    """A token's sha256 is exactly 64 hex digits and its commands a list of names; anything
+    else is a ConfigError at start-up, never a crash or a token that matches nothing."""
+    with pytest.raises(ConfigError):
+        make_token("x", sha256, commands=commands)
+    assert make_token("x", hash_token("a").upper()).sha256 == hash_token("a")
+
+
+@pytest.mark.docs("http-api.md#authentication")
+def test_401_challenge_says_what_to_send(client: Client) -> None:
+    """WWW-Authenticate is ``Bearer realm="procgate"`` without a token, adds
+    ``error="invalid_token"`` for an unknown one, and is ``HMAC realm="procgate"`` for a
+    signed command whose signature or GitLab token is missing or wrong."""
+    challenges = {
+        "none": client.get("/jobs"),
+        "unknown": client.get("/jobs", headers={"Authorization": "Bearer wrong"}),
+        "unsigned": client.post("/commands/hook", data=b"{}"),
+        "bad signature": client.post(
+            "/commands/hook", data=b"{}", headers={"X-Hub-Signature-256": "sha256=00"}
+        ),
+        "bad gitlab token": client.post(
+            "/commands/signed", json={}, headers={"X-Gitlab-Token": "wrong"}
+        ),
+    }
+    assert {name: r.status_code for name, r in challenges.items()} == dict.fromkeys(
+        challenges, 401
+    )
+    assert {name: r.headers["WWW-Authenticate"] for name, r in challenges.items()} == {
+        "none": 'Bearer realm="procgate"',
+        "unknown": 'Bearer realm="procgate", error="invalid_token"',
+        "unsigned": 'HMAC realm="procgate"',
+        "bad signature": 'HMAC realm="procgate"',
+        "bad gitlab token": 'HMAC realm="procgate"',
+    }
 
 
 # -- limits --------------------------------------------------------------------------------
