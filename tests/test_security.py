@@ -286,12 +286,13 @@ def test_token_digest_is_64_hex_digits_and_commands_a_list(sha256: Any, commands
 
 @pytest.mark.docs("http-api.md#authentication")
 def test_401_challenge_says_what_to_send(client: Client) -> None:
-    """WWW-Authenticate is ``Bearer realm="procgate"`` without a token, adds
+    """WWW-Authenticate is ``Bearer realm="procgate"`` without a bearer token, adds
     ``error="invalid_token"`` for an unknown one, and is ``HMAC realm="procgate"`` for a
     signed command whose signature or GitLab token is missing or wrong."""
     challenges = {
         "none": client.get("/jobs"),
         "unknown": client.get("/jobs", headers={"Authorization": "Bearer wrong"}),
+        "basic": client.get("/jobs", headers={"Authorization": "Basic Y2k6eA=="}),
         "unsigned": client.post("/commands/hook", data=b"{}"),
         "bad signature": client.post(
             "/commands/hook", data=b"{}", headers={"X-Hub-Signature-256": "sha256=00"}
@@ -306,6 +307,7 @@ def test_401_challenge_says_what_to_send(client: Client) -> None:
     assert {name: r.headers["WWW-Authenticate"] for name, r in challenges.items()} == {
         "none": 'Bearer realm="procgate"',
         "unknown": 'Bearer realm="procgate", error="invalid_token"',
+        "basic": 'Bearer realm="procgate"',
         "unsigned": 'HMAC realm="procgate"',
         "bad signature": 'HMAC realm="procgate"',
         "bad gitlab token": 'HMAC realm="procgate"',
