@@ -1,0 +1,250 @@
+"""Mutation testing of procgate's contract modules with mutmut 3.
+
+    python3 -m pip install -e '.[test,mutation]'
+    nice -n 10 python3 tests/mutation/run.py --minutes 5      # every module, 5 min each
+    nice -n 10 python3 tests/mutation/run.py policy jobs      # some modules
+    python3 tests/mutation/run.py --list                      # the module -> tests map
+    python3 tests/mutation/run.py --survivors callback_url    # show surviving diffs
+
+Each module gets a scratch copy of the project under ``mutants/<module>/`` (git-ignored),
+and mutmut mutates only that copy: the working tree is never written. Tests run in-process
+from the copy; children they start (``procgate serve``, worker processes) import the
+unmutated working tree, so only in-process code paths can kill a mutant. mutmut first runs
+the module's test files once to learn which tests call which function, then runs, for each
+mutant, only the tests that called the mutated function. Results are cached in the copy:
+a rerun retests only functions whose source changed (``--fresh`` drops the cache).
+
+The score counts a mutant as killed when a test failed or timed out; ``no tests`` (no test
+in the mapped files calls the function) counts as a survivor. Scores and the reviewed
+survivors are recorded in docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK = ROOT / "mutants"
+# What the tests read besides src/ and tests/ (examples, docs map, README snippets).
+EXTRA = ("docs", "examples", "README.md", "CHANGELOG.md")
+# Tests that read thread stacks by function name: mutmut's trampolines rename the frames.
+DESELECT = ("tests/stores/test_contract.py::test_close_wakes_waiters",)
+KILLED = frozenset({"killed", "timeout", "segfault", "caught by type check"})
+RECHECK = frozenset({"survived", "no tests", "suspicious"})
+
+
+@dataclass(frozen=True)
+class Target:
+    path: str
+    tests: tuple[str, ...]
+    # mutmut mutant-name globs; empty means every function in the module.
+    only: tuple[str, ...] = ()
+
+
+_STORE_TESTS = ("tests/stores/",)
+_SQLITE_TESTS = (*_STORE_TESTS, "tests/faults/test_sqlite.py")
+_FAULT_TESTS = ("tests/faults/test_sqlite.py", "tests/faults/test_redis.py")
+# Not tests/test_app.py: it runs every runner kind end to end, and its stats pass alone
+# takes over two minutes here.
+_RUNNER_TESTS = ("tests/runners/", "tests/stores/test_ownership.py")
+
+# module -> the test files that cover it. mutmut then narrows each mutant to the tests,
+# among these, that executed the mutated function.
+TARGETS: dict[str, Target] = {
+    "runners/journal": Target(
+        "src/procgate/runners/journal.py", (*_RUNNER_TESTS, *_FAULT_TESTS)
+    ),
+    "callback_url": Target("src/procgate/callback_url.py", ("tests/test_callbacks.py",)),
+    "policy": Target("src/procgate/policy.py", ("tests/test_policy.py",)),
+    # job_to_json (times, UTF-8/base64) is reached through the HTTP suite only.
+    "jobs": Target(
+        "src/procgate/jobs.py", (*_STORE_TESTS, "tests/test_process.py", "tests/test_app.py")
+    ),
+    "auth": Target("src/procgate/auth.py", ("tests/test_security.py", "tests/test_config.py")),
+    "stores/memory": Target("src/procgate/stores/memory.py", _STORE_TESTS),
+    "runners/liveness": Target(
+        "src/procgate/runners/liveness.py", (*_RUNNER_TESTS, "tests/faults/test_stop.py")
+    ),
+    "callbacks": Target("src/procgate/callbacks.py", ("tests/test_callbacks.py",)),
+    # Not the runner tests: ProcessRunner's workers would run the mutated module without
+    # mutmut's configuration.
+    "process": Target("src/procgate/process.py", ("tests/test_process.py",)),
+    "commands": Target(
+        "src/procgate/commands.py",
+        ("tests/test_process.py", "tests/test_app.py", "tests/test_security.py"),
+    ),
+    "stores/sqlite": Target("src/procgate/stores/sqlite.py", _SQLITE_TESTS),
+    "stores/_sqlite_pool": Target("src/procgate/stores/_sqlite_pool.py", _SQLITE_TESTS),
+    "stores/_sqlite_file": Target("src/procgate/stores/_sqlite_file.py", _SQLITE_TESTS),
+    "stores/redis": Target(
+        "src/procgate/stores/redis.py",
+        ("tests/stores/test_contract.py", "tests/faults/test_redis.py"),
+    ),
+    "uploads": Target("src/procgate/uploads.py", ("tests/test_uploads.py",)),
+    # Request parsing only: the module-level parsers and the Gate's argument checks.
+    "app": Target(
+        "src/procgate/app.py",
+        ("tests/test_app.py", "tests/test_uploads.py", "tests/test_security.py"),
+        only=tuple(
+            f"procgate.app.{name}__mutmut_*"
+            for name in (
+                "x__json_body", "x__check_fields", "x__flag", "x__idempotency_key",
+                "x__string_list", "x__split", "x__env", "x__stdin", "x__timeout",
+                "x__int_arg", "x__is_number",
+                "xǁGateǁ_args", "xǁGateǁ_check_stdin", "xǁGateǁ_wait",
+            )
+        ),
+    ),
+}
+
+
+def _copy_project(dest: Path) -> None:
+    """Refresh the scratch copy from the working tree (sources, tests, what tests read)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for name in ("src", "tests", *EXTRA):
+        source = ROOT / name
+        if source.is_dir():
+            if (dest / name).exists():
+                shutil.rmtree(dest / name)
+            shutil.copytree(source, dest / name, ignore=skip)
+        elif source.is_file():
+            shutil.copy2(source, dest / name)
+
+
+def _configure(dest: Path, target: Target) -> None:
+    """Write the copy's pyproject.toml: the project's own plus a [tool.mutmut] table."""
+    table = {
+        "source_paths": ["src"],
+        "only_mutate": [target.path],
+        "pytest_add_cli_args_test_selection": list(target.tests),
+        "also_copy": list(EXTRA),
+        "pytest_add_cli_args": [arg for test in DESELECT for arg in ("--deselect", test)],
+        # The copy is not a git checkout.
+        "use_git_change_detection": False,
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+    text = (ROOT / "pyproject.toml").read_text() + "\n".join(lines) + "\n"
+    (dest / "pyproject.toml").write_text(text)
+
+
+def _results(dest: Path) -> dict[str, str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=dest, capture_output=True, text=True, check=True,
+    ).stdout
+    found = {}
+    for line in out.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep:
+            found[name] = status
+    return found
+
+
+def _selected(target: Target, results: dict[str, str]) -> dict[str, str]:
+    if not target.only:
+        return results
+    pattern = re.compile("|".join(re.escape(g).replace(r"\*", ".*") for g in target.only))
+    return {name: status for name, status in results.items() if pattern.fullmatch(name)}
+
+
+def run(
+    module: str, target: Target, *, fresh: bool, minutes: float | None, recheck: bool
+) -> tuple[int, int, Counter[str]]:
+    dest = WORK / module.replace("/", ".")
+    if fresh and dest.exists():
+        shutil.rmtree(dest)
+    _copy_project(dest)
+    _configure(dest, target)
+    names = list(target.only)
+    if recheck and (dest / "mutants").exists():
+        # Survivors only, by name: mutmut reruns a named mutant even when it has a result.
+        names = [n for n, s in _selected(target, _results(dest)).items() if s in RECHECK]
+        if not names:
+            return _score(module, dest, target, 0.0)
+    # One worker: the machine is shared; mutmut forks one child per mutant.
+    argv = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *names]
+    started = time.monotonic()
+    child = subprocess.Popen(argv, cwd=dest)
+    try:
+        child.wait(timeout=minutes * 60 if minutes else None)
+    except subprocess.TimeoutExpired:
+        # mutmut saves each result as it goes; SIGINT makes it stop cleanly, and a later
+        # run of the module carries on with the mutants not checked yet.
+        child.send_signal(signal.SIGINT)
+        child.wait()
+    return _score(module, dest, target, time.monotonic() - started)
+
+
+def _score(
+    module: str, dest: Path, target: Target, elapsed: float
+) -> tuple[int, int, Counter[str]]:
+    statuses = Counter(_selected(target, _results(dest)).values())
+    total = sum(statuses.values())
+    killed = sum(n for status, n in statuses.items() if status in KILLED)
+    print(f"== {module}: {killed}/{total} killed in {elapsed:.0f} s  {dict(statuses)}", flush=True)
+    return killed, total, statuses
+
+
+def survivors(module: str, target: Target) -> None:
+    dest = WORK / module.replace("/", ".")
+    for name, status in sorted(_selected(target, _results(dest)).items()):
+        if status not in KILLED:
+            subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=dest, check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("modules", nargs="*", help="keys of TARGETS (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the module -> tests map")
+    parser.add_argument("--fresh", action="store_true", help="drop cached results first")
+    parser.add_argument(
+        "--minutes", type=float, help="stop each module after this long (resume later)"
+    )
+    parser.add_argument(
+        "--recheck", action="store_true", help="rerun only the survivors (after a new test)"
+    )
+    parser.add_argument("--survivors", action="store_true", help="show surviving mutants")
+    options = parser.parse_args()
+    unknown = [m for m in options.modules if m not in TARGETS]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; known: {sorted(TARGETS)}")
+    modules = options.modules or list(TARGETS)
+    if options.list:
+        for module in modules:
+            print(f"{module}: {' '.join(TARGETS[module].tests)}")
+        return 0
+    if options.survivors:
+        for module in modules:
+            survivors(module, TARGETS[module])
+        return 0
+    table = []
+    for module in modules:
+        killed, total, statuses = run(
+            module,
+            TARGETS[module],
+            fresh=options.fresh,
+            minutes=options.minutes,
+            recheck=options.recheck,
+        )
+        table.append((module, killed, total, statuses["not checked"]))
+    print("\n| module | killed / checked | % | not checked yet |\n|---|---|---|---|")
+    for module, killed, total, unchecked in table:
+        checked = total - unchecked
+        percent = 100 * killed / checked if checked else 0
+        print(f"| {module} | {killed} / {checked} | {percent:.0f} | {unchecked} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
