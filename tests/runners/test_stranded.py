@@ -68,20 +68,20 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 
 
 @pytest.mark.parametrize(
-    ("script", "output"),
-    [
-        ("echo before; sleep 1.5; echo after", b"before\nafter\n"),
-        ("echo before; sleep 1.5", b"before\n"),
-    ],
+    ("after", "output"),
+    [("echo after", b"before\nafter\n"), ("true", b"before\n")],
     ids=["output-and-finish", "finish-only"],
 )
 @pytest.mark.docs("stores.md#when-the-store-fails")
 def test_a_finish_the_store_refuses_is_recorded_once_it_can_be(
-    store: SQLiteStore, script: str, output: bytes
+    store: SQLiteStore, tmp_path: Path, after: str, output: bytes
 ) -> None:
     """The store refuses writes while the child runs and ends: the runner keeps its
     output and retries the finish with backoff, so when the file is writable again the
     job ends succeeded with all of its output, instead of staying running for ever."""
+    go = tmp_path / "go"  # the child ends only once the store is unwritable (or after 60 s)
+    script = f"echo before; i=0; while [ ! -e {go} ] && [ $i -lt 1200 ]; do sleep 0.05; "
+    script += f"i=$((i+1)); done; {after}"
     runner = ThreadRunner(max_workers=2)
     runner.open(store)
     try:
@@ -92,6 +92,7 @@ def test_a_finish_the_store_refuses_is_recorded_once_it_can_be(
         assert tag is not None
         group = int(tag.split(":")[1])
         with unwritable(store):
+            go.touch()
             wait_for(lambda: not live_pids_in_group(group), timeout=30)  # it ended
             assert store.get(started.id).status is JobStatus.RUNNING  # it cannot say yet
             assert started.id in runner.holding()  # still in hand: retrying
