@@ -526,13 +526,19 @@ def test_audit_log_lines(client: Client, caplog: pytest.LogCaptureFixture) -> No
 def test_cancel_is_audited(client: Client, caplog: pytest.LogCaptureFixture) -> None:
     """A cancel request is audited with who asked."""
     job = client.post("/commands/sleep", json={"args": ["30"]}, headers=bearer(CI)).json["id"]
+
+    def events() -> list[str]:
+        return [
+            json.loads(r.getMessage())["event"]
+            for r in caplog.records
+            if r.name == "procgate.audit"
+        ]
+
     with caplog.at_level(logging.INFO, logger="procgate.audit"):
         client.delete(f"/jobs/{job}?wait=10", headers=bearer(CI))
-    events = [
-        json.loads(r.getMessage())["event"] for r in caplog.records if r.name == "procgate.audit"
-    ]
-    assert "cancel_requested" in events
-    assert "cancelled" in events
+        # The runner writes its line just after the store says cancelled: wait for it.
+        wait_for(lambda: "cancelled" in events(), timeout=30)
+    assert "cancel_requested" in events()
 
 
 @pytest.mark.docs("security.md#bearer-tokens")
