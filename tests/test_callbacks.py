@@ -928,17 +928,7 @@ def test_failed_attempts_are_retried_on_the_backoff_schedule(
     monkeypatch.setattr(notifier, "_post", lambda url, body, delivery: 500)
     url = "http://cb.example/hook"
     state = {"url": url, "status": "pending", "attempts": 0, "last_status": None}
-    job = Job(
-        id=new_job_id(),
-        command="t",
-        args=(),
-        spec=Spec(argv=("true",)),
-        callback_url=url,
-        callback={**state, "last_error": None},
-    )
-    store.create(job)
-    store.start(job.id)
-    store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
+    job = finished_job(store, url)
     lease = notifier.timeout + notifier.lease_margin
     for attempt, delay in ((1, 10), (2, 20), (3, 40)):
         [claimed] = store.claim_callbacks(time.time(), lease, 10)
