@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,9 +61,7 @@ _RUNNER_TESTS = ("tests/runners/", "tests/stores/test_ownership.py")
 # module -> the test files that cover it. mutmut then narrows each mutant to the tests,
 # among these, that executed the mutated function.
 TARGETS: dict[str, Target] = {
-    "runners/journal": Target(
-        "src/procgate/runners/journal.py", (*_RUNNER_TESTS, *_FAULT_TESTS)
-    ),
+    "runners/journal": Target("src/procgate/runners/journal.py", (*_RUNNER_TESTS, *_FAULT_TESTS)),
     "callback_url": Target("src/procgate/callback_url.py", ("tests/test_callbacks.py",)),
     "policy": Target("src/procgate/policy.py", ("tests/test_policy.py",)),
     # job_to_json (times, UTF-8/base64) is reached through the HTTP suite only.
@@ -76,9 +74,11 @@ TARGETS: dict[str, Target] = {
         "src/procgate/runners/liveness.py", (*_RUNNER_TESTS, "tests/faults/test_stop.py")
     ),
     "callbacks": Target("src/procgate/callbacks.py", ("tests/test_callbacks.py",)),
-    # Not the runner tests: ProcessRunner's workers would run the mutated module without
-    # mutmut's configuration.
-    "process": Target("src/procgate/process.py", ("tests/test_process.py",)),
+    # Not tests/runners/test_runners.py: ProcessRunner's workers would run the mutated
+    # module without mutmut's configuration. test_stranded.py tags and kills in-process.
+    "process": Target(
+        "src/procgate/process.py", ("tests/test_process.py", "tests/runners/test_stranded.py")
+    ),
     "commands": Target(
         "src/procgate/commands.py",
         ("tests/test_process.py", "tests/test_app.py", "tests/test_security.py"),
@@ -98,10 +98,20 @@ TARGETS: dict[str, Target] = {
         only=tuple(
             f"procgate.app.{name}__mutmut_*"
             for name in (
-                "x__json_body", "x__check_fields", "x__flag", "x__idempotency_key",
-                "x__string_list", "x__split", "x__env", "x__stdin", "x__timeout",
-                "x__int_arg", "x__is_number",
-                "xǁGateǁ_args", "xǁGateǁ_check_stdin", "xǁGateǁ_wait",
+                "x__json_body",
+                "x__check_fields",
+                "x__flag",
+                "x__idempotency_key",
+                "x__string_list",
+                "x__split",
+                "x__env",
+                "x__stdin",
+                "x__timeout",
+                "x__int_arg",
+                "x__is_number",
+                "xǁGateǁ_args",
+                "xǁGateǁ_check_stdin",
+                "xǁGateǁ_wait",
             )
         ),
     ),
@@ -141,7 +151,10 @@ def _configure(dest: Path, target: Target) -> None:
 def _results(dest: Path) -> dict[str, str]:
     out = subprocess.run(
         [sys.executable, "-m", "mutmut", "results", "--all", "true"],
-        cwd=dest, capture_output=True, text=True, check=True,
+        cwd=dest,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     found = {}
     for line in out.splitlines():
@@ -215,24 +228,37 @@ def main() -> int:
         "--recheck", action="store_true", help="rerun only the survivors (after a new test)"
     )
     parser.add_argument("--survivors", action="store_true", help="show surviving mutants")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only mutants whose name matches (e.g. 'procgate.policy.x__ecma_pattern__*')",
+    )
     options = parser.parse_args()
     unknown = [m for m in options.modules if m not in TARGETS]
     if unknown:
         parser.error(f"unknown module(s) {unknown}; known: {sorted(TARGETS)}")
     modules = options.modules or list(TARGETS)
+    targets = {
+        module: replace(TARGETS[module], only=tuple(options.only))
+        if options.only
+        else TARGETS[module]
+        for module in modules
+    }
     if options.list:
         for module in modules:
-            print(f"{module}: {' '.join(TARGETS[module].tests)}")
+            print(f"{module}: {' '.join(targets[module].tests)}")
         return 0
     if options.survivors:
         for module in modules:
-            survivors(module, TARGETS[module])
+            survivors(module, targets[module])
         return 0
     table = []
     for module in modules:
         killed, total, statuses = run(
             module,
-            TARGETS[module],
+            targets[module],
             fresh=options.fresh,
             minutes=options.minutes,
             recheck=options.recheck,

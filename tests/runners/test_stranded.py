@@ -99,7 +99,7 @@ def test_a_finish_the_store_refuses_is_recorded_once_it_can_be(
         done = store.wait(started.id, 30)
         assert done.status is JobStatus.SUCCEEDED
         assert done.stdout == output
-        assert runner.holding() == set()
+        wait_for(lambda: runner.holding() == set(), timeout=30)  # let go after the finish
     finally:
         runner.close()
 
