@@ -384,3 +384,10 @@ def test_an_owner_on_this_host_is_lost_once_its_pid_is_gone() -> None:
     assert not owner_is_dead(alive, beat, beat + STALE_AFTER, stale_after=STALE_AFTER)
     assert owner_is_dead(alive, beat, beat + STALE_AFTER + 0.01, stale_after=STALE_AFTER)
     assert owner_is_dead(alive, None, beat, stale_after=STALE_AFTER)  # never beat
+    # A worker that exited and is not reaped yet (a zombie) is gone too.
+    zombie = subprocess.Popen(["true"])
+    try:
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, still unreaped
+        assert owner_is_dead(f"{me}:{zombie.pid}:cafe", beat, beat, stale_after=STALE_AFTER)
+    finally:
+        zombie.wait()
