@@ -573,6 +573,35 @@ def test_two_store_objects_share_state(make_store: MakeStore) -> None:
     assert one.get(job.id).stderr == b"x"
 
 
+@pytest.mark.docs("stores.md#options")
+def test_sqlite_wait_polls_from_1_ms_growing_to_poll_interval(tmp_path: Path) -> None:
+    """A SQLite wait for a job another process may finish sleeps 1 ms, then 1.5 times
+    longer each time, never longer than ``poll_interval`` (50 ms by default), which it
+    reaches within a 1 s wait. Every sleep asked for is recorded: on a slow machine a
+    sleep can only be asked shorter than its step, never longer."""
+    store = SQLiteStore(str(tmp_path / "jobs.db"))
+    assert store.poll_interval == 0.05
+    asked: list[float] = []
+
+    class Recording(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            assert timeout is not None  # every wait has a deadline
+            asked.append(timeout)
+            return super().wait(timeout)
+
+    store._changed = Recording()
+    try:
+        job = store.create(new_job())
+        store.start(job.id)
+        assert store.wait(job.id, 1.0).status is JobStatus.RUNNING
+    finally:
+        store.close()
+    steps = [min(0.001 * 1.5**n, 0.05) for n in range(len(asked))]
+    assert all(sleep <= step + 1e-9 for sleep, step in zip(asked, steps, strict=True))
+    assert max(asked) > 0.04  # grew to poll_interval
+    assert len(asked) > 20  # and kept checking at that pace until the deadline
+
+
 @pytest.mark.docs("stores.md#urls")
 @pytest.mark.docs("python-api.md#stores")
 def test_open_store_urls(tmp_path: Path, redis_url: str) -> None:
