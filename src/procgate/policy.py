@@ -45,6 +45,8 @@ _ECMA_GROUPS = ("(?:", "(?=", "(?!", "(?<=", "(?<!")
 _QUANTIFIER = re.compile(r"\{([0-9]*)(?:,([0-9]*))?\}")
 _HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
 _HEX4 = re.compile(r"[0-9A-Fa-f]{4}")
+#: What may quantify the atom before it (a one-character slice: "" is not in it).
+_QUANT = ("*", "+", "?", "{")
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,7 +595,7 @@ def _ecma_pattern(pattern: str) -> str | None:
             continue
         if char == "(":
             groups.append(False)
-        elif char == ")" and groups and groups.pop() and pattern[index + 1 : index + 2] in "*+?{":
+        elif char == ")" and groups and groups.pop() and pattern[index + 1 : index + 2] in _QUANT:
             return None  # a quantified lookaround: Python allows it, ECMA with "u" does not
         if char == "{":
             match = _QUANTIFIER.match(pattern, index)
