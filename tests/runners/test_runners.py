@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -391,3 +392,66 @@ def test_an_owner_on_this_host_is_lost_once_its_pid_is_gone() -> None:
         assert owner_is_dead(f"{me}:{zombie.pid}:cafe", beat, beat, stale_after=STALE_AFTER)
     finally:
         zombie.wait()
+
+
+def test_what_the_sweep_says_of_a_dead_runners_job() -> None:
+    """A job of a dead runner on another host is lost with "may still be running on its
+    host" (nothing here can be killed); on this host, with no process left to kill, the
+    same. A job the sweep cannot hand to the runner again (never started, resubmit
+    refused) is lost saying so, naming the dead runner."""
+    store = MemoryStore()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    elsewhere = f"elsewhere.invalid:{os.getpid()}:cafe"  # a live pid here: not its host
+    here = f"{socket.gethostname()}:{gone.pid}:cafe"
+    running: dict[str, str] = {}
+    for owner in (elsewhere, here):
+        job = store.create(
+            Job(id=new_job_id(), command="t", args=(), spec=Spec(argv=("true",)), owner=owner)
+        )
+        store.start(job.id, owner)
+        running[owner] = job.id
+    queued = store.create(
+        Job(id=new_job_id(), command="t", args=(), spec=Spec(argv=("true",)), owner=here)
+    )
+
+    def refuse(job_id: str) -> None:
+        raise RunnerBusy("the queue is full")
+
+    assert sweep_lost(store, "me", stale_after=STALE_AFTER, resubmit=refuse) == 2
+    for owner, job_id in running.items():
+        lost = store.get(job_id)
+        assert lost.status is JobStatus.LOST
+        assert lost.error == (
+            f"lost: its runner ({owner}) stopped before the job finished; "
+            "a process it started may still be running on its host"
+        )
+    refused = store.get(queued.id)
+    assert refused.status is JobStatus.LOST
+    assert refused.error == (f"lost: its runner ({here}) died, and it could not be submitted again")
+
+
+def test_pid_alive_reads_the_state_after_the_last_parenthesis(tmp_path: Path) -> None:
+    """A running program whose name looks like the end of a zombie's stat line
+    ("x) Z y") is alive; without /proc, a pid kill() finds counts as alive."""
+    from procgate.runners import liveness
+
+    program = tmp_path / "x) Z y"
+    program.write_bytes(Path("/bin/sleep").read_bytes())
+    program.chmod(0o755)
+    proc = subprocess.Popen([str(program), "30"])
+    try:
+        wait_for(lambda: b"x) Z y" in Path(f"/proc/{proc.pid}/stat").read_bytes())
+        assert liveness._pid_alive(proc.pid)
+
+        def no_proc(*args: Any, **kwargs: Any) -> Any:
+            raise FileNotFoundError("no /proc here")
+
+        liveness.open = no_proc  # type: ignore[attr-defined]
+        try:
+            assert liveness._pid_alive(proc.pid)
+        finally:
+            del liveness.open  # type: ignore[attr-defined]
+    finally:
+        proc.kill()
+        proc.wait()
