@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument(
         "--pytest-args", default="-q -p no:cacheprovider", help="arguments for pytest"
     )
+    parser.add_argument(
+        "--logs", type=Path, help="write each failed run's whole pytest output to DIR/run-N.log"
+    )
     args = parser.parse_args()
     stop = threading.Event()
     current: list[subprocess.Popen[bytes]] = []
@@ -68,6 +71,11 @@ def main() -> int:
                 failed += 1
                 failures = [line for line in result.stdout.splitlines() if "FAILED" in line]
                 print("\n".join(failures[:20]), flush=True)
+                if args.logs is not None:
+                    args.logs.mkdir(parents=True, exist_ok=True)
+                    log = args.logs / f"run-{run}.log"
+                    log.write_text(result.stdout + result.stderr)
+                    print(f"whole output: {log}", flush=True)
         load_avg = os.getloadavg()[0]
         print(f"{args.runs - failed} of {args.runs} runs passed; load average {load_avg:.1f}")
     finally:
