@@ -1,0 +1,83 @@
+"""The edges of the store contract, on every store: page sizes and cursors, the exact
+moment a rate window or a retry begins, and what a cancel before the start records."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+import time_machine
+
+from procgate import JobStatus, JobStore
+from procgate.jobs import Outcome
+from tests.stores.test_contract import new_job
+
+
+@pytest.mark.docs("http-api.md#get-jobs")
+def test_list_pages_hold_100_by_default_and_the_last_has_no_cursor(store: JobStore) -> None:
+    """Without ``limit`` a page holds 100 jobs, newest first, and a ``next`` cursor when
+    more are left; the page that holds the last job has none, also when it is exactly
+    full."""
+    ids = [store.create(new_job()).id for _ in range(101)]
+    first = store.list()
+    assert [job.id for job in first.jobs] == ids[:0:-1]  # the 100 newest
+    assert first.next is not None
+    rest = store.list(cursor=first.next)
+    assert [job.id for job in rest.jobs] == [ids[0]]
+    assert rest.next is None
+    exact = store.list(limit=101)
+    assert len(exact.jobs) == 101
+    assert exact.next is None
+
+
+@pytest.mark.docs("python-api.md#the-jobstore-protocol")
+def test_count_since_includes_a_job_created_at_that_very_moment(
+    store: JobStore, time_machine: time_machine.TimeMachineFixture
+) -> None:
+    """``count(since=t)`` counts the jobs created at ``t`` or later, on a stopped clock:
+    the one created at ``t`` counts, the one a second before does not."""
+    start = time.time()
+    time_machine.move_to(start, tick=False)
+    store.create(new_job())
+    time_machine.shift(1)
+    moment = store.create(new_job()).created_at.timestamp()
+    assert store.count(since=moment) == 1
+    assert store.count(since=moment - 1) == 2
+    assert store.count(since=moment + 0.001) == 0
+
+
+@pytest.mark.docs("callbacks.md#durability-and-repeats")
+def test_a_callback_is_due_at_its_retry_time_not_before(store: JobStore) -> None:
+    """After a failed attempt recorded with ``retry_at``, a claim at ``retry_at`` takes the
+    callback; one a millisecond earlier does not. The claim counts the attempt."""
+    job = new_job()
+    url = "http://127.0.0.1:9/hook"
+    pending = {"url": url, "status": "pending", "attempts": 0, "last_status": None}
+    job = store.create(dataclasses.replace(job, callback_url=url, callback=pending))
+    store.start(job.id)
+    store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
+    now = time.time()
+    [claimed] = store.claim_callbacks(now, 30, 10)
+    assert (claimed.callback or {})["attempts"] == 1
+    retry_at = now + 100
+    failed = {**pending, "attempts": 1, "last_status": 500, "last_error": "HTTP 500"}
+    assert store.set_callback(job.id, failed, attempt=1, retry_at=retry_at) is True
+    assert store.claim_callbacks(retry_at - 0.001, 30, 10) == []
+    [again] = store.claim_callbacks(retry_at, 30, 10)
+    assert again.id == job.id
+    assert (again.callback or {})["attempts"] == 2
+
+
+@pytest.mark.docs("http-api.md#the-job-object")
+def test_a_job_cancelled_while_queued_says_so(store: JobStore) -> None:
+    """Cancelling a queued job finishes it at once: cancelled, no returncode, never
+    started, with the error "cancelled before it started"; it cannot start after."""
+    job = store.create(new_job())
+    store.cancel(job.id)
+    cancelled = store.get(job.id)
+    assert cancelled.status is JobStatus.CANCELLED
+    assert cancelled.error == "cancelled before it started"
+    assert (cancelled.returncode, cancelled.started_at) == (None, None)
+    assert cancelled.finished_at is not None
+    assert store.start(job.id) is None
