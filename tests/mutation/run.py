@@ -64,9 +64,11 @@ TARGETS: dict[str, Target] = {
     "runners/journal": Target("src/procgate/runners/journal.py", (*_RUNNER_TESTS, *_FAULT_TESTS)),
     "callback_url": Target("src/procgate/callback_url.py", ("tests/test_callbacks.py",)),
     "policy": Target("src/procgate/policy.py", ("tests/test_policy.py",)),
-    # job_to_json (times, UTF-8/base64) is reached through the HTTP suite only.
+    # job_to_json (fields, times, UTF-8/base64): tests/test_job_object.py, not the whole
+    # HTTP suite (its stats pass alone takes minutes).
     "jobs": Target(
-        "src/procgate/jobs.py", (*_STORE_TESTS, "tests/test_process.py", "tests/test_app.py")
+        "src/procgate/jobs.py",
+        (*_STORE_TESTS, "tests/test_process.py", "tests/test_job_object.py"),
     ),
     "auth": Target("src/procgate/auth.py", ("tests/test_security.py", "tests/test_config.py")),
     "stores/memory": Target("src/procgate/stores/memory.py", _STORE_TESTS),
