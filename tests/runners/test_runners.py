@@ -19,7 +19,7 @@ from procgate.commands import child_env
 from procgate.errors import RunnerBusy, RunnerClosed
 from procgate.jobs import Job, Outcome, Spec, new_job_id
 from procgate.runners import by_kind
-from procgate.runners.liveness import STALE_AFTER, owner_is_dead, sweep_lost
+from procgate.runners.liveness import STALE_AFTER, owner_is_dead, sweep_lost, sweep_stranded
 from tests.conftest import wait_for, zombie_children
 
 
@@ -455,3 +455,43 @@ def test_pid_alive_reads_the_state_after_the_last_parenthesis(tmp_path: Path) ->
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_sweep_stranded_takes_only_jobs_loose_twice(caplog: pytest.LogCaptureFixture) -> None:
+    """Only a job of this runner that it does not hold, and that was already loose at the
+    last sweep, is stranded: queued ones are submitted again (each of them), a running one
+    becomes lost. Held jobs and jobs loose for the first time are left alone, and the
+    latter are the suspects of the next sweep."""
+    store = MemoryStore()
+    me = "host:1:me"
+
+    def make(running: bool) -> str:
+        job = store.create(
+            Job(id=new_job_id(), command="t", args=(), spec=Spec(argv=("true",)), owner=me)
+        )
+        if running:
+            store.start(job.id, me)
+        return job.id
+
+    held, first_seen = make(False), make(False)
+    queued, running, queued_too = make(False), make(True), make(False)
+    resubmitted: list[str] = []
+    with caplog.at_level("WARNING", logger="procgate"):
+        suspects = sweep_stranded(
+            store,
+            me,
+            holding=lambda: {held},
+            suspects={held, queued, running, queued_too},
+            resubmit=resubmitted.append,
+        )
+    assert resubmitted == [queued, queued_too]
+    assert suspects == {first_seen}
+    lost = store.get(running)
+    assert lost.status is JobStatus.LOST
+    assert lost.error == (
+        "lost: its runner could not record how it ended (the store was unavailable)"
+    )
+    assert store.get(held).status is JobStatus.QUEUED
+    assert store.get(first_seen).status is JobStatus.QUEUED
+    assert f"job {queued} was left queued by its runner: submitting it again" in caplog.text
+    assert f"marked job {running} as lost: its runner let go of it" in caplog.text
