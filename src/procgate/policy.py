@@ -614,10 +614,7 @@ def _ecma_pattern(pattern: str) -> str | None:
             index += 1
             if pattern.startswith("+", index):
                 return None  # possessive: Python 3.11+ only
-            if pattern.startswith("?", index) and char != "?":
-                out.append("?")
-                index += 1
-            continue
+            continue  # a lazy "?" after it is copied as it comes
         if char == ".":
             out.append("[^\\n]")  # Python's "." is everything but "\n"; ECMA's excludes more
         elif char == "$":
