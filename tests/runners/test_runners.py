@@ -394,7 +394,7 @@ def test_an_owner_on_this_host_is_lost_once_its_pid_is_gone() -> None:
         zombie.wait()
 
 
-def test_what_the_sweep_says_of_a_dead_runners_job() -> None:
+def test_what_the_sweep_says_of_a_dead_runners_job(caplog: pytest.LogCaptureFixture) -> None:
     """A job of a dead runner on another host is lost with "may still be running on its
     host" (nothing here can be killed); on this host, with no process left to kill, the
     same. A job the sweep cannot hand to the runner again (never started, resubmit
@@ -418,7 +418,9 @@ def test_what_the_sweep_says_of_a_dead_runners_job() -> None:
     def refuse(job_id: str) -> None:
         raise RunnerBusy("the queue is full")
 
-    assert sweep_lost(store, "me", stale_after=STALE_AFTER, resubmit=refuse) == 2
+    with caplog.at_level("WARNING", logger="procgate"):
+        assert sweep_lost(store, "me", stale_after=STALE_AFTER, resubmit=refuse) == 2
+    assert f"could not submit job {queued.id} again" in caplog.messages
     for owner, job_id in running.items():
         lost = store.get(job_id)
         assert lost.status is JobStatus.LOST
@@ -452,6 +454,8 @@ def test_pid_alive_reads_the_state_after_the_last_parenthesis(tmp_path: Path) ->
             assert liveness._pid_alive(proc.pid)
         finally:
             del liveness.open  # type: ignore[attr-defined]
+        with pytest.raises(subprocess.TimeoutExpired):  # looking sent it no signal
+            proc.wait(0.5)
     finally:
         proc.kill()
         proc.wait()
@@ -493,5 +497,5 @@ def test_sweep_stranded_takes_only_jobs_loose_twice(caplog: pytest.LogCaptureFix
     )
     assert store.get(held).status is JobStatus.QUEUED
     assert store.get(first_seen).status is JobStatus.QUEUED
-    assert f"job {queued} was left queued by its runner: submitting it again" in caplog.text
-    assert f"marked job {running} as lost: its runner let go of it" in caplog.text
+    assert f"job {queued} was left queued by its runner: submitting it again" in caplog.messages
+    assert f"marked job {running} as lost: its runner let go of it" in caplog.messages

@@ -142,7 +142,7 @@ def test_a_running_job_its_runner_let_go_of_becomes_lost_and_is_killed(
 
 @pytest.mark.docs("security.md#failure-modes", "stores.md#restart-recovery-and-the-lost-status")
 def test_a_dead_runner_s_children_on_this_host_are_killed(
-    store: SQLiteStore, sleeper: subprocess.Popen[bytes]
+    store: SQLiteStore, sleeper: subprocess.Popen[bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The sweep that finds a runner of this host dead (its pid is gone) kills what is
     left of its running jobs' process groups before marking them lost."""
@@ -153,11 +153,13 @@ def test_a_dead_runner_s_children_on_this_host_are_killed(
     assert tag is not None
     store.record_process(orphan.id, tag)
     runner = ThreadRunner(heartbeat=0.2)
-    runner.open(store)  # the first sweep runs now
+    with caplog.at_level("WARNING", logger="procgate"):
+        runner.open(store)  # the first sweep runs now
     try:
         lost = store.get(orphan.id)
         assert lost.status is JobStatus.LOST
         assert "what was left of its process group was killed" in (lost.error or "")
+        assert f"killed what was left of job {orphan.id}'s processes" in caplog.messages
         wait_for(lambda: not live_pids_in_group(sleeper.pid), timeout=30)
     finally:
         runner.close()
