@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -251,3 +252,86 @@ def test_output_callback_failure_still_reaps() -> None:
 def test_signal_group_reports_a_missing_group() -> None:
     """Signalling a group that no longer exists is not an error."""
     assert process.signal_group(2**22 + 12345, 0) is False
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+@pytest.mark.docs("live-output.md#truncation")
+def test_max_output_is_exact_on_each_stream(stream: str) -> None:
+    """A stream of exactly max_output bytes is whole and not truncated; one byte more is
+    truncated to max_output. Each stream counts on its own."""
+    fd = 1 if stream == "stdout" else 2
+    for size, truncated in ((10, False), (11, True)):
+        cap = Capture()
+        code = f"import os; os.write({fd}, b'x' * {size})"
+        outcome = cap.run([sys.executable, "-c", code], max_output=10, timeout=30)
+        assert outcome.status is JobStatus.SUCCEEDED
+        assert cap.out[stream] == b"x" * 10
+        assert getattr(outcome, f"{stream}_truncated") is truncated
+        other = "stderr" if stream == "stdout" else "stdout"
+        assert getattr(outcome, f"{other}_truncated") is False
+
+
+@pytest.mark.docs("python-api.md#how-a-jobs-process-is-run")
+def test_a_child_that_never_reads_its_stdin_still_times_out() -> None:
+    """Stdin far larger than a pipe buffer, to a child that never reads it: writing it
+    never blocks the supervisor, so the timeout still ends the job on time (0.5 s here;
+    about 0.6 s measured, 5 s allows a loaded machine)."""
+    cap = Capture()
+    started = time.monotonic()
+    # It reads a little first, so the pipe has room for part of the next write, not all.
+    script = "head -c 5000 >/dev/null; sleep 30"
+    outcome = cap.run(["/bin/sh", "-c", script], stdin=b"x" * (4 << 20), timeout=0.5, kill_grace=1)
+    assert outcome.status is JobStatus.TIMED_OUT
+    assert time.monotonic() - started < 5
+
+
+def _stat_start(pid: int) -> int:
+    """Field 22 of /proc/PID/stat, read the careful way (after the last ")")."""
+    return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
+
+
+def test_a_process_tag_names_the_boot_the_pid_and_its_start() -> None:
+    """``boot-id:pid:start`` with the start read from /proc by default (here of pid 1,
+    which started long before this test), also for a program whose name holds ")" and
+    spaces; the boot id is the kernel's."""
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert process._read_boot_id() == boot
+    assert process.process_tag(1) == f"{boot}:1:{_stat_start(1)}"
+
+
+def test_a_process_tag_survives_a_name_that_mimics_stat(tmp_path: Path) -> None:
+    """A program named like the middle of a stat line ("a) R 1 2 3 4 5") gets the same
+    start whether read from /proc or taken from the clock as it starts."""
+    program = tmp_path / "a) R 1 2 3 4 5"
+    program.write_bytes(Path("/bin/sleep").read_bytes())
+    program.chmod(0o755)
+    proc = subprocess.Popen([str(program), "30"])
+    try:
+        cheap = process.process_tag(proc.pid, just_started=True)
+        wait_for(lambda: b"a) R 1 2" in Path(f"/proc/{proc.pid}/stat").read_bytes())
+        exact = process.process_tag(proc.pid)
+        assert cheap is not None
+        assert exact is not None
+        assert exact.endswith(f":{_stat_start(proc.pid)}")
+        ticks = os.sysconf("SC_CLK_TCK")
+        assert abs(int(cheap.rsplit(":", 1)[1]) - int(exact.rsplit(":", 1)[1])) <= ticks
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_kill_tagged_takes_a_start_within_one_second() -> None:
+    """A tag whose start is exactly START_TOLERANCE (1 s) off still names the process and
+    kills its group; a tag with a start that is not a number names nothing."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    boot = process._read_boot_id()
+    for offset in (ticks, -ticks):
+        proc = subprocess.Popen(["/bin/sleep", "30"], start_new_session=True)
+        try:
+            start = _stat_start(proc.pid)
+            assert process.kill_tagged(f"{boot}:{proc.pid}:x") is False
+            assert process.kill_tagged(f"{boot}:{proc.pid}:{start + offset}") is True
+            assert proc.wait(30) == -9
+        finally:
+            proc.kill()
+            proc.wait()
