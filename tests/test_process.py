@@ -335,3 +335,48 @@ def test_kill_tagged_takes_a_start_within_one_second() -> None:
         finally:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.docs("python-api.md#how-a-jobs-process-is-run")
+def test_a_grandchild_in_a_session_of_its_own_does_not_hold_the_job() -> None:
+    """A grandchild that left the process group (setsid) keeps the pipes open and cannot
+    be killed with the group: the job still ends, LINGER after the group's SIGKILL
+    (about 2 s after the main process; 8 s allows a loaded machine)."""
+    cap = Capture()
+    script = "setsid sh -c 'echo $$; exec sleep 30' & sleep 0.2; echo main done"
+    started = time.monotonic()
+    outcome = cap.run(["/bin/sh", "-c", script], timeout=60)
+    took = time.monotonic() - started
+    escaped = int(cap.stdout.split()[0])
+    try:
+        assert outcome.status is JobStatus.SUCCEEDED
+        assert cap.stdout.endswith(b"main done\n")
+        assert took < 8
+    finally:
+        os.kill(escaped, 9)
+
+
+@pytest.mark.docs("http-api.md#statuses")
+def test_a_cancel_during_the_grace_period_keeps_timed_out() -> None:
+    """A job that timed out and is cancelled while its SIGTERM grace runs stays
+    timed_out (killed after the grace), not cancelled; a cancel alone says "cancelled"."""
+    cap = Capture()
+    script = "trap 'echo term' TERM; while :; do sleep 0.05; done"
+    outcome = process.execute(
+        Spec(argv=("/bin/sh", "-c", script), env=child_env(), timeout=0.3, kill_grace=1),
+        on_output=cap.on_output,
+        cancelled=lambda: b"term" in cap.stdout,  # asked once the SIGTERM has come
+    )
+    assert (outcome.status, outcome.returncode) == (JobStatus.TIMED_OUT, -9)
+    assert outcome.error == "timed out after 0.3 s"
+    cap = Capture()
+    cap.cancel.set()
+    cancelled = cap.run(["/bin/sleep", "30"], kill_grace=1)
+    assert (cancelled.status, cancelled.error) == (JobStatus.CANCELLED, "cancelled")
+
+
+def test_a_signal_without_a_name_is_given_by_number() -> None:
+    """A child killed by a real-time signal, which has no name, is "killed by signal N"."""
+    outcome = Capture().run(["/bin/sh", "-c", "kill -40 $$"])
+    assert (outcome.status, outcome.returncode) == (JobStatus.FAILED, -40)
+    assert outcome.error == "killed by signal 40"
