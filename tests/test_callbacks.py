@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 import time_machine
+import trustme
 from werkzeug.test import Client
 
 from procgate import Gate, MemoryStore, SQLiteStore, ThreadRunner
@@ -342,7 +344,17 @@ def test_job_callback_is_posted_signed_and_recorded(receiver: Receiver, tmp_path
     path, headers, raw = receiver.received[0]
     assert path == "/hook"
     assert headers["X-Procgate-Delivery"] == job["id"]
+    assert headers["Content-Type"] == "application/json"
+    assert headers["User-Agent"] == "procgate"
+    assert headers["Connection"] == "close"
     payload = json.loads(raw)
+    assert payload["callback"] == {  # the state the job finished with, on every attempt
+        "url": receiver.url,
+        "status": "pending",
+        "attempts": 0,
+        "last_status": None,
+        "last_error": None,
+    }
     assert payload["id"] == job["id"]
     assert payload["status"] == "succeeded"
     assert payload["stdout"] == "hi\n"
@@ -960,3 +972,60 @@ def test_failed_attempts_are_retried_on_the_backoff_schedule(
     }
     time_machine.shift(10**6)
     assert store.claim_callbacks(time.time(), lease, 10) == []
+
+
+@pytest.mark.docs("callbacks.md#the-request", "callbacks.md#retries")
+def test_https_callbacks_check_the_receivers_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``https`` callback goes over TLS and checks the receiver's certificate against
+    the system's trusted CAs (``SSL_CERT_FILE`` here): a certificate from an unknown CA is
+    a failed attempt naming the check; once the CA is trusted, the callback is delivered."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    received: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/hook"
+
+    def deliver() -> dict[str, Any]:
+        gate = Gate(
+            runner=ThreadRunner(),
+            callback_allow=[url.rsplit("/", 1)[0] + "/"],
+            callback_attempts=1,
+        )
+        gate.register("echo", ["echo"])
+        client = Client(gate)
+        try:
+            job = client.post("/commands/echo", json={"args": ["tls"], "callback_url": url})
+            return settled(client, job.json["id"], timeout=30)
+        finally:
+            gate.close()
+
+    try:
+        refused = deliver()
+        assert refused["status"] == "failed"
+        assert "CERTIFICATE_VERIFY_FAILED" in refused["last_error"]
+        assert received == []
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        delivered = deliver()
+        assert (delivered["status"], delivered["last_status"]) == ("delivered", 204)
+        assert json.loads(received[0])["stdout"] == "tls\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
