@@ -197,7 +197,11 @@ def run(
         # mutmut saves each result as it goes; SIGINT makes it stop cleanly, and a later
         # run of the module carries on with the mutants not checked yet.
         child.send_signal(signal.SIGINT)
-        child.wait()
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # SIGINT is not always noticed between mutants
+            child.terminate()
+            child.wait()
     return _score(module, dest, target, time.monotonic() - started)
 
 
