@@ -380,3 +380,53 @@ def test_a_signal_without_a_name_is_given_by_number() -> None:
     outcome = Capture().run(["/bin/sh", "-c", "kill -40 $$"])
     assert (outcome.status, outcome.returncode) == (JobStatus.FAILED, -40)
     assert outcome.error == "killed by signal 40"
+
+
+def test_stdin_from_a_file_is_read_and_the_file_closed(tmp_path: Path) -> None:
+    """With ``stdin_path`` the child reads that file as its stdin; the parent keeps no
+    descriptor of it afterwards."""
+    source = tmp_path / "input"
+    source.write_bytes(b"from a file\n" * 1000)
+    before = len(os.listdir("/proc/self/fd"))
+    cap = Capture()
+    outcome = cap.run(["/bin/cat"], stdin_path=str(source), timeout=30)
+    assert outcome.status is JobStatus.SUCCEEDED
+    assert cap.stdout == source.read_bytes()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_user_and_group_drop_roots_groups() -> None:
+    """``user`` and ``group`` (the server runs as root here): the child has that uid and
+    gid and no supplementary group of root's."""
+    import grp
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrnam("nogroup")
+    cap = Capture()
+    saved = os.getgroups()
+    os.setgroups([0, 4])  # supplementary groups for the child not to inherit
+    try:
+        outcome = cap.run(["/bin/sh", "-c", "id -u; id -g; id -G"], user="nobody", group="nogroup")
+    finally:
+        os.setgroups(saved)
+    assert outcome.status is JobStatus.SUCCEEDED
+    gid = group.gr_gid
+    assert cap.stdout == f"{nobody.pw_uid}\n{gid}\n{gid}\n".encode()
+
+
+def test_the_output_cap_counts_every_piece() -> None:
+    """Output arriving in several pieces is counted as a whole against max_output."""
+    cap = Capture()
+    script = "for i in 1 2 3; do head -c 600 /dev/zero; sleep 0.05; done"
+    outcome = cap.run(["/bin/sh", "-c", script], max_output=1000, timeout=30)
+    assert outcome.stdout_truncated is True
+    assert cap.stdout == b"\0" * 1000
+
+
+def test_longest_is_the_timeout_grace_two_lingers_and_a_second() -> None:
+    """How long ``execute`` can take at most: None without a timeout."""
+    assert process.longest(Spec(argv=("x",), timeout=10, kill_grace=2)) == (
+        10 + 2 + 2 * process.LINGER + 1
+    )
+    assert process.longest(Spec(argv=("x",))) is None
