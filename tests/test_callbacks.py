@@ -1029,3 +1029,39 @@ def test_https_callbacks_check_the_receivers_certificate(
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.mark.docs("callbacks.md#retries", "callbacks.md#durability-and-repeats")
+def test_an_attempt_that_never_recorded_its_end_counts_against_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim past max_attempts (the process making the last attempt died before it
+    recorded the result) ends the callback failed without another POST, keeping what
+    the last recorded attempt said, or saying that the last attempt did not end."""
+    url = "http://cb.example/hook"
+    for last_status, last_error, said in ((500, "HTTP 500", "HTTP 500"), (None, None, None)):
+        store = MemoryStore()
+        notifier = Notifier(store, allow=["http://cb.example/"], max_attempts=2)
+        posts: list[str] = []
+        monkeypatch.setattr(
+            notifier, "_post", lambda u, body, d, posts=posts: posts.append(u) or 200
+        )
+        lease = notifier.timeout + notifier.lease_margin
+        job = finished_job(store, url)
+        [claimed] = store.claim_callbacks(time.time(), lease, 10)
+        state = {**(claimed.callback or {}), "last_status": last_status, "last_error": last_error}
+        assert store.set_callback(job.id, state, attempt=1, retry_at=time.time())
+        later = time.time()
+        for _ in range(2):  # attempt 2 claimed and never recorded; then attempt 3
+            later += lease + 1  # its lease ran out
+            [claimed] = store.claim_callbacks(later, lease, 10)
+        assert (claimed.callback or {})["attempts"] == 3
+        notifier._deliver(claimed)
+        assert posts == []
+        assert store.get(job.id).callback == {
+            "url": url,
+            "status": "failed",
+            "attempts": 3,
+            "last_status": last_status,
+            "last_error": said or "the last attempt did not end",
+        }
