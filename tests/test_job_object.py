@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -79,6 +80,18 @@ def test_times_are_utc_with_a_z_and_six_digits() -> None:
         "2026-12-01T10:00:00.000000Z"
     )
     assert format_time(None) is None
+
+
+def test_times_are_utc_whatever_the_server_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server whose local zone is not UTC still writes UTC times."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        moment = datetime(2026, 12, 1, 10, 0, 0, tzinfo=timezone.utc)
+        assert format_time(moment) == "2026-12-01T10:00:00.000000Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_duration_runs_while_running_and_is_never_negative() -> None:

@@ -7,6 +7,7 @@ field here is set to a value no default has.
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -91,6 +92,16 @@ def test_defaults_survive_the_record() -> None:
     job = Job(id=new_job_id(), command=None, args=(), spec=Spec(argv=("/bin/true",)))
     assert job_from_record(job_to_record(job)) == job
     assert job_from_record(as_redis_hash(job_to_record(job))) == job
+
+
+def test_a_record_from_before_retry_on_worker_loss_reads_as_false() -> None:
+    """Records written before the key existed (older files, older hashes) do not retry."""
+    job = Job(id=new_job_id(), command=None, args=(), spec=Spec(argv=("/bin/true",)))
+    record = job_to_record(job)
+    spec = json.loads(str(record["spec"]))
+    del spec["retry_on_worker_loss"]
+    record["spec"] = json.dumps(spec)
+    assert job_from_record(record).spec.retry_on_worker_loss is False
 
 
 def test_finished_with_takes_every_field_of_the_outcome() -> None:
