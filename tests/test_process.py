@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -430,3 +431,81 @@ def test_longest_is_the_timeout_grace_two_lingers_and_a_second() -> None:
         10 + 2 + 2 * process.LINGER + 1
     )
     assert process.longest(Spec(argv=("x",))) is None
+
+
+def test_a_child_that_closes_its_stdin_costs_no_cpu_while_it_runs() -> None:
+    """Input the child will never read is dropped once, not retried in a busy loop."""
+    cap = Capture()
+    before = time.process_time()
+    outcome = cap.run(
+        ["/bin/sh", "-c", "exec 0<&-; sleep 1; echo done"], stdin=b"x" * (1 << 20), timeout=30
+    )
+    spent = time.process_time() - before
+    assert (outcome.status, cap.stdout) == (JobStatus.SUCCEEDED, b"done\n")
+    assert spent < 0.5, f"the supervisor spent {spent:.2f} s of CPU on a 1 s child"
+
+
+def test_a_failing_on_start_kills_and_reaps_the_child() -> None:
+    """When the start cannot be recorded, the child is not left running unsupervised."""
+    pids: list[int] = []
+
+    def on_start(tag: str) -> None:
+        pids.append(int(tag.split(":")[1]))
+        raise RuntimeError("store gone")
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="store gone"):
+        process.execute(
+            Spec(argv=("/bin/sleep", "100"), env=child_env(), timeout=200),
+            on_output=lambda stream, data: None,
+            cancelled=lambda: False,
+            on_start=on_start,
+        )
+    assert time.monotonic() - started < 10
+    (pid,) = pids
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not a zombie
+        os.kill(pid, 0)
+
+
+def test_start_python_runs_a_module_on_a_socket_in_our_group() -> None:
+    """The helper speaks over the socket, reads nothing from stdin, dies with the server."""
+    from multiprocessing.connection import Connection
+
+    saved, (read_end, write_end) = os.dup(0), os.pipe()
+    os.dup2(read_end, 0)  # a terminal or a pipe on our stdin must not reach the helper
+    try:
+        helper, sock = process.start_python("procgate.runners._worker")
+    finally:
+        os.dup2(saved, 0)
+        for descriptor in (saved, read_end, write_end):
+            os.close(descriptor)
+    conn = Connection(sock.detach())
+    try:
+        assert os.getpgid(helper.pid) == os.getpgid(0)
+        assert os.readlink(f"/proc/{helper.pid}/fd/0") == "/dev/null"
+        spec = Spec(argv=("/bin/echo", "hi"), env=child_env(), timeout=30)
+        conn.send(("run", "job", tuple(getattr(spec, f.name) for f in fields(Spec))))
+        replies = []
+        while not replies or replies[-1][0] != "done":
+            assert conn.poll(30), f"no reply from the helper after {replies}"
+            replies.append(conn.recv())
+        assert ("out", "stdout", b"hi\n") in replies
+        assert replies[-1][1:3] == ("succeeded", 0)
+        conn.send(("stop",))
+        process.reap(helper, 30)
+        assert helper.returncode == 0
+    finally:
+        conn.close()
+        process.reap(helper, 5)
+
+
+def test_reap_kills_a_helper_that_does_not_exit_in_time() -> None:
+    """reap waits its timeout, then SIGKILLs; an exited helper keeps its own code."""
+    stuck = subprocess.Popen(["/bin/sleep", "100"])
+    started = time.monotonic()
+    process.reap(stuck, 0.2)
+    assert stuck.returncode == -9
+    assert 0.2 <= time.monotonic() - started < 10
+    done = subprocess.Popen(["/bin/sh", "-c", "exit 3"])
+    process.reap(done, 30)
+    assert done.returncode == 3
