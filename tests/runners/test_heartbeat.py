@@ -1,0 +1,44 @@
+"""The Heartbeat thread of a runner: what it is, how it stops, what it sweeps with."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from procgate import JobStatus
+from procgate.runners.liveness import Heartbeat
+from procgate.stores.memory import MemoryStore
+from tests.stores.test_contract import new_job
+
+
+def test_the_heartbeat_is_a_daemon_thread_named_for_its_owner() -> None:
+    """A server that forgets to close its runner can still exit; stop() waits for it."""
+    heartbeat = Heartbeat(MemoryStore(), "host-a:1:beat", interval=60)
+    heartbeat.start()
+    try:
+        (thread,) = [
+            t for t in threading.enumerate() if t.name == "procgate-heartbeat-host-a:1:beat"
+        ]
+        assert thread.daemon is True
+    finally:
+        heartbeat.stop()
+    assert not thread.is_alive()
+
+
+@pytest.mark.docs("scaling.md#when-a-worker-dies")
+def test_the_heartbeat_sweeps_with_its_own_stale_after() -> None:
+    """An owner that beat a moment ago is dead to a heartbeat whose stale_after is 0,
+    alive to one with the default (30 s)."""
+    store = MemoryStore()
+    job = store.create(new_job(owner="other-host:1:x"))
+    store.start(job.id, "other-host:1:x")
+    store.heartbeat("other-host:1:x")
+    lenient = Heartbeat(store, "host-a:1:y", interval=60)
+    lenient.start()
+    lenient.stop()
+    assert store.get(job.id).status is JobStatus.RUNNING
+    strict = Heartbeat(store, "host-a:1:z", interval=60, stale_after=0.0)
+    strict.start()
+    strict.stop()
+    assert store.get(job.id).status is JobStatus.LOST
