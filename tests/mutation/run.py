@@ -70,7 +70,10 @@ TARGETS: dict[str, Target] = {
         "src/procgate/jobs.py",
         (*_STORE_TESTS, "tests/test_process.py", "tests/test_job_object.py"),
     ),
-    "auth": Target("src/procgate/auth.py", ("tests/test_security.py", "tests/test_config.py")),
+    "auth": Target(
+        "src/procgate/auth.py",
+        ("tests/test_auth.py", "tests/test_security.py", "tests/test_config.py"),
+    ),
     "stores/memory": Target("src/procgate/stores/memory.py", _STORE_TESTS),
     "runners/liveness": Target(
         "src/procgate/runners/liveness.py", (*_RUNNER_TESTS, "tests/faults/test_stop.py")
