@@ -81,3 +81,41 @@ def test_a_job_cancelled_while_queued_says_so(store: JobStore) -> None:
     assert (cancelled.returncode, cancelled.started_at) == (None, None)
     assert cancelled.finished_at is not None
     assert store.start(job.id) is None
+
+
+@pytest.mark.docs("python-api.md#the-jobstore-protocol")
+def test_count_of_active_jobs_since_includes_that_very_moment(
+    store: JobStore, time_machine: time_machine.TimeMachineFixture
+) -> None:
+    """``count(active=True, since=t)`` (the queue check) counts active jobs created at
+    ``t`` or later, on a stopped clock."""
+    time_machine.move_to(time.time(), tick=False)
+    store.create(new_job())
+    time_machine.shift(1)
+    moment = store.create(new_job()).created_at.timestamp()
+    assert store.count(active=True, since=moment) == 1
+    assert store.count(active=True, since=moment - 1) == 2
+
+
+@pytest.mark.docs("http-api.md#get-jobs")
+def test_list_filters_skip_newer_jobs_that_do_not_match(store: JobStore) -> None:
+    """A filter passes over every newer job it does not match, not just the first."""
+    done = store.create(new_job(command="build"))
+    store.start(done.id)
+    store.finish(done.id, Outcome(JobStatus.SUCCEEDED, 0))
+    older_tokened = store.create(dataclasses.replace(new_job(command="build"), token_id="ci"))
+    store.create(new_job(command="echo"))
+    store.create(new_job(command="echo"))
+    assert [j.id for j in store.list(status=JobStatus.SUCCEEDED).jobs] == [done.id]
+    assert [j.id for j in store.list(command="build").jobs] == [older_tokened.id, done.id]
+    assert [j.id for j in store.list(token="ci").jobs] == [older_tokened.id]
+
+
+@pytest.mark.docs("python-api.md#the-jobstore-protocol")
+def test_set_callback_of_a_job_without_one_does_nothing(store: JobStore) -> None:
+    """A job that has no callback records no callback result: False, nothing stored."""
+    job = store.create(new_job())
+    state = {"url": "http://127.0.0.1:9/", "status": "delivered", "attempts": 1}
+    assert store.set_callback(job.id, state, attempt=1) is False
+    assert store.get(job.id).callback is None
+    assert store.set_callback("no-such-job", state, attempt=1) is False

@@ -59,6 +59,7 @@ def test_record_process_is_kept_while_the_job_runs(store: JobStore) -> None:
     store.start(job.id)
     store.record_process(job.id, TAG)
     assert store.get(job.id).process == TAG
+    assert store.get(job.id, output=False).process == TAG
     assert store.active_jobs("a")[0].process == TAG
     store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
     store.record_process(job.id, "boot:1:1")  # finished: no longer changes
