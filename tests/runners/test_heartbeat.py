@@ -38,7 +38,12 @@ def test_the_heartbeat_sweeps_with_its_own_stale_after() -> None:
     lenient.start()
     lenient.stop()
     assert store.get(job.id).status is JobStatus.RUNNING
+    mine = store.create(new_job(owner="host-a:1:z"))
+    store.start(mine.id, "host-a:1:z")
     strict = Heartbeat(store, "host-a:1:z", interval=60, stale_after=0.0)
     strict.start()
     strict.stop()
     assert store.get(job.id).status is JobStatus.LOST
+    # Its own jobs are never its sweep's, and its beat is recorded under its name.
+    assert store.get(mine.id).status is JobStatus.RUNNING
+    assert set(store.heartbeats()) >= {"host-a:1:y", "host-a:1:z"}
