@@ -24,6 +24,7 @@ def test_the_heartbeat_is_a_daemon_thread_named_for_its_owner() -> None:
     finally:
         heartbeat.stop()
     assert not thread.is_alive()
+    Heartbeat(MemoryStore(), "host-a:1:never").stop()  # a runner closed before it started
 
 
 @pytest.mark.docs("scaling.md#when-a-worker-dies")
