@@ -9,9 +9,9 @@ import time
 import pytest
 import time_machine
 
-from procgate import JobStatus, JobStore
+from procgate import JobStatus, JobStore, MemoryStore
 from procgate.jobs import Outcome
-from tests.stores.test_contract import new_job
+from tests.stores.test_contract import MakeStore, new_job
 
 
 @pytest.mark.docs("http-api.md#get-jobs")
@@ -119,3 +119,30 @@ def test_set_callback_of_a_job_without_one_does_nothing(store: JobStore) -> None
     assert store.set_callback(job.id, state, attempt=1) is False
     assert store.get(job.id).callback is None
     assert store.set_callback("no-such-job", state, attempt=1) is False
+
+
+@pytest.mark.docs("stores.md#retention")
+def test_retention_drops_every_finished_job_over_max_jobs_at_once(make_store: MakeStore) -> None:
+    """Jobs a dead runner left (marked lost together) are all over ``max_jobs`` at the
+    next write, and all go then, oldest first, not one per write."""
+    store = make_store(max_jobs=1)
+    held = [store.create(new_job(owner="gone")) for _ in range(3)]
+    for job in held:
+        store.start(job.id, "gone")
+    assert store.mark_lost("gone", "lost: its runner died") == 3
+    newest = store.create(new_job())
+    assert [j.id for j in store.list().jobs] == [newest.id]
+
+
+def test_a_memory_store_applies_its_ttl_at_most_once_per_evict_interval(
+    time_machine: time_machine.TimeMachineFixture,
+) -> None:
+    """Between two retention passes an expired job stays: the pass that found it not yet
+    expired is the last for ``evict_interval`` seconds of the store's own clock."""
+    time_machine.move_to(time.time(), tick=False)
+    store = MemoryStore(ttl=60, evict_interval=3600)
+    job = store.create(new_job())
+    store.start(job.id)
+    store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
+    time_machine.shift(61)  # the wall clock moves; the store's monotonic clock barely
+    assert store.get(job.id).status is JobStatus.SUCCEEDED
