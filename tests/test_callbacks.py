@@ -26,7 +26,7 @@ import trustme
 from werkzeug.test import Client
 
 from procgate import Gate, MemoryStore, SQLiteStore, ThreadRunner
-from procgate.callback_url import check_callback_url
+from procgate.callback_url import MAX_URL, check_callback_url
 from procgate.callbacks import Notifier
 from procgate.errors import InvalidRequest, StoreUnavailable
 from procgate.jobs import Job, JobStatus, Outcome, Spec, new_job_id
@@ -265,6 +265,7 @@ def test_urls_leaving_the_prefix_once_normalised_are_not_allowed(url: str) -> No
         ("http://127.0.0.1:9000/hooks/a%20b%e9", "http://127.0.0.1:9000/hooks/a%20b%E9"),
         ("http://127.0.0.1:9000/hooks/?q=a/../b", "http://127.0.0.1:9000/hooks/?q=a/../b"),
         ("http://127.0.0.1:9000/hooks/a/..", "http://127.0.0.1:9000/hooks/"),
+        ("http://127.0.0.1:9000/hooks/a/.", "http://127.0.0.1:9000/hooks/a/"),
         ("http://127.0.0.1:9000/hooks/@evil", "http://127.0.0.1:9000/hooks/@evil"),  # a path
     ],
 )
@@ -278,6 +279,41 @@ def test_urls_are_normalised(url: str, normal: str | None) -> None:
             check_callback_url(url, ALLOW)
     else:
         assert check_callback_url(url, ALLOW) == normal
+
+
+@pytest.mark.docs("callbacks.md#the-url-rules")
+def test_the_longest_url_accepted_is_max_url_characters() -> None:
+    """A URL of exactly ``MAX_URL`` characters passes; one character more is refused."""
+    base = ALLOW[0]
+    longest = base + "a" * (MAX_URL - len(base))
+    assert check_callback_url(longest, ALLOW) == longest
+    with pytest.raises(InvalidRequest) as caught:
+        check_callback_url(longest + "a", ALLOW)
+    assert str(caught.value) == f"callback_url must be at most {MAX_URL} characters"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (5, "callback_url must be a URL string"),
+        ("", "callback_url must be a URL string"),
+        ("ftp://127.0.0.1:9000/hooks/", "callback_url must be an http or https URL"),
+        ("http://u@127.0.0.1:9000/hooks/", "callback_url must not hold a user name or password"),
+        (
+            "http://127.0.0.1:9000/hooks/..;x/a",
+            "callback_url's path must not hold dot segments with parameters",
+        ),
+        (
+            "http://10.0.0.1/hooks/",
+            "callback_url is not allowed on this server (see callback_allow)",
+        ),
+    ],
+)
+def test_each_refusal_says_what_is_wrong(url: object, message: str) -> None:
+    """The error a client reads names the rule its URL broke."""
+    with pytest.raises(InvalidRequest) as caught:
+        check_callback_url(url, ALLOW)
+    assert str(caught.value) == message
 
 
 # -- through the Gate ----------------------------------------------------------------------
