@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import subprocess
 import threading
+import time
 
 import pytest
 
 from procgate import JobStatus
-from procgate.runners.liveness import Heartbeat
+from procgate.runners.liveness import Heartbeat, new_owner, owner_is_dead
 from procgate.stores.memory import MemoryStore
 from tests.stores.test_contract import new_job
 
@@ -48,3 +53,29 @@ def test_the_heartbeat_sweeps_with_its_own_stale_after() -> None:
     # Its own jobs are never its sweep's, and its beat is recorded under its name.
     assert store.get(mine.id).status is JobStatus.RUNNING
     assert set(store.heartbeats()) >= {"host-a:1:y", "host-a:1:z"}
+
+
+def test_an_owner_names_its_host_and_process() -> None:
+    """``host:pid:random``, the random part 8 hex digits: unique per runner object."""
+    owners = {new_owner() for _ in range(50)}
+    assert len(owners) == 50
+    for owner in owners:
+        assert re.fullmatch(
+            rf"{re.escape(socket.gethostname())}:{os.getpid()}:[0-9a-f]{{8}}", owner
+        )
+
+
+def test_checking_a_live_owner_leaves_its_process_alone() -> None:
+    """The liveness probe of a process on this host sends it nothing (signal 0): a live
+    owner is alive, and stays so."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        now = time.time()
+        owner = f"{socket.gethostname()}:{child.pid}:abcd0123"
+        assert owner_is_dead(owner, now, now, 30.0) is False
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)  # a signal would have ended it by now
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert owner_is_dead(owner, now, now, 30.0) is True  # reaped: gone
