@@ -66,6 +66,12 @@ def _bad_digest() -> None:
             "unknown or wrong token",
         ),
         (
+            # A token with a space in it is a wrong token, not a malformed header.
+            lambda: Tokens([make_token("ci", DIGEST)]).identify("Bearer two words"),
+            Unauthorized,
+            "unknown or wrong token",
+        ),
+        (
             lambda: check_signature(SECRET, BODY, Headers({"X-Hub-Signature-256": "sha256=00"})),
             Unauthorized,
             "X-Hub-Signature-256 does not match the body",
@@ -103,6 +109,7 @@ def _bad_digest() -> None:
         "duplicate-ids",
         "no-header",
         "wrong-token",
+        "token-with-a-space",
         "bad-hub-signature",
         "wrong-gitlab-token",
         "unsigned",
