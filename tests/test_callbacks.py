@@ -26,6 +26,7 @@ import trustme
 from werkzeug.test import Client
 
 from procgate import Gate, MemoryStore, SQLiteStore, ThreadRunner
+from procgate import callbacks as callbacks_module
 from procgate.callback_url import MAX_URL, check_callback_url
 from procgate.callbacks import Notifier
 from procgate.errors import InvalidRequest, StoreUnavailable
@@ -1101,3 +1102,36 @@ def test_an_attempt_that_never_recorded_its_end_counts_against_the_limit(
             "last_status": last_status,
             "last_error": said or "the last attempt did not end",
         }
+
+
+@pytest.mark.parametrize(
+    ("url", "port", "tls"),
+    [
+        ("http://127.0.0.1/hooks/", 80, False),
+        ("https://127.0.0.1/hooks/", 443, True),
+        ("http://127.0.0.1:9000/hooks/", 9000, False),
+        ("https://127.0.0.1:9443/hooks/", 9443, True),
+    ],
+)
+@pytest.mark.docs("callbacks.md#the-url-rules")
+def test_a_url_without_a_port_goes_to_its_schemes_port(
+    monkeypatch: pytest.MonkeyPatch, url: str, port: int, tls: bool
+) -> None:
+    """http:// goes to port 80 and https:// to 443 (over TLS) unless the URL names one.
+    The connection is recorded instead of opened: nothing listens on 80 or 443 here."""
+    opened: list[tuple[str, int, bool]] = []
+
+    class Recorder:
+        def __init__(self, host: str, port: int, deadline: float, tls: object) -> None:
+            opened.append((host, port, tls is not None))
+
+        def post(self, target: str, body: bytes, headers: dict[str, str]) -> int:
+            return 204
+
+    monkeypatch.setattr(callbacks_module, "Connection", Recorder)
+    notifier = Notifier(MemoryStore(), allow=[url])
+    try:
+        assert notifier._post(url, b"{}", "delivery-1") == 204
+    finally:
+        notifier.close()
+    assert opened == [("127.0.0.1", port, tls)]
