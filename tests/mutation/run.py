@@ -54,7 +54,14 @@ class Target:
     tests: tuple[str, ...]
     # mutmut mutant-name globs; empty means every function in the module.
     only: tuple[str, ...] = ()
+    # More pytest arguments for this module's runs.
+    args: tuple[str, ...] = ()
 
+
+# The HTTP contract tests run each runner kind; ProcessRunner's worker processes import
+# the mutated copy without mutmut's configuration, so those cases fail whatever the
+# mutant. The thread and sync cases run the same request parsing in-process.
+_IN_PROCESS_RUNNERS = ("-k", "not process-")
 
 _STORE_TESTS = ("tests/stores/",)
 _SQLITE_TESTS = (*_STORE_TESTS, "tests/faults/test_sqlite.py")
@@ -92,6 +99,7 @@ TARGETS: dict[str, Target] = {
     "commands": Target(
         "src/procgate/commands.py",
         ("tests/test_process.py", "tests/test_app.py", "tests/test_security.py"),
+        args=_IN_PROCESS_RUNNERS,
     ),
     "stores/sqlite": Target("src/procgate/stores/sqlite.py", _SQLITE_TESTS),
     "stores/_sqlite_pool": Target("src/procgate/stores/_sqlite_pool.py", _SQLITE_TESTS),
@@ -105,6 +113,7 @@ TARGETS: dict[str, Target] = {
     "app": Target(
         "src/procgate/app.py",
         ("tests/test_app.py", "tests/test_uploads.py", "tests/test_security.py"),
+        args=_IN_PROCESS_RUNNERS,
         only=tuple(
             f"procgate.app.{name}__mutmut_*"
             for name in (
@@ -149,7 +158,10 @@ def _configure(dest: Path, target: Target) -> None:
         "only_mutate": [target.path],
         "pytest_add_cli_args_test_selection": list(target.tests),
         "also_copy": list(EXTRA),
-        "pytest_add_cli_args": [arg for test in DESELECT for arg in ("--deselect", test)],
+        "pytest_add_cli_args": [
+            *(arg for test in DESELECT for arg in ("--deselect", test)),
+            *target.args,
+        ],
         # The copy is not a git checkout.
         "use_git_change_detection": False,
     }
