@@ -231,6 +231,11 @@ def test_env_not_allowed_is_403(client: Client) -> None:
     assert response.status_code == 403
     assert error_code(response) == "env_not_allowed"
     assert client.get("/jobs").json["jobs"] == []
+    # Every refused key is named, in order, so one answer says all there is to fix.
+    response = client.post("/commands/env", json={"env": {"TZ": "x", "HOME": "/", "FOO": "1"}})
+    assert response.json["error"]["message"] == (
+        "command 'env' does not allow setting env HOME, TZ"
+    )
 
 
 @pytest.mark.docs("http-api.md#post-commandsname", "http-api.md#statuses")
