@@ -10,7 +10,8 @@ import pytest
 import time_machine
 
 from procgate import JobStatus, JobStore, MemoryStore
-from procgate.jobs import Outcome
+from procgate.errors import ConfigError
+from procgate.jobs import Chunk, Outcome
 from tests.stores.test_contract import MakeStore, new_job
 
 
@@ -146,3 +147,53 @@ def test_a_memory_store_applies_its_ttl_at_most_once_per_evict_interval(
     store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
     time_machine.shift(61)  # the wall clock moves; the store's monotonic clock barely
     assert store.get(job.id).status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.docs("callbacks.md#durability-and-repeats")
+def test_a_claim_passes_over_a_dropped_callback_to_the_next(
+    store: JobStore, time_machine: time_machine.TimeMachineFixture
+) -> None:
+    """A callback whose job was deleted is dropped from the outbox, and the same claim
+    goes on to the callbacks due after it."""
+    url = "http://127.0.0.1:9/hook"
+    state = {"url": url, "status": "pending", "attempts": 0, "last_status": None}
+    ids = []
+    time_machine.move_to(time.time(), tick=False)
+    for _ in range(2):
+        job = store.create(dataclasses.replace(new_job(), callback_url=url, callback=state))
+        store.start(job.id)
+        store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
+        ids.append(job.id)
+        time_machine.shift(1)  # due one after the other
+    assert store.delete(ids[0]) is True
+    claimed = store.claim_callbacks(time.time(), 30, 10)
+    assert [job.id for job in claimed] == [ids[1]]
+
+
+@pytest.mark.docs("python-api.md#the-jobstore-protocol")
+def test_a_stream_written_in_chunks_reads_back_whole(store: JobStore) -> None:
+    """Each stream is the concatenation of its chunks, whatever the other stream did."""
+    job = store.create(new_job())
+    store.start(job.id)
+    offsets = {"stdout": 0, "stderr": 0}
+    for index, (stream, data) in enumerate(
+        [("stderr", b"a"), ("stdout", b"1"), ("stderr", b"bc"), ("stdout", b"23")], 1
+    ):
+        store.append_output(job.id, Chunk(index, stream, offsets[stream], data))
+        offsets[stream] += len(data)
+    got = store.get(job.id)
+    assert (got.stdout, got.stderr) == (b"123", b"abc")
+
+
+def test_a_memory_store_keeps_1000_jobs_by_default_and_checks_ttl() -> None:
+    """The defaults docs/configuration.md gives, and ttl's range: a number above 0."""
+    assert MemoryStore().max_jobs == 1000
+    MemoryStore(ttl=1)
+    MemoryStore(ttl=0.5)
+    for bad in (0, -1, "5"):
+        with pytest.raises(ConfigError) as caught:
+            MemoryStore(ttl=bad)  # type: ignore[arg-type]
+        assert caught.value.message == "ttl must be a positive number of seconds"
+    with pytest.raises(ConfigError) as caught:
+        MemoryStore(max_jobs=0)
+    assert caught.value.message == "max_jobs must be at least 1"
