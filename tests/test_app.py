@@ -153,7 +153,7 @@ def test_wait_in_query_string(client: Client) -> None:
 @pytest.mark.docs("http-api.md#conventions")
 def test_empty_body_runs_the_bare_command(client: Client) -> None:
     """A POST with no body runs the command with no args."""
-    response = client.post("/commands/echo?wait=1")
+    response = client.post("/commands/echo?wait=true")  # up to max_wait, not 1 s
     assert response.status_code == 200
     assert response.json["stdout"] == "\n"
 
