@@ -108,11 +108,19 @@ TARGETS: dict[str, Target] = {
         "src/procgate/stores/redis.py",
         ("tests/stores/test_contract.py", "tests/faults/test_redis.py"),
     ),
-    "uploads": Target("src/procgate/uploads.py", ("tests/test_uploads.py",)),
+    # give_to runs in the request thread for a command with a user: test_security.py.
+    "uploads": Target(
+        "src/procgate/uploads.py", ("tests/test_uploads.py", "tests/test_security.py")
+    ),
     # Request parsing only: the module-level parsers and the Gate's argument checks.
     "app": Target(
         "src/procgate/app.py",
-        ("tests/test_app.py", "tests/test_uploads.py", "tests/test_security.py"),
+        (
+            "tests/test_request_parsing.py",
+            "tests/test_app.py",
+            "tests/test_uploads.py",
+            "tests/test_security.py",
+        ),
         args=_IN_PROCESS_RUNNERS,
         only=tuple(
             f"procgate.app.{name}__mutmut_*"
