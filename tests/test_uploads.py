@@ -19,7 +19,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.test import Client, stream_encode_multipart
 
 from procgate import Gate
-from procgate.errors import InvalidRequest
+from procgate.errors import PayloadTooLarge
 from procgate.uploads import FormParser, save_upload
 from tests.conftest import make_runner, refused, wait_for
 
@@ -396,8 +396,8 @@ def test_a_part_sent_twice_is_400(
 
 @pytest.mark.docs("uploads.md#the-request", "uploads.md#limits")
 def test_request_file_part_at_and_over_its_limit(runner_kind: str, uploads_dir: Path) -> None:
-    """A request part sent as a file may be 1 MiB exactly; one byte more is refused with
-    request_entity_too_large, and no job is made."""
+    """A request part sent as a file may be 1 MiB exactly; one byte more is 413
+    request_entity_too_large (the status that code always has), and no job is made."""
     gate = Gate(runner=make_runner(runner_kind), max_upload=4 << 20)
     gate.register("cat", ["cat"])
     client = Client(gate)
@@ -415,7 +415,7 @@ def test_request_file_part_at_and_over_its_limit(runner_kind: str, uploads_dir: 
         accepted = send(at_limit)
         assert accepted.status_code == 200, accepted.json
         assert accepted.json["stdout"] == "at the limit"
-        over = refused(gate.store, 400, "request_entity_too_large", lambda: send(b" " + at_limit))
+        over = refused(gate.store, 413, "request_entity_too_large", lambda: send(b" " + at_limit))
         assert over.json["error"]["message"] == "the request part is too large"
     finally:
         gate.close()
@@ -427,7 +427,7 @@ def test_request_file_part_is_read_only_to_its_limit(uploads_dir: Path) -> None:
     not read whole into memory (it may be as large as max_upload)."""
     stream = io.BytesIO(b" " * (8 << 20))
     files = MultiDict([("request", FileStorage(stream, "r.json", "request"))])
-    with pytest.raises(InvalidRequest, match="the request part is too large"):
+    with pytest.raises(PayloadTooLarge, match="the request part is too large"):
         save_upload(MultiDict(), files, max_files=3)
     assert stream.tell() == (1 << 20) + 1
     assert list(uploads_dir.iterdir()) == []

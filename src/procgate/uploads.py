@@ -17,7 +17,7 @@ from werkzeug.datastructures import FileStorage, Headers, MultiDict
 from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.utils import secure_filename
 
-from procgate.errors import InvalidRequest, ProcgateError
+from procgate.errors import InvalidRequest, PayloadTooLarge, ProcgateError
 
 if TYPE_CHECKING:
     from werkzeug.formparser import t_parse_result
@@ -147,7 +147,7 @@ def save_upload(
             raise InvalidRequest("send the request part once")
         data = part[0].read(_MAX_REQUEST_PART + 1)
         if len(data) > _MAX_REQUEST_PART:
-            raise InvalidRequest("the request part is too large", code="request_entity_too_large")
+            raise PayloadTooLarge("the request part is too large", code="request_entity_too_large")
     body = _request_part(data)
     if len(files) > max_files:
         raise TooManyFiles(f"at most {max_files} files per request")
