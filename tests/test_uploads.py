@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import gc
+import grp
 import io
 import json
+import pwd
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.datastructures import FileStorage
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.test import Client, stream_encode_multipart
 
 from procgate import Gate
+from procgate.errors import PayloadTooLarge
+from procgate.uploads import FormParser, save_upload
 from tests.conftest import make_runner, refused, wait_for
 
 
@@ -101,16 +107,60 @@ def test_directory_removed_whatever_the_outcome(
 
 
 @pytest.mark.parametrize(
-    ("request_part", "files", "status", "code"),
+    ("request_part", "files", "status", "code", "message"),
     [
-        ({"args": ["{file:nope}"]}, {"f": "a"}, 400, "invalid_request"),
-        ({"stdin_file": "nope"}, {"f": "a"}, 400, "invalid_request"),
-        ({"stdin_file": "f", "stdin": "x"}, {"f": "a"}, 400, "invalid_request"),
-        ("{broken", {"f": "a"}, 400, "invalid_json"),
-        ("[1]", {"f": "a"}, 400, "invalid_json"),
-        ({"argz": []}, {"f": "a"}, 400, "unknown_field"),
-        ({}, {"bad/name": "a"}, 400, "invalid_request"),
-        ({}, {"a": "1", "b": "2", "c": "3", "d": "4"}, 413, "too_many_files"),
+        (
+            {"args": ["{file:nope}"]},
+            {"f": "a"},
+            400,
+            "invalid_request",
+            "args refer to {file:nope}, but no such file was sent",
+        ),
+        (
+            {"stdin_file": "nope"},
+            {"f": "a"},
+            400,
+            "invalid_request",
+            "stdin_file must name a file part of the request",
+        ),
+        (
+            {"stdin_file": 1},
+            {"f": "a"},
+            400,
+            "invalid_request",
+            "stdin_file must name a file part of the request",
+        ),
+        (
+            {"stdin_file": "f", "stdin": "x"},
+            {"f": "a"},
+            400,
+            "invalid_request",
+            "send stdin or stdin_file, not both",
+        ),
+        (
+            "{broken",
+            {"f": "a"},
+            400,
+            "invalid_json",
+            "the request part is not valid JSON: "
+            "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        ),
+        ("[1]", {"f": "a"}, 400, "invalid_json", "the request part must be a JSON object"),
+        ({"argz": []}, {"f": "a"}, 400, "unknown_field", None),  # the app's message
+        (
+            {},
+            {"bad/name": "a"},
+            400,
+            "invalid_request",
+            "file field 'bad/name' must be 1-64 letters, digits, '_' or '-'",
+        ),
+        (
+            {},
+            {"a": "1", "b": "2", "c": "3", "d": "4"},
+            413,
+            "too_many_files",
+            "at most 3 files per request",
+        ),
     ],
 )
 @pytest.mark.docs("uploads.md#errors")
@@ -121,12 +171,16 @@ def test_bad_uploads_are_refused_and_cleaned(
     files: dict[str, str],
     status: int,
     code: str,
+    message: str | None,
 ) -> None:
-    """Bad multipart requests get a JSON 4xx, run nothing and leave no files."""
+    """Bad multipart requests get a JSON 4xx with the message a client reads, run nothing
+    and leave no files."""
     parts = {name: (io.BytesIO(content.encode()), "x.txt") for name, content in files.items()}
     response = post(client, "show", request_part, **parts)
     assert response.status_code == status, response.json
     assert response.json["error"]["code"] == code
+    if message is not None:
+        assert response.json["error"]["message"] == message
     assert client.get("/jobs").json["jobs"] == []
     assert list(uploads_dir.iterdir()) == []
 
@@ -278,3 +332,317 @@ def test_close_cleans_queued_uploads_and_calls_hooks(uploads_dir: Path) -> None:
     gate.close()
     assert list(uploads_dir.iterdir()) == []
     assert sorted(finished) == ["cancelled", "cancelled"]
+
+
+def multipart(*parts: tuple[str, str | None, bytes]) -> bytes:
+    """A multipart body by hand, boundary ``b``: each part is (name, file name or None,
+    content); werkzeug's test client can send neither a name twice nor an empty file name."""
+    body = b""
+    for name, filename, content in parts:
+        disposition = f'name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        body += b"--b\r\nContent-Disposition: form-data; %s\r\n\r\n%s\r\n" % (
+            disposition.encode(),
+            content,
+        )
+    return body + b"--b--\r\n"
+
+
+REQUEST = b'{"args": ["{file:f}"], "wait": true}'
+
+
+@pytest.mark.parametrize(
+    ("parts", "message"),
+    [
+        (
+            [("request", None, REQUEST), ("request", "r.json", REQUEST), ("f", "f.txt", b"1")],
+            "send the request part once",
+        ),
+        (
+            [("request", "r.json", REQUEST), ("request", "s.json", REQUEST), ("f", "f.txt", b"1")],
+            "send the request part once",
+        ),
+        (
+            [("request", None, REQUEST), ("f", "a.txt", b"1"), ("f", "b.txt", b"2")],
+            "file field 'f' is sent twice",
+        ),
+        (
+            [("request", "r.json", REQUEST), ("f", "a.txt", b"1"), ("f", "b.txt", b"2")],
+            "file field 'f' is sent twice",
+        ),
+    ],
+    ids=["request-field-and-file", "request-file-twice", "field-twice", "field-twice-request-file"],
+)
+@pytest.mark.docs("uploads.md#the-request", "uploads.md#errors")
+def test_a_part_sent_twice_is_400(
+    client: Client, uploads_dir: Path, parts: list[tuple[str, str | None, bytes]], message: str
+) -> None:
+    """The request part (as a field, a file, or both) and each file field come at most once:
+    a second one is 400 invalid_request, never a silent pick of one of them."""
+    response = refused(
+        client.application.store,  # the Gate the fixture made
+        400,
+        "invalid_request",
+        lambda: client.post(
+            "/commands/show",
+            data=multipart(*parts),
+            content_type="multipart/form-data; boundary=b",
+        ),
+    )
+    assert response.json["error"]["message"] == message
+    assert list(uploads_dir.iterdir()) == []
+
+
+@pytest.mark.docs("uploads.md#the-request", "uploads.md#limits")
+def test_request_file_part_at_and_over_its_limit(runner_kind: str, uploads_dir: Path) -> None:
+    """A request part sent as a file may be 1 MiB exactly; one byte more is 413
+    request_entity_too_large (the status that code always has), and no job is made."""
+    gate = Gate(runner=make_runner(runner_kind), max_upload=4 << 20)
+    gate.register("cat", ["cat"])
+    client = Client(gate)
+    request = b'{"stdin": "at the limit", "wait": true}'
+    at_limit = b" " * ((1 << 20) - len(request)) + request  # the closing brace is the last byte
+
+    def send(data: bytes) -> Any:  # in memory: the test client spools big bodies to files
+        return client.post(
+            "/commands/cat",
+            data=multipart(("request", "r.json", data)),
+            content_type="multipart/form-data; boundary=b",
+        )
+
+    try:
+        accepted = send(at_limit)
+        assert accepted.status_code == 200, accepted.json
+        assert accepted.json["stdout"] == "at the limit"
+        over = refused(gate.store, 413, "request_entity_too_large", lambda: send(b" " + at_limit))
+        assert over.json["error"]["message"] == "the request part is too large"
+    finally:
+        gate.close()
+    assert list(uploads_dir.iterdir()) == []
+
+
+def test_request_file_part_is_read_only_to_its_limit(uploads_dir: Path) -> None:
+    """An oversized request part is refused after reading one byte past the 1 MiB limit,
+    not read whole into memory (it may be as large as max_upload)."""
+    stream = io.BytesIO(b" " * (8 << 20))
+    files = MultiDict([("request", FileStorage(stream, "r.json", "request"))])
+    with pytest.raises(PayloadTooLarge, match="the request part is too large"):
+        save_upload(MultiDict(), files, max_files=3)
+    assert stream.tell() == (1 << 20) + 1
+    assert list(uploads_dir.iterdir()) == []
+
+
+@pytest.mark.docs("uploads.md#the-request", "uploads.md#limits")
+def test_max_files_files_with_the_request_as_a_file(client: Client, uploads_dir: Path) -> None:
+    """Exactly max_files file parts are accepted; a request part sent as a file is not one
+    of them (nor a file the args can name)."""
+    response = client.post(
+        "/commands/show",
+        data=multipart(
+            ("request", "r.json", b'{"args": ["{file:c}"], "wait": true}'),
+            ("a", "a.txt", b"1"),
+            ("b", "b.txt", b"2"),
+            ("c", "c.txt", b"3"),
+        ),
+        content_type="multipart/form-data; boundary=b",
+    )
+    assert response.status_code == 200, response.json
+    assert response.json["stdout"].endswith("/c/c.txt\n3")
+    assert list(uploads_dir.iterdir()) == []
+
+
+@pytest.mark.docs("uploads.md#the-request")
+def test_no_request_part_is_an_empty_request(client: Client) -> None:
+    """Files without a request part: the request is {} and the job runs, with no args."""
+    response = post(client, "cat", None, f=(io.BytesIO(b"x"), "x.txt"))
+    assert response.status_code in (200, 201, 202), response.json
+    assert response.json["args"] == []
+    job_id = response.json["id"]
+    wait_for(lambda: client.get(f"/jobs/{job_id}").json["status"] == "succeeded")
+
+
+@pytest.mark.parametrize("filename", ["", "..", "/"])
+@pytest.mark.docs("uploads.md#where-files-go")
+def test_a_file_name_with_nothing_left_is_upload(
+    client: Client, uploads_dir: Path, filename: str
+) -> None:
+    """A file part with an empty name, or one secure_filename leaves nothing of, is saved
+    as ``upload``."""
+    response = client.post(
+        "/commands/show",
+        data=multipart(("request", None, REQUEST), ("f", filename, b"content")),
+        content_type="multipart/form-data; boundary=b",
+    )
+    assert response.status_code == 200, response.json
+    path, _, content = response.json["stdout"].partition("\n")
+    assert path.endswith("/f/upload")
+    assert content == "content"
+
+
+@pytest.mark.docs("uploads.md#where-files-go", "uploads.md#cleanup")
+def test_saved_files_are_in_a_private_procgate_job_directory(uploads_dir: Path) -> None:
+    """save_upload makes ``procgate-job-*`` (the name the docs tell operators to clean up)
+    in the temporary directory, it and each field's directory with mode 0700, and
+    ``discard`` removes it all."""
+    files = MultiDict(
+        [
+            ("video", FileStorage(io.BytesIO(b"frames"), "../clip.mp4", "video")),
+            ("notes", FileStorage(io.BytesIO(b"text"), "notes.txt", "notes")),
+        ]
+    )
+    upload = save_upload(MultiDict({"request": '{"args": []}'}), files, max_files=3)
+    directory = Path(upload.directory)
+    assert directory.parent == uploads_dir
+    assert directory.name.startswith("procgate-job-")
+    assert upload.body == {"args": []}
+    assert upload.paths == {
+        "video": str(directory / "video" / "clip.mp4"),
+        "notes": str(directory / "notes" / "notes.txt"),
+    }
+    assert Path(upload.paths["video"]).read_bytes() == b"frames"
+    for private in (directory, directory / "video", directory / "notes"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700, private
+    upload.discard()
+    assert list(uploads_dir.iterdir()) == []
+
+
+@pytest.mark.docs("uploads.md#limits")
+def test_non_file_parts_are_held_to_max_body(runner_kind: str, uploads_dir: Path) -> None:
+    """In a multipart request, a part without a file name (the request part) over max_body
+    is 413 request_entity_too_large, though the body is well under max_upload; a file
+    part many times max_body is not held to it (werkzeug's parser reads 64 KiB at a time,
+    and used to refuse any read larger than max_body)."""
+    gate = Gate(runner=make_runner(runner_kind), max_body=16_384, max_upload=1 << 20)
+    gate.register("cat", ["cat"])
+    client = Client(gate)
+    request = b" " * 16_384 + b'{"wait": true}'
+    big = b"line\n" * 40_000  # 200,000 bytes
+    try:
+        accepted = client.post(
+            "/commands/cat",
+            data=multipart(
+                ("request", None, b'{"stdin_file": "f", "wait": true}'), ("f", "f.txt", big)
+            ),
+            content_type="multipart/form-data; boundary=b",
+        )
+        assert accepted.status_code == 200, accepted.json
+        assert accepted.json["stdout"] == big.decode()
+        refused(
+            gate.store,
+            413,
+            "request_entity_too_large",
+            lambda: client.post(
+                "/commands/cat",
+                data=multipart(("request", None, request)),
+                content_type="multipart/form-data; boundary=b",
+            ),
+        )
+    finally:
+        gate.close()
+    assert list(uploads_dir.iterdir()) == []
+
+
+@pytest.mark.docs("uploads.md#limits")
+def test_parts_in_all_are_held_to_max_files_plus_20(client: Client, uploads_dir: Path) -> None:
+    """max_files + 20 parts in all (here 23, none of them a file) are parsed; one more is
+    413 request_entity_too_large from the form parser."""
+    parts = [("request", None, b'{"wait": true}')]
+    parts += [(f"note{i}", None, b"ignored") for i in range(22)]
+    accepted = client.post(
+        "/commands/cat",
+        data=multipart(*parts),
+        content_type="multipart/form-data; boundary=b",
+    )
+    assert accepted.status_code == 200, accepted.json
+    refused(
+        client.application.store,  # the Gate the fixture made
+        413,
+        "request_entity_too_large",
+        lambda: client.post(
+            "/commands/cat",
+            data=multipart(*parts, ("one_more", None, b"")),
+            content_type="multipart/form-data; boundary=b",
+        ),
+    )
+    assert list(uploads_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("params", ["", '; boundary=""', "; boundary=\u00e9t\u00e9"])
+@pytest.mark.docs("uploads.md#the-request", "uploads.md#errors")
+def test_boundary_error_message(client: Client, params: str) -> None:
+    """A multipart Content-Type without a boundary, or with one not in ASCII, is 400 with
+    a message saying so."""
+    response = refused(
+        client.application.store,  # the Gate the fixture made
+        400,
+        "invalid_request",
+        lambda: client.post(
+            "/commands/show",
+            data=multipart(("request", None, REQUEST)),
+            content_type="multipart/form-data" + params,
+        ),
+    )
+    assert response.json["error"]["message"] == (
+        "multipart/form-data needs a boundary parameter, in ASCII"
+    )
+
+
+def test_form_parser_leaves_other_forms_to_werkzeug() -> None:
+    """FormParser is strict for multipart only: a urlencoded form parses as werkzeug's
+    FormDataParser would, with its max_form_memory_size (413 over it)."""
+    parser = FormParser(max_form_memory_size=10)
+    urlencoded = "application/x-www-form-urlencoded"
+    _, form, files = parser.parse(io.BytesIO(b"a=1&b=2"), urlencoded, 7, {})
+    assert (form.to_dict(), files.to_dict()) == ({"a": "1", "b": "2"}, {})
+    with pytest.raises(RequestEntityTooLarge):
+        parser.parse(io.BytesIO(b"a=" + b"x" * 20), urlencoded, 22, {})
+
+
+@pytest.mark.parametrize("group", [None, "daemon"])
+@pytest.mark.docs("uploads.md#where-files-go")
+def test_files_are_handed_to_the_commands_user(group: str | None) -> None:
+    """For a command with ``user`` (as root), the job's directory, each field's directory
+    and each file belong to that user, and to ``group`` or else the user's own group.
+    (The real temporary directory: nobody cannot enter the test's tmp_path.)"""
+    nobody = pwd.getpwnam("nobody")
+    gid = grp.getgrnam(group).gr_gid if group is not None else nobody.pw_gid
+    assert gid != nobody.pw_gid or group is None  # else a wrong group could pass unseen
+    gate = Gate()
+    gate.register(
+        "owners",
+        'stat -c %u:%g "${1%/*/*}" "${1%/*}" "$1" "$2"',
+        shell=True,
+        user="nobody",
+        group=group,
+    )
+    client = Client(gate)
+    try:
+        response = client.post(
+            "/commands/owners",
+            data=multipart(
+                ("request", None, b'{"args": ["{file:a}", "{file:b}"], "wait": true}'),
+                ("a", "a.txt", b"1"),
+                ("b", "b.txt", b"2"),
+            ),
+            content_type="multipart/form-data; boundary=b",
+        )
+    finally:
+        gate.close()
+    assert response.status_code == 200, response.json
+    assert response.json["stdout"] == f"{nobody.pw_uid}:{gid}\n" * 4, response.json
+
+
+def test_give_to_without_a_group_hands_files_to_the_users_group(uploads_dir: Path) -> None:
+    """Upload.give_to(user, None) uses the user's own group. (A Gate never passes None:
+    register() fills in the user's group; this pins give_to's own contract.)"""
+    nobody = pwd.getpwnam("nobody")
+    files = MultiDict([("f", FileStorage(io.BytesIO(b"1"), "f.txt", "f"))])
+    upload = save_upload(MultiDict(), files, max_files=3)
+    try:
+        upload.give_to("nobody", None)
+        file = Path(upload.paths["f"])
+        owners = {(p.stat().st_uid, p.stat().st_gid) for p in (file.parents[1], file.parent, file)}
+    finally:
+        upload.discard()
+    assert owners == {(nobody.pw_uid, nobody.pw_gid)}

@@ -17,7 +17,7 @@ from werkzeug.datastructures import FileStorage, Headers, MultiDict
 from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.utils import secure_filename
 
-from procgate.errors import InvalidRequest, ProcgateError
+from procgate.errors import InvalidRequest, PayloadTooLarge, ProcgateError
 
 if TYPE_CHECKING:
     from werkzeug.formparser import t_parse_result
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 _FIELD = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PLACEHOLDER = re.compile(r"\{file:([^{}]*)\}")
 _MAX_REQUEST_PART = 1 << 20  # the request part's JSON, like a JSON body
+_READ = 64 * 1024  # werkzeug's multipart read size
 
 
 class FormParser(FormDataParser):
@@ -56,11 +57,15 @@ class FormParser(FormDataParser):
             made.append(file)
             return file
 
+        limit = self.max_form_memory_size
         parser = _Fields(
             stream_factory=make_file,
-            max_form_memory_size=self.max_form_memory_size,
+            max_form_memory_size=limit,
             max_form_parts=self.max_form_parts,
             cls=self.cls,
+            # werkzeug holds each read, file data too, to max_form_memory_size: read at
+            # most half of it at a time, or max_body < 64 KiB refuses every larger upload.
+            buffer_size=_READ if limit is None else max(1, min(_READ, limit // 2)),
         )
         try:
             form, files = parser.parse(stream, boundary.encode("ascii"), content_length)
@@ -147,7 +152,7 @@ def save_upload(
             raise InvalidRequest("send the request part once")
         data = part[0].read(_MAX_REQUEST_PART + 1)
         if len(data) > _MAX_REQUEST_PART:
-            raise InvalidRequest("the request part is too large", code="request_entity_too_large")
+            raise PayloadTooLarge("the request part is too large", code="request_entity_too_large")
     body = _request_part(data)
     if len(files) > max_files:
         raise TooManyFiles(f"at most {max_files} files per request")
