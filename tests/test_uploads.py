@@ -8,7 +8,9 @@ import io
 import json
 import pwd
 import stat
+import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -646,3 +648,31 @@ def test_give_to_without_a_group_hands_files_to_the_users_group(uploads_dir: Pat
     finally:
         upload.discard()
     assert owners == {(nobody.pw_uid, nobody.pw_gid)}
+
+
+@pytest.mark.docs("uploads.md#where-files-go")
+def test_a_failed_hand_over_leaves_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command's group is deleted after it was registered: handing the files to it
+    fails, the request gets an error, and its directory does not stay behind."""
+    group = f"pgt{uuid.uuid4().hex[:8]}"
+    subprocess.run(["groupadd", group], check=True)
+    try:
+        gate = Gate()
+        gate.register("cat", ["cat"], user="nobody", group=group)
+    finally:
+        subprocess.run(["groupdel", group], check=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where procgate-job-* go
+    client = Client(gate)
+    try:
+        response = client.post(
+            "/commands/cat",
+            data=multipart(("request", None, b"{}"), ("a", "a.txt", b"1")),
+            content_type="multipart/form-data; boundary=b",
+        )
+    finally:
+        gate.close()
+    assert response.status_code >= 500, response.json
+    assert "error" in response.json
+    assert list(tmp_path.iterdir()) == []

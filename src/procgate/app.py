@@ -367,12 +367,12 @@ class Gate:
         upload = None
         if request.mimetype == "multipart/form-data":
             upload = save_upload(request.form, request.files, self.max_files)
-            if command.user is not None:  # the child must be able to read its files
-                upload.give_to(command.user, command.group)
             body = upload.body
         else:
             body = _json_body(request)
         try:
+            if upload is not None and command.user is not None:
+                upload.give_to(command.user, command.group)  # the child must read its files
             body = _check_fields(body, _UPLOAD_FIELDS if upload is not None else _JOB_FIELDS)
             args = self._args(body.get("args", []))
             spec = command.spec(
