@@ -1,3 +1,31 @@
-"""The store fixtures of the contract module, for the other contract modules here."""
+"""The store fixtures of the contract module, for the other contract modules here, and a
+small real disk for the SQLite file tests."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
 
 from tests.stores.test_contract import kind, make_store, store  # noqa: F401 - fixtures
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Callable[..., Path]]:
+    """``tmpfs(directory, size="4m")`` mounts a tmpfs there (over one already there, if
+    any): a real small disk, unmounted at teardown (the tests run as root, as CI does)."""
+    mounted: list[Path] = []
+
+    def mount(directory: Path, size: str = "4m") -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True
+        )
+        mounted.append(directory)
+        return directory
+
+    yield mount
+    for directory in reversed(mounted):
+        subprocess.run(["umount", "-l", str(directory)], check=True)
