@@ -98,7 +98,12 @@ TARGETS: dict[str, Target] = {
     ),
     "commands": Target(
         "src/procgate/commands.py",
-        ("tests/test_process.py", "tests/test_app.py", "tests/test_security.py"),
+        (
+            "tests/test_command_json.py",
+            "tests/test_process.py",
+            "tests/test_app.py",
+            "tests/test_security.py",
+        ),
         args=_IN_PROCESS_RUNNERS,
     ),
     "stores/sqlite": Target("src/procgate/stores/sqlite.py", _SQLITE_TESTS),
