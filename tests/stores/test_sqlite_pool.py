@@ -3,6 +3,7 @@ or deleted file, and close."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -171,3 +172,30 @@ def test_a_pool_without_an_anchor_says_a_deleted_file_is_gone(
     with pytest.raises(sqlite3.OperationalError, match=gone), pool.db():
         pass
     assert not path.exists()
+
+
+@pytest.mark.docs("stores.md#when-the-store-fails")
+def test_an_operator_reads_in_the_log_what_happened_to_the_file(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line when the file was replaced, one when it was deleted and written back,
+    each naming the file; nothing at a first use."""
+    caplog.set_level(logging.WARNING, logger="procgate")
+    fresh = ConnectionPool(str(path), busy_timeout=5.0)
+    try:
+        with fresh.db() as db:
+            db.execute("CREATE TABLE t (x UNIQUE)")
+            db.execute("INSERT INTO t VALUES ('old')")
+        assert caplog.records == []
+        replace(path, "new")
+        with fresh.db() as db:
+            assert rows(db) == ["new"]
+        path.unlink()
+        with fresh.db() as db:
+            assert rows(db) == ["new"]
+    finally:
+        fresh.close()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"SQLite store {path} was replaced: using the new file"),
+        ("ERROR", f"SQLite store {path} was deleted while in use: writing it back"),
+    ]
