@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.servers import Server, start_server
+from tests.stores.conftest import fill
 
 COMMANDS = """
 [runner]
@@ -145,16 +146,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the disk is full; its removal gives the space back."""
-    filler = directory / "filler"
-    with filler.open("wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * 65536)
-            out.flush()
-    return filler
 
 
 @pytest.mark.docs("stores.md#when-the-store-fails")

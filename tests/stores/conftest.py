@@ -3,12 +3,14 @@ small real disk for the SQLite file tests."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from procgate.stores.sqlite import SQLiteStore
 from tests.stores.test_contract import kind, make_store, store  # noqa: F401 - fixtures
 
 
@@ -29,3 +31,21 @@ def tmpfs() -> Iterator[Callable[..., Path]]:
     yield mount
     for directory in reversed(mounted):
         subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+@pytest.fixture
+def stores() -> Iterator[list[SQLiteStore]]:
+    made: list[SQLiteStore] = []
+    yield made
+    for opened in made:
+        opened.close()
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the disk is full; its removal gives the space back."""
+    filler = directory / "filler"
+    with filler.open("wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+    return filler

@@ -5,12 +5,11 @@ Real disks throughout: a small tmpfs filled up, a directory made immutable (chat
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import stat
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,27 +19,10 @@ from procgate.errors import StoreUnavailable
 from procgate.jobs import Outcome
 from procgate.stores._sqlite_file import REFILL_INTERVAL, RESERVE, Reserve
 from procgate.stores.sqlite import SQLiteStore
+from tests.stores.conftest import fill
 from tests.stores.test_contract import new_job
 
 Tmpfs = Callable[..., Path]
-
-
-@pytest.fixture
-def stores() -> Iterator[list[SQLiteStore]]:
-    made: list[SQLiteStore] = []
-    yield made
-    for store in made:
-        store.close()
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the disk is full; its removal gives the space back."""
-    filler = directory / "filler"
-    with filler.open("wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * 65536)
-            out.flush()
-    return filler
 
 
 def finished(store: SQLiteStore) -> str:
