@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import time
@@ -152,7 +151,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """
     import shutil
     import socket
-    import subprocess
 
     server = shutil.which("redis-server")
     if server is None:
@@ -201,10 +199,15 @@ def _pings(client: Any) -> bool:
 
 @pytest.fixture
 def servers() -> Iterator[list[Server]]:
-    """Real servers a test starts; each stopped (SIGTERM, or SIGKILL if it hangs) after."""
+    """Real servers a test starts; each stopped after (SIGTERM). One that hangs is killed,
+    and the test errors with its threads' stacks once all are stopped."""
     started: list[Server] = []
     yield started
+    hung = []
     for server in started:
         if server.proc.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
                 server.stop()
+            except AssertionError as exc:
+                hung.append(str(exc))
+    assert not hung, "\n\n".join(hung)

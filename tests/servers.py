@@ -51,7 +51,7 @@ class Server:
 
     def stop(self) -> int:
         """SIGTERM, as a service manager would; SIGKILL the group if it hangs."""
-        return _terminate(self.proc, self.crash)
+        return _terminate(self.proc, self.crash, self.log)
 
     def crash(self) -> None:
         """SIGKILL the master and every worker at once, like an OOM kill or a power cut."""
@@ -79,7 +79,7 @@ def start_server(
             [*argv, "--port", str(port), "--threads", "8", *extra],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
             cwd=directory,
             start_new_session=True,  # so crash() reaches the workers too
         )
@@ -118,7 +118,7 @@ class Worker:
 
     def stop(self) -> int:
         """SIGTERM: Celery's warm shutdown (running jobs finish); SIGKILL if it hangs."""
-        return _terminate(self.proc, self.kill)
+        return _terminate(self.proc, self.kill, self.log)
 
     def kill(self) -> None:
         """SIGKILL the worker process alone, as the OOM killer would; its jobs' children
@@ -139,6 +139,7 @@ def start_worker(directory: Path, config: str, name: str, *extra: str) -> Worker
             [*argv, "--hostname", f"{name}@test", *extra],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
             cwd=directory,
             start_new_session=True,
         )
@@ -160,14 +161,48 @@ GRACEFUL_TIMEOUT = 30.0
 STOP_MARGIN = 1.0
 
 
-def _terminate(proc: subprocess.Popen[bytes], kill: Callable[[], None]) -> int:
+def _terminate(proc: subprocess.Popen[bytes], kill: Callable[[], None], log: Path) -> int:
     """SIGTERM ``proc`` and return its exit status; ``kill()`` it if it is still there
     after the graceful timeout and a margin. Waiting only the graceful timeout (as this
-    did) killed a server that was stopping exactly as documented."""
+    did) killed a server that was stopping exactly as documented.
+
+    A process that hangs is first sent SIGSEGV, it and every process of its session (gunicorn
+    workers handle SIGABRT themselves, SIGSEGV they leave to it):
+    Python's fault handler (``PYTHONFAULTHANDLER``, set by ``start_server`` and
+    ``start_worker``) writes each thread's stack to the log, and the failure shows it."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
         return proc.wait(GRACEFUL_TIMEOUT + STOP_MARGIN)
     except subprocess.TimeoutExpired:
+        for pid in _session(proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSEGV)
+        deadline = time.monotonic() + ABORT_WAIT
+        while _session(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         kill()
-        raise
+        tail = log.read_bytes().decode(errors="replace")[-LOG_TAIL:]
+        raise AssertionError(
+            f"{proc.args!r} did not stop within {GRACEFUL_TIMEOUT + STOP_MARGIN} s of "
+            f"SIGTERM; the end of its log, with the stacks of its threads:\n{tail}"
+        ) from None
+
+
+#: How long the stacks of a hung process take to be written (it exits after them).
+ABORT_WAIT = 5.0
+#: How much of a hung process's log a failure shows (its last characters).
+LOG_TAIL = 60_000
+
+
+def _session(sid: int) -> list[int]:
+    """The live processes of session ``sid`` (fields 3 and 6 of /proc/PID/stat)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+                if int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
+                    pids.append(int(entry))
+    return pids
