@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]  # no hints
+from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]  # no hints
+from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]  # no hints
 
 from procgate._logging import log_to_stderr
 from procgate.app import Gate
@@ -16,6 +20,38 @@ def _close_gate(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
     if isinstance(app, Gate):
         app.close()
+
+
+#: The signals that stop a worker. One that reaches a new worker before the worker has
+#: set its own handlers meets the handler it inherited from the master, which only queues
+#: it in the worker's copy of the master: the worker would serve on, and a stop would take
+#: the whole graceful timeout (30 s) before the master killed it.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+
+
+class _Arbiter(Arbiter):  # type: ignore[misc]  # base class is untyped (Any)
+    """gunicorn's master, forking each worker with the stop signals blocked (``_Worker``
+    takes them once it has its handlers)."""
+
+    def spawn_worker(self) -> Any:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().spawn_worker()
+        finally:  # in the master, right after the fork; in the worker, as it exits
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+class _Worker(ThreadWorker):  # type: ignore[misc]  # base class is untyped (Any)
+    """gunicorn's threaded worker, taking the stop signals held back since its fork as
+    soon as its own handlers are set: a stop that came meanwhile stops it at once.
+
+    It unblocks before loading the Gate, while it is the worker's only thread: threads and
+    job processes started later inherit no blocked signal.
+    """
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 class Server(BaseApplication):  # type: ignore[misc]  # base class is untyped (Any)
@@ -30,10 +66,18 @@ class Server(BaseApplication):  # type: ignore[misc]  # base class is untyped (A
         for key, value in self.settings.items():
             self.cfg.set(key, value)
         self.cfg.set("worker_exit", _close_gate)
+        self.cfg.set("worker_class", _Worker)
         if "control_socket_disable" in self.cfg.settings:
             # gunicorn >= 25 listens on ~/.gunicorn/gunicorn.ctl: two servers would fight
             # over that one path, and procgate has no use for it
             self.cfg.set("control_socket_disable", True)
+
+    def run(self) -> None:
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as exc:  # gunicorn's way of saying it could not start
+            print(f"procgate: error: {exc}", file=sys.stderr)
+            sys.exit(1)
 
     def load(self) -> Gate:
         log_to_stderr()

@@ -121,7 +121,6 @@ def _serve(config: Config, options: argparse.Namespace) -> int:
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
         "errorlog": "-",
         "loglevel": os.environ.get("PROCGATE_LOG_LEVEL", "info"),
     }
