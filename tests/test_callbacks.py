@@ -59,7 +59,11 @@ def receiver() -> Iterator[Receiver]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
+            length = int(self.headers["Content-Length"])
+            body = self.rfile.read(length)
+            if len(body) < length:  # its sender died mid-request: not a delivery
+                self.close_connection = True
+                return
             state.received.append((self.path, dict(self.headers), body))
             code = state.codes.pop(0) if state.codes else state.code
             self.send_response(code)
@@ -917,16 +921,19 @@ kill_grace = 1
 """
 
 #: The argument of the job left running when the server is killed: found and ended by it.
-SLEEP = "31.4159"
+def _sleep_argument() -> str:
+    """31.x seconds, x unique to this test run: another run on the machine (two suites at
+    once) has its own, and neither kills the other's leftover."""
+    return f"31.{uuid.uuid4().int % 10**12:012d}"
 
 
-def _end_leftover_sleeps() -> None:
-    """Kill the ``sleep SLEEP`` a SIGKILLed server left behind (its own session)."""
+def _end_leftover_sleeps(seconds: str) -> None:
+    """Kill the ``sleep seconds`` a SIGKILLed server left behind (its own session)."""
     for entry in os.listdir("/proc"):
         with contextlib.suppress(OSError):
             with open(f"/proc/{entry}/cmdline", "rb") as file:
                 argv = file.read().split(b"\0")
-            if os.path.basename(argv[0]) == b"sleep" and argv[1:2] == [SLEEP.encode()]:
+            if os.path.basename(argv[0]) == b"sleep" and argv[1:2] == [seconds.encode()]:
                 os.kill(int(entry), signal.SIGKILL)
 
 
@@ -937,6 +944,7 @@ def test_callbacks_survive_a_killed_server(receiver: Receiver, tmp_path: Path) -
     one as ``lost`` by the sweep, each with one delivery id on every attempt."""
     receiver.code = 503
     config = SERVER_CONFIG.format(base=receiver.base)
+    seconds = _sleep_argument()
 
     def state(job_id: str) -> dict[str, Any]:
         job: dict[str, Any] = server.json("GET", f"/jobs/{job_id}")[1]
@@ -947,7 +955,7 @@ def test_callbacks_survive_a_killed_server(receiver: Receiver, tmp_path: Path) -
         body = {"args": ["kept"], "callback_url": receiver.url, "wait": True}
         done = server.json("POST", "/commands/echo", body)[1]["id"]
         running = server.json(
-            "POST", "/commands/sleep", {"args": [SLEEP], "callback_url": receiver.url}
+            "POST", "/commands/sleep", {"args": [seconds], "callback_url": receiver.url}
         )[1]["id"]
         wait_for(lambda: state(done)["callback"]["last_status"] == 503)  # tried, refused
         wait_for(lambda: state(running)["status"] == "running")
@@ -962,7 +970,7 @@ def test_callbacks_survive_a_killed_server(receiver: Receiver, tmp_path: Path) -
         finally:
             server.stop()
     finally:
-        _end_leftover_sleeps()
+        _end_leftover_sleeps(seconds)
     by_id: dict[str, list[dict[str, Any]]] = {}
     for _, headers, raw in receiver.received:
         by_id.setdefault(headers["X-Procgate-Delivery"], []).append(json.loads(raw))
