@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.servers import free_port
+from tests.stores.conftest import fill, tmpfs  # noqa: F401 - a fixture, for test_redis.py
 from tests.test_celery import cluster  # noqa: F401 - a fixture, for test_celery.py here
 
 
@@ -26,6 +27,8 @@ class RedisServer:
     directory: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: More ``redis-server`` options; they override the ones above.
+    options: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -41,6 +44,7 @@ class RedisServer:
                 *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)),
                 *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
                 *("--loglevel", "warning"),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -20,10 +20,12 @@ import redis
 from werkzeug.test import Client
 
 from procgate import Gate, ThreadRunner
+from procgate.errors import StoreUnavailable
 from procgate.stores.redis import RedisStore
 from tests.conftest import wait_for
-from tests.faults.conftest import RedisServer
-from tests.servers import Server, start_server
+from tests.faults.conftest import RedisServer, fill
+from tests.servers import Server, free_port, start_server
+from tests.stores.test_contract import new_job
 
 #: Longer than the client's socket_timeout (1 s) below, twice over.
 WAIT = 2.5
@@ -197,3 +199,138 @@ def test_a_wait_across_a_redis_restart_answers(
     status, done = server.json("GET", f"/jobs/{job['id']}?wait=30")
     assert status == 200, done
     assert done["status"] == "succeeded", done
+
+
+# -- Redis refusing work, in this process ---------------------------------------------
+
+
+def _store(server: RedisServer, **options: Any) -> RedisStore:
+    """A store of its own on ``server``, whose client gives up after 2 s."""
+    url = f"{server.url}?socket_timeout=2&socket_connect_timeout=2"
+    return RedisStore(url, prefix=f"t-{uuid.uuid4().hex}:", **options)
+
+
+def _gate(store: RedisStore) -> Gate:
+    gate = Gate(store=store, runner=ThreadRunner(max_workers=2), max_wait=60)
+    gate.register("echo", ["echo"])
+    return gate
+
+
+def _refused(client: Client, why: str) -> None:
+    """A new job is refused: 503 ``store_unavailable``, Retry-After, ``why`` in the message."""
+    response = client.post("/commands/echo", json={"args": ["x"], "wait": True})
+    assert response.status_code == 503, response.json
+    assert response.json["error"]["code"] == "store_unavailable"
+    assert why in response.json["error"]["message"]
+    assert response.headers["Retry-After"] == "2"
+
+
+UNAVAILABLE = r"^the Redis store is unavailable: "
+
+
+@pytest.mark.docs("stores.md#when-the-store-fails")
+def test_a_stopped_redis_is_store_unavailable(own_redis: RedisServer) -> None:
+    """Every call on a stopped Redis raises StoreUnavailable with redis-py's error, and
+    works again once Redis is back (appendfsync always: the job is still there)."""
+    store = _store(own_redis)
+    try:
+        job = new_job()
+        store.create(job)
+        own_redis.stop()
+        with pytest.raises(StoreUnavailable, match=UNAVAILABLE + "ConnectionError: "):
+            store.get(job.id)
+        with pytest.raises(StoreUnavailable, match=UNAVAILABLE + "ConnectionError: "):
+            store.create(new_job())
+        own_redis.start()
+        assert store.get(job.id).id == job.id
+    finally:
+        store.close()
+
+
+@pytest.mark.docs("stores.md#when-the-store-fails")
+def test_a_redis_out_of_memory_is_store_unavailable(own_redis: RedisServer) -> None:
+    """Over ``maxmemory`` with nothing to evict, Redis answers OOM, which redis-py raises
+    as its OutOfMemoryError: 503, not a 500, and jobs go through again once there is
+    room. (It was a 500: the check looked for the reply code, which redis-py drops.)"""
+    gate = _gate(_store(own_redis))
+    admin = redis.Redis(port=own_redis.port, socket_timeout=5)
+    try:
+        client = Client(gate)
+        admin.config_set("maxmemory", "1")
+        _refused(client, "OutOfMemoryError: command not allowed when used memory")
+        admin.config_set("maxmemory", "0")
+        assert client.post("/commands/echo", json={"wait": True}).status_code == 200
+    finally:
+        admin.config_set("maxmemory", "0")
+        admin.close()
+        gate.close()
+
+
+@pytest.mark.docs("stores.md#when-the-store-fails")
+def test_a_read_only_redis_is_store_unavailable(own_redis: RedisServer) -> None:
+    """A Redis turned into a replica (of nothing that answers) refuses writes with
+    READONLY: 503, and jobs go through again once it is a primary."""
+    gate = _gate(_store(own_redis))
+    admin = redis.Redis(port=own_redis.port, socket_timeout=5)
+    try:
+        client = Client(gate)
+        admin.replicaof("127.0.0.1", str(free_port()))
+        _refused(client, "ReadOnlyError: You can't write against a read only replica")
+        admin.replicaof("NO", "ONE")
+        assert client.post("/commands/echo", json={"wait": True}).status_code == 200
+    finally:
+        admin.replicaof("NO", "ONE")
+        admin.close()
+        gate.close()
+
+
+@pytest.mark.docs("stores.md#when-the-store-fails")
+def test_a_redis_that_cannot_save_is_store_unavailable(tmp_path: Path, tmpfs: Any) -> None:
+    """A Redis with save points whose snapshot failed (its disk is full) refuses writes
+    with MISCONF, which redis-py leaves a plain ResponseError: a new job is 503, and so is
+    a read whose retention pass deletes an expired job in a pipeline (the reply then comes
+    after "caused error: "). Jobs go through again once a snapshot succeeds."""
+    disk = tmpfs(tmp_path / "redis", "4m")
+    server = RedisServer(disk, options=("--save", "3600 1", "--appendonly", "no"))
+    server.start()
+    store = _store(server, ttl=0.2, evict_interval=0)
+    gate = _gate(store)
+    admin = redis.Redis(port=server.port, socket_timeout=5)
+    filler = disk / "filler"
+    try:
+        client = Client(gate)
+        done = client.post("/commands/echo", json={"wait": True}).json["id"]
+        fill(disk)
+        admin.bgsave()
+        wait_for(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err")
+        _refused(client, "MISCONF ")
+        time.sleep(0.3)  # the finished job is past its ttl now
+        response = client.get(f"/jobs/{done}")
+        assert response.status_code == 503, response.json
+        assert "caused error: MISCONF " in response.json["error"]["message"]
+        filler.unlink()
+        admin.bgsave()
+        wait_for(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "ok")
+        assert client.post("/commands/echo", json={"wait": True}).status_code == 200
+    finally:
+        filler.unlink(missing_ok=True)
+        admin.close()
+        gate.close()
+        server.stop()
+
+
+def test_a_reply_that_is_a_bug_is_not_a_fault(own_redis: RedisServer) -> None:
+    """A reply that says procgate misused Redis (here WRONGTYPE, a job key of the wrong
+    type) is not StoreUnavailable: it passes through as redis-py's ResponseError."""
+    store = _store(own_redis)
+    admin = redis.Redis(port=own_redis.port, socket_timeout=5)
+    try:
+        job = new_job()
+        store.create(job)
+        admin.set(f"{store.prefix}job:{job.id}", "not a hash")
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE") as info:
+            store.get(job.id)
+        assert not isinstance(info.value, StoreUnavailable)
+    finally:
+        admin.close()
+        store.close()

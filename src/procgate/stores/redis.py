@@ -43,7 +43,10 @@ FORGET_OWNERS_AFTER = 86400.0
 LIST_BATCH = 200
 
 #: Error replies that mean the server cannot take writes now, not a bug of ours: out of
-#: memory under ``maxmemory``, a failed background save, a read-only replica.
+#: memory under ``maxmemory``, a failed background save, a read-only replica, a replica
+#: still loading or cut off from its master. redis-py raises most as classes of their own
+#: (below), without the code; the rest as ResponseError with it, after "caused error: "
+#: when the command was part of a pipeline.
 _UNAVAILABLE_REPLIES = ("OOM ", "MISCONF ", "READONLY ", "LOADING ", "MASTERDOWN ")
 
 
@@ -51,9 +54,18 @@ def _fault(exc: BaseException) -> str | None:
     """Why Redis is unavailable, if ``exc`` says it is (see ``translate_faults``)."""
     if redis is None:  # pragma: no cover - RedisStore refuses to exist without redis-py
         return None
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError)):
+    unavailable = (
+        redis.ConnectionError,  # BusyLoadingError (LOADING) among them
+        redis.TimeoutError,
+        redis.ReadOnlyError,
+        redis.exceptions.OutOfMemoryError,
+        redis.exceptions.MasterDownError,
+        OSError,
+    )
+    if isinstance(exc, unavailable):
         return f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, redis.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES):
+    reply = str(exc).rpartition("caused error: ")[2]
+    if isinstance(exc, redis.ResponseError) and reply.startswith(_UNAVAILABLE_REPLIES):
         return str(exc)
     return None
 
