@@ -28,7 +28,7 @@ from werkzeug.test import Client
 from procgate import Gate, MemoryStore, SQLiteStore, ThreadRunner
 from procgate import callbacks as callbacks_module
 from procgate.callback_url import MAX_URL, check_callback_url
-from procgate.callbacks import Notifier
+from procgate.callbacks import Delivery, Notifier
 from procgate.errors import InvalidRequest, StoreUnavailable
 from procgate.jobs import Job, JobStatus, Outcome, Spec, new_job_id
 from procgate.stores import JobStore
@@ -920,10 +920,11 @@ argv = ["sleep"]
 kill_grace = 1
 """
 
-#: The argument of the job left running when the server is killed: found and ended by it.
+
 def _sleep_argument() -> str:
-    """31.x seconds, x unique to this test run: another run on the machine (two suites at
-    once) has its own, and neither kills the other's leftover."""
+    """The argument of the job left running when the server is killed (found and ended by
+    the restarted server): 31.x seconds, x unique to this test run, so that another run on
+    the machine (two suites at once) has its own and neither kills the other's leftover."""
     return f"31.{uuid.uuid4().int % 10**12:012d}"
 
 
@@ -978,6 +979,40 @@ def test_callbacks_survive_a_killed_server(receiver: Receiver, tmp_path: Path) -
     assert len(by_id[done]) >= 2  # refused before the kill, delivered after
     assert {payload["id"] for payload in by_id[done]} == {done}
     assert by_id[running][-1]["status"] == "lost"
+
+
+def test_a_claim_taken_as_the_notifier_closes_goes_back_untried() -> None:
+    """A callback claimed just before the Notifier closes is not tried: it goes back to
+    the outbox pending, its attempt not counted, due at once for another process."""
+    store = MemoryStore()
+    notifier = Notifier(store, allow=["http://cb.example/"], backoff=10, max_attempts=4)
+    url = "http://cb.example/hook"
+    job = finished_job(store, url)
+    lease = notifier.timeout + notifier.lease_margin
+    [claimed] = store.claim_callbacks(time.time(), lease, 10)
+    assert claimed.callback is not None
+    assert claimed.callback["attempts"] == 1
+    notifier.close()
+    notifier._deliver(claimed)
+    assert store.get(job.id).callback == Delivery(url).to_json()  # pending, 0 attempts
+    [again] = store.claim_callbacks(time.time(), lease, 10)
+    assert again.id == job.id
+
+
+def test_a_callback_record_without_its_counters_is_pending_and_untried() -> None:
+    """The callback state stored with a job reads back field by field; a record with only
+    its ``url`` (as first stored) is a pending callback with no attempt yet."""
+    full = {
+        "url": "http://cb.example/a",
+        "status": "failed",
+        "attempts": 3,
+        "last_status": 500,
+        "last_error": "HTTP 500",
+    }
+    assert Delivery.from_json(full).to_json() == full
+    assert Delivery.from_json({"url": "http://cb.example/a"}) == Delivery(
+        "http://cb.example/a", "pending", 0, None, None
+    )
 
 
 def test_failed_attempts_are_retried_on_the_backoff_schedule(
