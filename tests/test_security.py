@@ -478,6 +478,39 @@ def test_user_needs_root_or_exists() -> None:
 
 
 @pytest.mark.docs("security.md#rlimits-user-and-group")
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"user": "no-such-user-procgate"}, "no such user or group: .*'no-such-user-procgate'"),
+        ({"group": "no-such-group-procgate"}, "no such user or group: .*'no-such-group-procgate'"),
+        ({"limits": 5}, "limits must be a table of rlimit = number$"),
+        (
+            {"limits": {"files": 5}},
+            "unknown limit 'files'; known: as, core, cpu, data, fsize, memlock, nofile, nproc, "
+            "rss, stack$",
+        ),
+        ({"limits": {"nofile": "64"}}, "limit nofile must be a whole number >= 0$"),
+        ({"limits": {"core": True}}, "limit core must be a whole number >= 0$"),
+        ({"limits": {"nofile": -1}}, "limit nofile must be a whole number >= 0$"),
+    ],
+    ids=["user", "group-alone", "limits-not-a-table", "unknown", "string", "bool", "negative"],
+)
+def test_identity_and_limits_are_checked_at_registration(
+    options: dict[str, Any], message: str
+) -> None:
+    """A user or group that does not exist (a group alone too), and limits that are not a
+    table of known rlimits with whole numbers >= 0, are refused when the command is
+    registered, with a message naming the command; a limit of 0 (``core = 0``) is fine."""
+    gate = Gate()
+    try:
+        with pytest.raises(ConfigError, match="^command 'x': " + message):
+            gate.register("x", ["echo"], **options)
+        gate.register("y", ["echo"], limits={"core": 0})
+    finally:
+        gate.close()
+
+
+@pytest.mark.docs("security.md#rlimits-user-and-group")
 def test_runs_as_configured_user() -> None:
     """As root, a command with user = "nobody" runs as nobody, without root's groups."""
     gate = Gate()
