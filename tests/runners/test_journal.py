@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from procgate import MemoryStore
 from procgate.errors import StoreUnavailable
-from procgate.runners.journal import RETRY_WHILE_CLOSING, OutputWriter, persist
+from procgate.runners.journal import RETRY_WHILE_CLOSING, OutputWriter, cancel_check, persist
+from procgate.stores.redis import RedisStore
+from tests.faults.conftest import RedisServer
 from tests.stores.test_contract import new_job
 
 
@@ -51,3 +55,27 @@ def test_output_is_numbered_from_1_with_offsets_per_stream() -> None:
         (3, "stdout", 2, b"c"),
         (4, "stderr", 1, b"yz"),
     ]
+
+
+def test_a_cancel_check_the_store_cannot_answer_is_no_cancel_warned_once(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """While the store cannot say whether a job was cancelled (here its Redis stopped),
+    every check answers "not cancelled", so the child goes on, and the log says so once
+    for the job, not every 50 ms. A halting runner still stops it."""
+    server = RedisServer(tmp_path)
+    server.start()
+    store = RedisStore(f"{server.url}?socket_connect_timeout=1")
+    server.stop()
+    halt = threading.Event()
+    check = cancel_check(store, "job-1", halt)
+    with caplog.at_level(logging.WARNING, logger="procgate"):
+        assert [check(), check(), check()] == [False, False, False]
+    warnings = [r.getMessage() for r in caplog.records if "cancel" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(
+        "job job-1: cannot check for a cancel: the Redis store is unavailable: ConnectionError"
+    )
+    halt.set()
+    assert check() is True
+    store.close()
