@@ -22,7 +22,9 @@ survivors are recorded in docs/testing.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -223,19 +225,60 @@ def run(
     # One worker: the machine is shared; mutmut forks one child per mutant.
     argv = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *names]
     started = time.monotonic()
-    child = subprocess.Popen(argv, cwd=dest)
+    child = subprocess.Popen(_isolated(argv), cwd=dest)
     try:
         child.wait(timeout=minutes * 60 if minutes else None)
     except subprocess.TimeoutExpired:
         # mutmut saves each result as it goes; SIGINT makes it stop cleanly, and a later
         # run of the module carries on with the mutants not checked yet.
-        child.send_signal(signal.SIGINT)
+        for pid in _descendants(child.pid, depth=3):  # unshare, its sh, then mutmut
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
         try:
             child.wait(timeout=60)
         except subprocess.TimeoutExpired:  # SIGINT is not always noticed between mutants
-            child.terminate()
+            child.kill()  # with unshare --kill-child, mutmut and its namespace go too
             child.wait()
     return _score(module, dest, target, time.monotonic() - started)
+
+
+def _isolated(argv: list[str]) -> list[str]:
+    """``argv`` in a PID namespace of its own, as root with util-linux's ``unshare``.
+
+    mutmut 3 sends SIGXCPU to each mutant child's pid at the child's wall-clock deadline,
+    whether or not the child is still there (its timeout heap is never cleared). On a busy
+    machine the pid has often gone to another process by then (pid_max is 32768 here, and
+    the suite wraps it in minutes): a loaded-suite pytest run died of it. Inside a
+    namespace of its own, mutmut's pids are its own, and whatever it leaves is killed
+    with it. A shell is the namespace's init, reaping the orphans that the tests leave
+    (mutmut as init would reap them in its own waits, and fail on their pids).
+    """
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        print(
+            "warning: not root or no unshare: mutmut may SIGXCPU another process that "
+            "reuses one of its children's pids; run nothing else meanwhile",
+            file=sys.stderr,
+        )
+        return argv
+    init = ["sh", "-c", '"$@"; status=$?; exit $status', "sh"]
+    return [unshare, "--pid", "--mount-proc", "--kill-child=SIGKILL", *init, *argv]
+
+
+def _descendants(pid: int, depth: int) -> list[int]:
+    """``pid`` and its descendants down to ``depth`` generations (itself is the first)."""
+    found, level = [pid], [pid]
+    for _ in range(depth - 1):
+        below = []
+        for parent in level:
+            with (
+                contextlib.suppress(OSError),
+                open(f"/proc/{parent}/task/{parent}/children") as file,
+            ):
+                below.extend(int(word) for word in file.read().split())
+        found.extend(below)
+        level = below
+    return found
 
 
 def _score(
