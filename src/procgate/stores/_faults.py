@@ -36,6 +36,8 @@ def translate_faults(name: str, classify: Classify) -> Callable[[type[_T]], type
         for attr, value in list(vars(cls).items()):
             if attr.startswith("_") or not callable(value) or isinstance(value, staticmethod):
                 continue
+            if "__mutmut_" in attr:  # mutmut's copy of a method, private ones too: not API
+                continue
             setattr(cls, attr, _guarded(value, name, classify))
         return cls
 
