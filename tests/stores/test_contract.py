@@ -90,9 +90,12 @@ def new_job(command: str = "echo", key: str | None = None, owner: str | None = N
 #: notifier. Measured on 2 cores loaded by two busy loops, 10 runs of every wake-up test
 #: below: worst 0.046 s (SQLite, two store objects), 0.018 s for any other; twice that.
 WAKE_BOUND = 0.1
-#: Longest ``close()`` may take to release a blocked waiter: worst of 10 loaded runs
-#: 0.021 s (SQLite), twice that rounded up.
-CLOSE_BOUND = 0.05
+#: Longest ``close()`` may take to release a blocked waiter. Worst of 10 runs on 2 cores
+#: loaded by two busy loops: 0.021 s (SQLite); but 0.148 s in the loaded-suite series
+#: (bench/loaded_suite.py, load average 10-13), which failed the 0.05 s this was: twice
+#: that, rounded up. Still far below the 30 s wait it cuts short, and within the promise
+#: ("wake every waiter"), which sets no time.
+CLOSE_BOUND = 0.3
 
 
 def woken_after(
