@@ -247,39 +247,40 @@ def test_a_stopped_redis_is_store_unavailable(own_redis: RedisServer) -> None:
         store.close()
 
 
+#: Ways to make a Redis refuse writes, each with its undoing and what redis-py raises:
+#: over ``maxmemory`` with nothing to evict (OOM, raised as OutOfMemoryError without its
+#: code: the check looked for the code, so this was a 500), and a replica of nothing
+#: that answers (READONLY).
+REFUSALS = {
+    "oom": (
+        lambda admin: admin.config_set("maxmemory", "1"),
+        lambda admin: admin.config_set("maxmemory", "0"),
+        "OutOfMemoryError: command not allowed when used memory",
+    ),
+    "readonly": (
+        lambda admin: admin.replicaof("127.0.0.1", str(free_port())),
+        lambda admin: admin.replicaof("NO", "ONE"),
+        "ReadOnlyError: You can't write against a read only replica",
+    ),
+}
+
+
 @pytest.mark.docs("stores.md#when-the-store-fails")
-def test_a_redis_out_of_memory_is_store_unavailable(own_redis: RedisServer) -> None:
-    """Over ``maxmemory`` with nothing to evict, Redis answers OOM, which redis-py raises
-    as its OutOfMemoryError: 503, not a 500, and jobs go through again once there is
-    room. (It was a 500: the check looked for the reply code, which redis-py drops.)"""
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_a_redis_refusing_writes_is_store_unavailable(own_redis: RedisServer, refusal: str) -> None:
+    """A Redis that refuses writes (out of memory, a read-only replica) makes a new job
+    503 with the reason, not a 500, and jobs go through again once it takes writes."""
+    refuse, allow, reason = REFUSALS[refusal]
     gate = _gate(_store(own_redis))
     admin = redis.Redis(port=own_redis.port, socket_timeout=5)
     try:
         client = Client(gate)
-        admin.config_set("maxmemory", "1")
-        _refused(client, "OutOfMemoryError: command not allowed when used memory")
-        admin.config_set("maxmemory", "0")
+        refuse(admin)
+        _refused(client, reason)
+        allow(admin)
         assert client.post("/commands/echo", json={"wait": True}).status_code == 200
     finally:
-        admin.config_set("maxmemory", "0")
-        admin.close()
-        gate.close()
-
-
-@pytest.mark.docs("stores.md#when-the-store-fails")
-def test_a_read_only_redis_is_store_unavailable(own_redis: RedisServer) -> None:
-    """A Redis turned into a replica (of nothing that answers) refuses writes with
-    READONLY: 503, and jobs go through again once it is a primary."""
-    gate = _gate(_store(own_redis))
-    admin = redis.Redis(port=own_redis.port, socket_timeout=5)
-    try:
-        client = Client(gate)
-        admin.replicaof("127.0.0.1", str(free_port()))
-        _refused(client, "ReadOnlyError: You can't write against a read only replica")
-        admin.replicaof("NO", "ONE")
-        assert client.post("/commands/echo", json={"wait": True}).status_code == 200
-    finally:
-        admin.replicaof("NO", "ONE")
+        allow(admin)
         admin.close()
         gate.close()
 
