@@ -14,6 +14,7 @@ from werkzeug.test import Client
 
 from procgate import Gate, JobStore, ProcessRunner, SyncRunner, ThreadRunner, open_store
 from procgate.runners import Runner
+from tests.proctable import processes
 from tests.servers import Server
 
 RUNNER_KINDS = ["sync", "thread", "process"]
@@ -114,33 +115,20 @@ def refused(store: JobStore, status: int, code: str, send: Callable[[], Any]) ->
     return response
 
 
-def _processes() -> Iterator[tuple[int, str, int, int]]:
-    """(pid, state, ppid, pgid) of every process, read from /proc."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as file:
-                fields = file.read().rsplit(")", 1)[1].split()
-        except OSError:  # it exited while we looked
-            continue
-        yield int(entry), fields[0], int(fields[1]), int(fields[2])
-
-
 def live_pids_in_group(pgid: int) -> list[int]:
     """Processes of a process group that are still alive (zombies count as gone)."""
-    return [pid for pid, state, _, group in _processes() if group == pgid and state not in "ZX"]
+    return [pid for pid, state, _, group, _ in processes() if group == pgid and state not in "ZX"]
 
 
 def children_of(parent: int) -> list[int]:
     """Live child processes of ``parent``."""
-    return [pid for pid, state, ppid, _ in _processes() if ppid == parent and state != "Z"]
+    return [pid for pid, state, ppid, _, _ in processes() if ppid == parent and state != "Z"]
 
 
 def zombie_children() -> list[int]:
     """Direct children of this process that exited but were never reaped."""
     me = os.getpid()
-    return [pid for pid, state, ppid, _ in _processes() if state == "Z" and ppid == me]
+    return [pid for pid, state, ppid, _, _ in processes() if state == "Z" and ppid == me]
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.proctable import processes
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -196,13 +198,7 @@ LOG_TAIL = 60_000
 
 
 def _session(sid: int) -> list[int]:
-    """The live processes of session ``sid`` (fields 3 and 6 of /proc/PID/stat)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    fields = stat.read().rsplit(b")", 1)[1].split()
-                if int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
-                    pids.append(int(entry))
-    return pids
+    """The live processes of session ``sid``."""
+    return [
+        pid for pid, state, _, _, session in processes() if session == sid and state not in "ZX"
+    ]
