@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import signal
 import socket
@@ -828,9 +829,16 @@ class FlakyStore(MemoryStore):
         return super().set_callback(job_id, state, attempt=attempt, retry_at=retry_at)
 
 
-def test_a_store_outage_delays_delivery_and_never_stops_it(receiver: Receiver) -> None:
+@pytest.mark.docs("callbacks.md#durability-and-repeats")
+def test_a_store_outage_delays_delivery_and_never_stops_it(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
     """Claims that fail are retried with backoff; an attempt whose result could not be
-    recorded is made again when its lease ends: delivered at least once, same id."""
+    recorded is made again when its lease ends: delivered at least once, same id. Each
+    failed store call is one warning on the ``procgate`` logger, naming the job and the
+    store's error, and a failed claim the wait before the next (doubling from twice
+    ``poll_interval``)."""
+    caplog.set_level(logging.WARNING, logger="procgate")
     store = FlakyStore(claims=3, records=1)
     job = finished_job(store, receiver.url)
     notifier = Notifier(
@@ -842,6 +850,13 @@ def test_a_store_outage_delays_delivery_and_never_stops_it(receiver: Receiver) -
     finally:
         notifier.close()
     assert store.failures == {"claim": 0, "record": 0}
+    error = "the store is unavailable: testing"
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("procgate", "WARNING", f"cannot claim callbacks ({error}); again in 0.1 s"),
+        ("procgate", "WARNING", f"cannot claim callbacks ({error}); again in 0.2 s"),
+        ("procgate", "WARNING", f"cannot claim callbacks ({error}); again in 0.4 s"),
+        ("procgate", "WARNING", f"could not record the callback of job {job.id} ({error})"),
+    ]
     assert receiver.deliveries() == [job.id, job.id]
     assert store.get(job.id).callback == {
         "url": receiver.url,
@@ -997,6 +1012,95 @@ def test_a_claim_taken_as_the_notifier_closes_goes_back_untried() -> None:
     assert store.get(job.id).callback == Delivery(url).to_json()  # pending, 0 attempts
     [again] = store.claim_callbacks(time.time(), lease, 10)
     assert again.id == job.id
+
+
+class BrokenStore(MemoryStore):
+    """A memory store whose outbox claims fail with an error that is not procgate's."""
+
+    def claim_callbacks(self, now: float, lease: float, limit: int) -> list[Job]:
+        raise RuntimeError("a bug in the store")
+
+
+def test_a_claim_that_raises_an_unexpected_error_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error that is not a store outage (a bug) is logged with its traceback, and the
+    poller backs off and goes on claiming as it does for an outage."""
+    caplog.set_level(logging.WARNING, logger="procgate")
+    store = BrokenStore()
+    notifier = Notifier(store, allow=["http://cb.example/"], poll_interval=0.05)
+    notifier.start()
+    try:
+        wait_for(lambda: len(caplog.records) >= 2)
+    finally:
+        notifier.close()
+    first, second = caplog.records[:2]
+    assert (first.levelname, first.getMessage()) == (
+        "ERROR",
+        "cannot claim callbacks; again in 0.1 s",
+    )
+    assert first.exc_info is not None
+    assert str(first.exc_info[1]) == "a bug in the store"
+    assert second.getMessage() == "cannot claim callbacks; again in 0.2 s"
+
+
+def test_a_claim_that_cannot_be_handed_back_is_logged_and_left_to_its_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A claim the closing Notifier cannot hand back (its store is down) is one warning
+    naming the job; the claim stays as it was, leased, for another process to retry."""
+    caplog.set_level(logging.WARNING, logger="procgate")
+    store = FlakyStore(claims=0, records=1)
+    notifier = Notifier(store, allow=["http://cb.example/"])
+    job = finished_job(store, "http://cb.example/hook")
+    [claimed] = store.claim_callbacks(time.time(), notifier.timeout + notifier.lease_margin, 10)
+    notifier.close()
+    notifier._deliver(claimed)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            f"could not hand back the callback of job {job.id} (the store is unavailable: testing)",
+        )
+    ]
+    assert store.get(job.id).callback == {
+        **Delivery("http://cb.example/hook").to_json(),
+        "attempts": 1,
+    }
+    assert store.claim_callbacks(time.time(), 60, 10) == []  # still leased
+
+
+def test_a_bug_in_a_delivery_is_logged_and_the_worker_goes_on(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception out of one delivery (a bug of procgate's) is logged with the job's id
+    and its traceback; the worker thread delivers the next callback."""
+    caplog.set_level(logging.WARNING, logger="procgate")
+    store = MemoryStore()
+    notifier = Notifier(store, allow=[receiver.base], poll_interval=0.05, workers=1)
+    deliver = notifier._deliver
+    broken = finished_job(store, receiver.url)
+
+    def buggy(job: Job) -> None:
+        if job.id == broken.id:
+            raise ValueError("a bug in delivery")
+        deliver(job)
+
+    monkeypatch.setattr(notifier, "_deliver", buggy)
+    notifier.start()
+    try:
+        wait_for(lambda: caplog.records)
+        fine = finished_job(store, receiver.url)
+        notifier.wake()
+        wait_for(lambda: receiver.deliveries() == [fine.id])
+    finally:
+        notifier.close()
+    [record] = caplog.records
+    assert (record.levelname, record.getMessage()) == (
+        "ERROR",
+        f"callback of job {broken.id} failed inside procgate",
+    )
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "a bug in delivery"
 
 
 def test_a_callback_record_without_its_counters_is_pending_and_untried() -> None:
