@@ -5,6 +5,7 @@
     nice -n 10 python3 tests/mutation/run.py policy jobs      # some modules
     python3 tests/mutation/run.py --list                      # the module -> tests map
     python3 tests/mutation/run.py --survivors callback_url    # show surviving diffs
+    python3 tests/mutation/run.py --survivors --all stores/sqlite  # with the equivalent ones
 
 Each module gets a scratch copy of the project under ``mutants/<module>/`` (git-ignored),
 and mutmut mutates only that copy: the working tree is never written. Tests run in-process
@@ -34,6 +35,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: tests/ is imported from the project root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.mutation.equivalent import classify
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "mutants"
@@ -284,18 +289,54 @@ def _descendants(pid: int, depth: int) -> list[int]:
 def _score(
     module: str, dest: Path, target: Target, elapsed: float
 ) -> tuple[int, int, Counter[str]]:
-    statuses = Counter(_selected(target, _results(dest)).values())
-    total = sum(statuses.values())
+    results = _selected(target, _results(dest))
+    statuses = Counter(results.values())
+    survived = [name for name, status in results.items() if status in RECHECK]
+    rules = Counter(rule for rule in _equivalence(dest, survived).values() if rule is not None)
+    statuses.update({f"equivalent ({rule})": n for rule, n in rules.items()})
+    total = sum(n for status, n in statuses.items() if not status.startswith("equivalent"))
     killed = sum(n for status, n in statuses.items() if status in KILLED)
     print(f"== {module}: {killed}/{total} killed in {elapsed:.0f} s  {dict(statuses)}", flush=True)
     return killed, total, statuses
 
 
-def survivors(module: str, target: Target) -> None:
+def _diffs(dest: Path, names: list[str]) -> dict[str, str]:
+    """Each mutant's diff, as ``mutmut show`` prints it, read in one process."""
+    if not names:
+        return {}
+    script = (
+        "import json, sys\n"
+        "from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant\n"
+        "path = find_mutant(sys.argv[1]).path\n"
+        "print(json.dumps({n: get_diff_for_mutant(n, path=path) for n in sys.argv[1:]}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, *names],
+        cwd=dest,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    diffs: dict[str, str] = json.loads(out)
+    return diffs
+
+
+def _equivalence(dest: Path, names: list[str]) -> dict[str, str | None]:
+    """The rule of tests/mutation/equivalent.py that each survivor meets, or None."""
+    return {name: classify(diff) for name, diff in _diffs(dest, names).items()}
+
+
+def survivors(module: str, target: Target, *, every: bool) -> None:
+    """Print each survivor's diff; those equivalent by a rule only when ``every``."""
     dest = WORK / module.replace("/", ".")
-    for name, status in sorted(_selected(target, _results(dest)).items()):
-        if status not in KILLED:
-            subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=dest, check=False)
+    results = _selected(target, _results(dest))
+    names = sorted(name for name, status in results.items() if status not in KILLED)
+    diffs = _diffs(dest, names)
+    for name in names:
+        rule = classify(diffs[name])
+        if rule is None or every:
+            print(f"# {name}: {results[name]}" + (f", equivalent ({rule})" if rule else ""))
+            print(diffs[name])
 
 
 def main() -> int:
@@ -309,7 +350,14 @@ def main() -> int:
     parser.add_argument(
         "--recheck", action="store_true", help="rerun only the survivors (after a new test)"
     )
-    parser.add_argument("--survivors", action="store_true", help="show surviving mutants")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="show the surviving mutants not equivalent by a rule of equivalent.py",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="with --survivors, the equivalent ones too"
+    )
     parser.add_argument(
         "--only",
         action="append",
@@ -334,7 +382,7 @@ def main() -> int:
         return 0
     if options.survivors:
         for module in modules:
-            survivors(module, targets[module])
+            survivors(module, targets[module], every=options.all)
         return 0
     table = []
     for module in modules:
@@ -345,12 +393,17 @@ def main() -> int:
             minutes=options.minutes,
             recheck=options.recheck,
         )
-        table.append((module, killed, total, statuses["not checked"]))
-    print("\n| module | killed / checked | % | not checked yet |\n|---|---|---|---|")
-    for module, killed, total, unchecked in table:
-        checked = total - unchecked
+        table.append((module, killed, total, statuses))
+    print(
+        "\n| module | killed / checked | % | not checked yet | equivalent by rule |"
+        "\n|---|---|---|---|---|"
+    )
+    for module, killed, total, statuses in table:
+        unchecked = statuses["not checked"]
+        same = sum(n for status, n in statuses.items() if status.startswith("equivalent"))
+        checked = total - unchecked - same
         percent = 100 * killed / checked if checked else 0
-        print(f"| {module} | {killed} / {checked} | {percent:.0f} | {unchecked} |")
+        print(f"| {module} | {killed} / {checked} | {percent:.0f} | {unchecked} | {same} |")
     return 0
 
 

@@ -1,0 +1,75 @@
+"""Survivors that are equivalent by a rule anyone can check, so nobody reviews them by hand.
+
+``classify(diff)`` takes one mutant's diff (as ``mutmut show`` prints it) and returns the
+name of the rule that makes it equivalent, or None when a person has to look. A rule
+must hold for every mutant it matches, not just usually; when in doubt it says None.
+
+- ``sql-case``: mutmut changed only the letter case of a string of SQL (it upper- or
+  lower-cases a whole literal). SQLite reads keywords, function, table and column names in
+  any case; the quoted literals inside the SQL (``'queued'``, ``'$.status'``), which are
+  case-sensitive, are unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: A line that holds SQL: an upper-case keyword that starts or joins a statement.
+_SQL = re.compile(
+    r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|PRAGMA|BEGIN|COMMIT|ROLLBACK|"
+    r"WHERE|FROM|VALUES|RETURNING|ORDER BY|LIMIT|SET|INTO|TABLE|INDEX|ON CONFLICT)\b"
+)
+#: A double-quoted Python string on one line (the code is ruff-formatted).
+_STRING = re.compile(r'"[^"]*"')
+#: A quoted literal inside SQL (single quotes; the Python strings use double quotes).
+_LITERAL = re.compile(r"'[^']*'")
+
+
+def changed_lines(diff: str) -> tuple[list[str], list[str]]:
+    """The removed and the added lines of a unified diff, without their markers."""
+    removed, added = [], []
+    for line in diff.splitlines():
+        if line.startswith(("---", "+++")):
+            continue
+        if line.startswith("-"):
+            removed.append(line[1:])
+        elif line.startswith("+"):
+            added.append(line[1:])
+    return removed, added
+
+
+def classify(diff: str) -> str | None:
+    """The rule that makes this mutant equivalent, or None."""
+    removed, added = changed_lines(diff)
+    if not removed or len(removed) != len(added):
+        return None
+    pairs = [(old, new) for old, new in zip(removed, added, strict=True) if old != new]
+    changed = [_changed_string(old, new) for old, new in pairs]
+    if not changed or any(part is None or not _case_only_sql(*part[:2]) for part in changed):
+        return None
+    # A changed Python string must be SQL itself; the lines inside a triple-quoted one are
+    # clauses of a statement, whose first line says it is SQL.
+    strings = [part[0] for part in changed if part is not None and not part[2]]
+    lines = [part[0] for part in changed if part is not None and part[2]]
+    if all(_SQL.search(old) for old in strings) and (
+        not lines or any(_SQL.search(old) for old in lines)
+    ):
+        return "sql-case"
+    return None
+
+
+def _changed_string(old: str, new: str) -> tuple[str, str, bool] | None:
+    """The one double-quoted string that differs between two lines, or the whole lines
+    when they have none (lines inside a triple-quoted string); None if the code differs
+    or more than one string does; and whether it is the whole line."""
+    old_strings, new_strings = _STRING.findall(old), _STRING.findall(new)
+    if not old_strings and not new_strings:
+        return old, new, True
+    if _STRING.sub('""', old) != _STRING.sub('""', new) or len(old_strings) != len(new_strings):
+        return None
+    differ = [(a, b) for a, b in zip(old_strings, new_strings, strict=True) if a != b]
+    return (*differ[0], False) if len(differ) == 1 else None
+
+
+def _case_only_sql(old: str, new: str) -> bool:
+    return old.lower() == new.lower() and _LITERAL.findall(old) == _LITERAL.findall(new)
