@@ -45,6 +45,7 @@ class Receiver:
     codes: list[int] = field(default_factory=list)  # answered in order, then ``code``
     code: int = 200
     received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)  # time.monotonic() of each
 
     @property
     def base(self) -> str:
@@ -66,6 +67,7 @@ def receiver() -> Iterator[Receiver]:
                 self.close_connection = True
                 return
             state.received.append((self.path, dict(self.headers), body))
+            state.arrived.append(time.monotonic())
             code = state.codes.pop(0) if state.codes else state.code
             self.send_response(code)
             if 300 <= code < 400:
@@ -404,6 +406,24 @@ def test_job_callback_is_posted_signed_and_recorded(receiver: Receiver, tmp_path
     assert payload["url"] == f"http://localhost/jobs/{job['id']}"
     signature = hmac.new(b"k", raw, hashlib.sha256).hexdigest()
     assert headers["X-Procgate-Signature"] == f"sha256={signature}"
+
+
+@pytest.mark.docs("callbacks.md#retries")
+def test_a_retry_goes_out_when_it_falls_due_not_at_the_next_poll(receiver: Receiver) -> None:
+    """A failed attempt's retry is made when its backoff ends, even with a poll interval
+    far longer: the poller wakes for it. Never sooner than the backoff."""
+    receiver.codes = [503]
+    store = MemoryStore()
+    job = finished_job(store, receiver.url)
+    notifier = Notifier(store, allow=[receiver.base], poll_interval=120, backoff=0.5)
+    notifier.start()
+    try:
+        wait_for(lambda: len(receiver.received) == 2, timeout=60)
+    finally:
+        notifier.close()
+    first, second = receiver.arrived
+    assert 0.5 <= second - first < 60
+    assert (store.get(job.id).callback or {})["status"] == "delivered"
 
 
 @pytest.mark.docs("callbacks.md#retries", "callbacks.md#the-jobs-callback-field")
