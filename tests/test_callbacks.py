@@ -766,6 +766,35 @@ def test_a_hanging_receiver_does_not_hold_up_the_others(
     assert claimed.callback["attempts"] == 1  # the one under way was not counted
 
 
+@pytest.mark.docs("callbacks.md#retries")
+def test_a_callback_stays_in_the_store_while_every_thread_is_busy(
+    receiver: Receiver, hostile: Any
+) -> None:
+    """With every delivery thread held by a receiver that hangs, a newly due callback is
+    not claimed: it stays in the outbox, where another process can take it. Once the
+    hanging attempts time out, delivery goes on."""
+    silent = hostile("silent")
+    store = MemoryStore()
+    notifier = Notifier(
+        store, allow=[silent.base, receiver.base], workers=2, timeout=6, poll_interval=0.05
+    )
+    for _ in range(2):
+        finished_job(store, silent.url)
+    notifier.start()
+    try:
+        wait_for(lambda: len(silent.accepted) == 2)
+        waiting = finished_job(store, receiver.url)
+        notifier.wake()
+        time.sleep(0.5)  # ten poll intervals and a wake-up: time enough for a wrong claim
+        [claimed] = store.claim_callbacks(time.time(), 60, 10)  # as another process would
+        assert claimed.id == waiting.id
+        assert receiver.received == []
+        later = finished_job(store, receiver.url)
+        wait_for(lambda: receiver.deliveries() == [later.id], timeout=60)
+    finally:
+        notifier.close()
+
+
 @pytest.mark.docs("callbacks.md#configuration")
 def test_no_poller_without_callback_allow(receiver: Receiver) -> None:
     """A Gate without callback_allow starts no callback thread; one with it does, and
