@@ -62,6 +62,35 @@ UPDATE = '    db.execute("UPDATE jobs SET status = ? WHERE id = ?", ("queued", j
         ),
         pytest.param([SELECT], [], None, id="a-line-removed"),
         pytest.param(
+            ['        where.append("command = ?")'],
+            ['        where.append("COMMAND = ?")'],
+            "sql-case",
+            id="a-condition",
+        ),
+        pytest.param(
+            ['            "AND owner IS NOT NULL"'],
+            ['            "and owner is not null"'],
+            "sql-case",
+            id="a-clause",
+        ),
+        pytest.param(['    table = "jobs"'], ['    table = "JOBS"'], None, id="a-bare-name"),
+        pytest.param(
+            ['            b"".join(chunks.get((row["id"], 0), ())),'],
+            ['            b"".join(chunks.get((row["ID"], 0), ())),'],
+            "row-key-case",
+            id="a-row-key",
+        ),
+        pytest.param(
+            ['    return JobPage(jobs, str(rows[-1]["seq"]) if more else None)'],
+            ['    return JobPage(jobs, str(rows[-1]["SEQ"]) if more else None)'],
+            "row-key-case",
+            id="a-key-of-the-last-row",
+        ),
+        pytest.param(['    return job["id"]'], ['    return job["ID"]'], None, id="a-dict-key"),
+        pytest.param(
+            ['    return row["id"]'], ['    return row["XXidXX"]'], None, id="a-row-key-changed"
+        ),
+        pytest.param(
             [SELECT, UPDATE],
             [SELECT.lower(), UPDATE.replace('"queued"', '"QUEUED"')],
             None,

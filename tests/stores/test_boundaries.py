@@ -49,6 +49,24 @@ def test_count_since_includes_a_job_created_at_that_very_moment(
 
 
 @pytest.mark.docs("callbacks.md#durability-and-repeats")
+def test_a_callback_record_without_counters_is_claimed_as_its_first_attempt(
+    store: JobStore,
+) -> None:
+    """A callback record with no ``attempts`` (as an older procgate wrote it) is due once
+    its job finishes, and the claim counts it as attempt 1."""
+    url = "http://127.0.0.1:9/hook"
+    job = store.create(
+        dataclasses.replace(new_job(), callback_url=url, callback={"url": url, "status": "pending"})
+    )
+    store.start(job.id)
+    store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
+    [claimed] = store.claim_callbacks(time.time(), 30, 10)
+    assert claimed.id == job.id
+    assert (claimed.callback or {})["attempts"] == 1
+    assert (store.get(job.id).callback or {})["attempts"] == 1
+
+
+@pytest.mark.docs("callbacks.md#durability-and-repeats")
 def test_a_callback_is_due_at_its_retry_time_not_before(store: JobStore) -> None:
     """After a failed attempt recorded with ``retry_at``, a claim at ``retry_at`` takes the
     callback; one a millisecond earlier does not. The claim counts the attempt."""

@@ -5,6 +5,7 @@ Real disks throughout: a small tmpfs filled up, a directory made immutable (chat
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import stat
@@ -110,10 +111,12 @@ def test_release_says_whether_it_gave_room_back(tmp_path: Path) -> None:
 
 @pytest.mark.docs("stores.md#when-the-store-fails")
 def test_a_delete_on_a_full_disk_uses_the_reserve(
-    tmp_path: Path, tmpfs: Tmpfs, stores: list[SQLiteStore]
+    tmp_path: Path, tmpfs: Tmpfs, stores: list[SQLiteStore], caplog: pytest.LogCaptureFixture
 ) -> None:
     """On a full disk a new job is StoreUnavailable, and a delete gives the reserve back
-    to the disk and deletes with it: the job is gone, and so is the reserve."""
+    to the disk and deletes with it: the job is gone, and so is the reserve. The operator
+    is told, once, in a warning that names the file."""
+    caplog.set_level(logging.WARNING, logger="procgate")
     disk = tmpfs(tmp_path / "disk", "4m")
     store = SQLiteStore(str(disk / "jobs.db"))
     stores.append(store)
@@ -127,6 +130,12 @@ def test_a_delete_on_a_full_disk_uses_the_reserve(
         assert reserve.exists()
         assert store.delete(done) is True
         assert not reserve.exists()
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+            (
+                "WARNING",
+                f"SQLite store {disk / 'jobs.db'}: the disk is full; deleting with the reserve",
+            )
+        ]
         assert [job.id for job in store.list().jobs] == []
     finally:
         filler.unlink()
