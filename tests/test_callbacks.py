@@ -557,9 +557,10 @@ def test_no_secret_no_signature(receiver: Receiver) -> None:
 
 
 @pytest.mark.docs("security.md#callbacks", "callbacks.md#retries")
-def test_redirects_are_not_followed(receiver: Receiver) -> None:
-    """A redirect could leave the allowlist: it counts as a failed attempt."""
-    receiver.codes = [302]
+@pytest.mark.parametrize("code", [300, 302])
+def test_redirects_are_not_followed(receiver: Receiver, code: int) -> None:
+    """A redirect could leave the allowlist: it counts as a failed attempt, from 300 on."""
+    receiver.codes = [code]
     gate = make_gate(receiver, callback_attempts=1)
     client = Client(gate)
     try:
@@ -567,7 +568,11 @@ def test_redirects_are_not_followed(receiver: Receiver) -> None:
         state = settled(client, job["id"])
     finally:
         gate.close()
-    assert (state["status"], state["last_status"]) == ("failed", 302)
+    assert (state["status"], state["last_status"], state["last_error"]) == (
+        "failed",
+        code,
+        f"HTTP {code}",
+    )
     assert len(receiver.received) == 1
 
 
@@ -778,10 +783,15 @@ def test_a_callback_stays_in_the_store_while_every_thread_is_busy(
     notifier = Notifier(
         store, allow=[silent.base, receiver.base], workers=2, timeout=6, poll_interval=0.05
     )
-    for _ in range(2):
-        finished_job(store, silent.url)
     notifier.start()
     try:
+        first = finished_job(store, receiver.url)  # a thread taken and given back
+        notifier.wake()
+        wait_for(lambda: (store.get(first.id).callback or {}).get("status") == "delivered")
+        receiver.received.clear()
+        for _ in range(2):
+            finished_job(store, silent.url)
+        notifier.wake()
         wait_for(lambda: len(silent.accepted) == 2)
         waiting = finished_job(store, receiver.url)
         notifier.wake()
@@ -793,6 +803,80 @@ def test_a_callback_stays_in_the_store_while_every_thread_is_busy(
         wait_for(lambda: receiver.deliveries() == [later.id], timeout=60)
     finally:
         notifier.close()
+
+
+class OutageStore(MemoryStore):
+    """A memory store whose claims fail or succeed as ``plan`` says, then succeed."""
+
+    def __init__(self, plan: list[bool]) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def claim_callbacks(self, now: float, lease: float, limit: int) -> list[Job]:
+        if self.plan and not self.plan.pop(0):
+            raise StoreUnavailable("the store is unavailable: testing")
+        return super().claim_callbacks(now, lease, limit)
+
+
+def test_the_backoff_starts_again_after_the_store_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A claim that succeeds ends the outage: the next failed claim waits twice the poll
+    interval again, not longer."""
+    caplog.set_level(logging.WARNING, logger="procgate")
+    store = OutageStore([False, False, True, False])
+    notifier = Notifier(store, allow=["http://cb.example/"], poll_interval=0.05)
+    notifier.start()
+    try:
+        wait_for(lambda: not store.plan)
+        wait_for(lambda: len(caplog.records) == 3)
+    finally:
+        notifier.close()
+    assert [record.getMessage().rsplit("again in ", 1)[1] for record in caplog.records] == [
+        "0.1 s",
+        "0.2 s",
+        "0.1 s",
+    ]
+
+
+def test_a_finished_delivery_leaves_the_outbox(receiver: Receiver) -> None:
+    """A delivered callback, and one failed for the last time, are taken out of the
+    outbox: nothing is due for them, however late another process looks."""
+    receiver.codes = [500]
+    store = MemoryStore()
+    failed = finished_job(store, receiver.url)
+    notifier = Notifier(store, allow=[receiver.base], poll_interval=0.05, max_attempts=1)
+    notifier.start()
+    try:
+        wait_for(lambda: (store.get(failed.id).callback or {}).get("status") == "failed")
+        delivered = finished_job(store, receiver.url)
+        notifier.wake()
+        wait_for(lambda: (store.get(delivered.id).callback or {}).get("status") == "delivered")
+    finally:
+        notifier.close()
+    assert store.claim_callbacks(time.time() + 10**6, 60, 10) == []
+
+
+def test_one_poller_however_often_started() -> None:
+    """``start`` twice starts one poller, never after ``close``; it is a daemon thread, so
+    a Notifier left unclosed never keeps the interpreter from exiting."""
+
+    def pollers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "procgate-callbacks"]
+
+    before = pollers()
+    notifier = Notifier(MemoryStore(), allow=["http://cb.example/"], poll_interval=0.05)
+    notifier.start()
+    notifier.start()
+    try:
+        started = [t for t in pollers() if t not in before]
+        assert len(started) == 1
+        assert started[0].daemon
+    finally:
+        notifier.close()
+    started[0].join(10)
+    notifier.start()
+    assert [t for t in pollers() if t not in before and t.is_alive()] == []
 
 
 @pytest.mark.docs("callbacks.md#configuration")
@@ -861,6 +945,7 @@ class FlakyStore(MemoryStore):
     def __init__(self, claims: int, records: int) -> None:
         super().__init__()
         self.failures = {"claim": claims, "record": records}
+        self.claimed_at: list[float] = []  # time.monotonic() of each claim, failed or not
 
     def _fail(self, what: str) -> None:
         if self.failures[what] > 0:
@@ -868,6 +953,7 @@ class FlakyStore(MemoryStore):
             raise StoreUnavailable("the store is unavailable: testing")
 
     def claim_callbacks(self, now: float, lease: float, limit: int) -> list[Job]:
+        self.claimed_at.append(time.monotonic())
         self._fail("claim")
         return super().claim_callbacks(now, lease, limit)
 
@@ -894,11 +980,25 @@ def test_a_store_outage_delays_delivery_and_never_stops_it(
         store, allow=[receiver.base], timeout=1, poll_interval=0.05, lease_margin=0.2
     )
     notifier.start()
+    delivered = threading.Event()
+
+    def wake_often() -> None:  # as finishing jobs would: no claim before the backoff ends
+        while not delivered.wait(0.01):
+            notifier.wake()
+
+    waker = threading.Thread(target=wake_often)
+    waker.start()
     try:
         wait_for(lambda: (store.get(job.id).callback or {}).get("status") == "delivered")
     finally:
+        delivered.set()
+        waker.join()
         notifier.close()
     assert store.failures == {"claim": 0, "record": 0}
+    first, second, third, fourth = store.claimed_at[:4]
+    assert second - first >= 0.1
+    assert third - second >= 0.2
+    assert fourth - third >= 0.4
     error = "the store is unavailable: testing"
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
         ("procgate", "WARNING", f"cannot claim callbacks ({error}); again in 0.1 s"),
