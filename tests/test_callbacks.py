@@ -632,7 +632,7 @@ def test_the_callback_goes_to_the_normalised_url(receiver: Receiver) -> None:
     assert [path for path, _, _ in receiver.received] == ["/hooks/a/c?x=1"]
 
 
-def finished_job(store: JobStore, url: str) -> Job:
+def finished_job(store: JobStore, url: str, context: Any = None) -> Job:
     """A finished job with a callback to ``url``, stored as an older procgate (which
     checked less) could have stored it."""
     state = {"url": url, "status": "pending", "attempts": 0, "last_status": None}
@@ -643,6 +643,7 @@ def finished_job(store: JobStore, url: str) -> Job:
         spec=Spec(argv=("/bin/echo",)),
         callback_url=url,
         callback={**state, "last_error": None},
+        callback_context=context,
     )
     store.create(job)
     store.start(job.id)
@@ -877,6 +878,25 @@ def test_one_poller_however_often_started() -> None:
     started[0].join(10)
     notifier.start()
     assert [t for t in pollers() if t not in before and t.is_alive()] == []
+
+
+@pytest.mark.docs("callbacks.md#the-payload")
+def test_the_body_is_compact_ascii_json(receiver: Receiver) -> None:
+    """The body is compact JSON (no space after ``,`` or ``:``) with non-ASCII escaped; a
+    job made in Python, which no client saw, has an empty ``url``."""
+    store = MemoryStore()
+    finished_job(store, receiver.url, context={"name": "Zoë", "n": [1, 2]})
+    notifier = Notifier(store, allow=[receiver.base], poll_interval=0.05)
+    notifier.start()
+    try:
+        wait_for(lambda: receiver.received)
+    finally:
+        notifier.close()
+    [(_, _, body)] = receiver.received
+    payload = json.loads(body)
+    assert body == json.dumps(payload, separators=(",", ":")).encode()
+    assert b'"context":{"name":"Zo\\u00eb","n":[1,2]}' in body
+    assert payload["url"] == ""
 
 
 @pytest.mark.docs("callbacks.md#configuration")
