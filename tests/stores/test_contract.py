@@ -88,8 +88,12 @@ def new_job(command: str = "echo", key: str | None = None, owner: str | None = N
 #: Longest a waiter may sleep through the news it waits for. The promise is "at once" in
 #: one process and ``poll_interval`` (50 ms) for SQLite store objects that do not share a
 #: notifier. Measured on 2 cores loaded by two busy loops, 10 runs of every wake-up test
-#: below: worst 0.046 s (SQLite, two store objects), 0.018 s for any other; twice that.
-WAKE_BOUND = 0.1
+#: below: worst 0.046 s (SQLite, two store objects), 0.018 s for any other. But in the
+#: loaded-suite series (bench/loaded_suite.py beside three mutmut runs, load average 11
+#: to 12) a Redis waiter once woke 0.139 s late (two store objects, run 8 of 10), which
+#: failed the 0.1 s this was; the same tests alone under that load: 0.048 s worst of 110.
+#: Twice 0.139 s, rounded up: still far below the 10 s waits that a lost wake-up runs to.
+WAKE_BOUND = 0.3
 #: Longest ``close()`` may take to release a blocked waiter. Worst of 10 runs on 2 cores
 #: loaded by two busy loops: 0.021 s (SQLite); but 0.148 s in the loaded-suite series
 #: (bench/loaded_suite.py, load average 10-13), which failed the 0.05 s this was: twice
