@@ -116,9 +116,10 @@ TARGETS: dict[str, Target] = {
     "stores/sqlite": Target("src/procgate/stores/sqlite.py", _SQLITE_TESTS),
     "stores/_sqlite_pool": Target("src/procgate/stores/_sqlite_pool.py", _SQLITE_TESTS),
     "stores/_sqlite_file": Target("src/procgate/stores/_sqlite_file.py", _SQLITE_TESTS),
+    # Every store test, as for the other stores: the lookups, boundaries and Redis key
+    # tests are where its list, count and delete edges are pinned.
     "stores/redis": Target(
-        "src/procgate/stores/redis.py",
-        ("tests/stores/test_contract.py", "tests/faults/test_redis.py"),
+        "src/procgate/stores/redis.py", (*_STORE_TESTS, "tests/faults/test_redis.py")
     ),
     # give_to runs in the request thread for a command with a user: test_security.py.
     "uploads": Target(
