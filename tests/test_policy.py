@@ -583,6 +583,8 @@ def test_schema_for_any_and_none() -> None:
     none = parse_policy("none", where="x").to_schema()
     assert none["type"] == "array"
     assert none["maxItems"] == 0
+    assert ArgPolicy().to_schema()["description"] == "Appended to the command's argv unchecked."
+    assert none["description"] == "This command takes no arguments."
 
 
 def test_schema_without_options_is_a_tuple_per_rule() -> None:
@@ -605,7 +607,10 @@ def test_schema_without_options_is_a_tuple_per_rule() -> None:
     assert host["maxLength"] == 255
     assert port["pattern"] == "^-?[0-9]+$"
     assert mode["enum"] == ["fast", "-slow"]
-    assert "host (identifier), port (int), [mode (string)]" in schema["description"]
+    assert schema["description"] == (
+        '"--" (optional, ends the options), then host (identifier), port (int), [mode (string)].'
+    )
+    assert "allOf" not in host  # one pattern: no empty allOf, which JSON Schema forbids
     # The first item of the plain layout can never start with "-": it would be an option.
     first_port = rules({"name": "port", "type": "int", "allow_dash": True}).to_schema()
     assert first_port["anyOf"][0]["prefixItems"][0]["pattern"] == "^[0-9]+$"
@@ -619,18 +624,46 @@ def test_schema_repeat_uses_items() -> None:
     assert plain["minItems"] == 2
     assert "maxItems" not in plain
     assert plain["items"]["title"] == "n"
+    assert schema["description"] == (
+        '"--" (optional, ends the options), then cmd (string), n (number)....'
+    )
+
+
+def test_schema_of_a_first_rule_leaves_out_choices_that_look_like_options() -> None:
+    """A choice starting with "-" cannot come first unless after "--" (it would be an
+    option): the plain layout's first item leaves it out, the one after "--" has it."""
+    schema = rules({"name": "mode", "choices": ["fast", "-slow"], "allow_dash": True}).to_schema()
+    plain, after_dashdash = schema["anyOf"]
+    assert plain["prefixItems"][0]["enum"] == ["fast"]
+    assert after_dashdash["prefixItems"][1]["enum"] == ["fast", "-slow"]
+
+
+def test_schema_with_options_and_no_positionals() -> None:
+    """Options alone: the description says no positional arguments follow."""
+    schema = rules(options=["-v"]).to_schema()
+    assert schema["description"] == (
+        'options first (-v), any number, then "--" (optional, ends the options), then no '
+        "positional arguments."
+    )
 
 
 def test_schema_with_options_lists_what_each_item_may_be() -> None:
     """With options, each item is an allowed option, "--" or a positional of some rule."""
     schema = rules(
-        {"name": "target", "type": "email"}, options=["-v", "--depth="], dashdash=True
+        {"name": "target", "type": "email"}, options=["-v", "--max.depth="], dashdash=True
     ).to_schema()
     assert schema["minItems"] == 1
     choices = schema["items"]["anyOf"]
-    assert choices[:3] == [{"enum": ["-v"]}, {"pattern": r"^--depth=[\s\S]"}, {"const": "--"}]
+    assert choices[:3] == [
+        {"enum": ["-v"]},
+        {"pattern": r"^--max\.depth=[\s\S]"},  # "." escaped: it is literal in the option
+        {"const": "--"},
+    ]
     assert choices[3]["format"] == "email"
-    assert "-v, --depth=VALUE" in schema["description"]
+    assert schema["description"] == (
+        'options first (-v, --max.depth=VALUE), any number, then "--" (optional, ends the '
+        "options), then target (email)."
+    )
 
 
 #: (rule pattern, its ECMA-262 form in the schema, or None where it does not translate).
@@ -682,6 +715,9 @@ SCHEMA_PATTERNS = [
     ("a*?b+?c??", "^(?:a*?b+?c??)$"),
     ("a}]", r"^(?:a\}\])$"),
     ("\U00010000+", "^(?:(?:\U00010000)+)$"),
+    ("X", "^(?:X)$"),
+    ("aX+", "^(?:aX+)$"),
+    ("\uffff+", "^(?:\uffff+)$"),  # the last character of one UTF-16 unit
 ]
 
 
