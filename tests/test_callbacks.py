@@ -30,7 +30,7 @@ from procgate import Gate, MemoryStore, SQLiteStore, ThreadRunner
 from procgate import callbacks as callbacks_module
 from procgate.callback_url import MAX_URL, check_callback_url
 from procgate.callbacks import Delivery, Notifier
-from procgate.errors import InvalidRequest, StoreUnavailable
+from procgate.errors import ConfigError, InvalidRequest, StoreUnavailable
 from procgate.jobs import Job, JobStatus, Outcome, Spec, new_job_id
 from procgate.stores import JobStore
 from tests.conftest import wait_for
@@ -790,10 +790,13 @@ def test_a_callback_stays_in_the_store_while_every_thread_is_busy(
         notifier.wake()
         wait_for(lambda: (store.get(first.id).callback or {}).get("status") == "delivered")
         receiver.received.clear()
-        for _ in range(2):
+        for held in (1, 2):  # claimed one at a time: the count of busy threads adds up
             finished_job(store, silent.url)
-        notifier.wake()
-        wait_for(lambda: len(silent.accepted) == 2)
+            notifier.wake()
+            wait_for(lambda held=held: len(silent.accepted) == held)
+        workers = [t for t in threading.enumerate() if t.name.startswith("procgate-callbacks-")]
+        assert len(workers) == 2
+        assert all(t.daemon for t in workers)
         waiting = finished_job(store, receiver.url)
         notifier.wake()
         time.sleep(0.5)  # ten poll intervals and a wake-up: time enough for a wrong claim
@@ -804,6 +807,104 @@ def test_a_callback_stays_in_the_store_while_every_thread_is_busy(
         wait_for(lambda: receiver.deliveries() == [later.id], timeout=60)
     finally:
         notifier.close()
+
+
+@pytest.mark.docs("python-api.md#gate")
+def test_notifier_defaults_and_the_settings_it_refuses() -> None:
+    """The documented defaults (5 attempts, 1 s backoff, 10 s per attempt, 8 threads,
+    a poll a second); each setting out of its range is one ConfigError."""
+    store = MemoryStore()
+    notifier = Notifier(store)
+    assert (
+        notifier.max_attempts,
+        notifier.backoff,
+        notifier.timeout,
+        notifier.workers,
+        notifier.poll_interval,
+    ) == (5, 1.0, 10.0, 8, 1.0)
+    Notifier(store, backoff=0, lease_margin=0)  # no backoff, no margin: allowed
+    for bad in (
+        {"max_attempts": 0},
+        {"workers": 0},
+        {"backoff": -0.1},
+        {"timeout": 0},
+        {"poll_interval": 0},
+        {"lease_margin": -1},
+    ):
+        with pytest.raises(ConfigError) as caught:
+            Notifier(store, **bad)
+        assert caught.value.message == "callback retry settings must be positive"
+
+
+class ClosingStore(MemoryStore):
+    """A memory store during whose claim the Notifier is closed (from another thread)."""
+
+    notifier: Notifier
+
+    def claim_callbacks(self, now: float, lease: float, limit: int) -> list[Job]:
+        claimed = super().claim_callbacks(now, lease, limit)
+        if claimed:
+            closer = threading.Thread(target=self.notifier.close)
+            closer.start()
+            wait_for(lambda: self.notifier._closed)
+        return claimed
+
+
+def test_a_claim_that_returns_after_close_goes_straight_back() -> None:
+    """Callbacks claimed while the Notifier closes are not tried: they go back to the
+    outbox pending, their attempt not counted, due at once."""
+    store = ClosingStore()
+    job = finished_job(store, "http://cb.example/hook")
+    store.notifier = Notifier(store, allow=["http://cb.example/"], poll_interval=0.05)
+    store.notifier.start()
+    wait_for(lambda: store.notifier._closed)
+    wait_for(lambda: (store.get(job.id).callback or {}).get("attempts") == 0)
+    assert store.get(job.id).callback == Delivery("http://cb.example/hook").to_json()
+    [again] = store.claim_callbacks(time.time(), 60, 10)
+    assert again.id == job.id
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts outbox claims."""
+
+    claims = 0
+
+    def claim_callbacks(self, now: float, lease: float, limit: int) -> list[Job]:
+        self.claims += 1
+        return super().claim_callbacks(now, lease, limit)
+
+
+@pytest.mark.docs("callbacks.md#durability-and-repeats")
+def test_an_idle_poller_claims_once_per_poll_interval() -> None:
+    """With nothing due and nothing finishing, the poller asks the store once per
+    ``poll_interval``, not in a loop."""
+    store = CountingStore()
+    notifier = Notifier(store, allow=["http://cb.example/"], poll_interval=0.1)
+    notifier.start()
+    started = time.monotonic()
+    try:
+        time.sleep(1)  # ten intervals: how many claims they hold is the point
+    finally:
+        notifier.close()
+    elapsed = time.monotonic() - started
+    assert 1 <= store.claims <= elapsed / 0.1 + 2
+
+
+@pytest.mark.docs("callbacks.md#retries")
+def test_a_claim_that_takes_every_free_thread_is_followed_by_another_at_once(
+    receiver: Receiver,
+) -> None:
+    """When a claim fills every idle thread, more may be due: the poller claims again as
+    soon as a thread is free, not a poll interval later."""
+    store = MemoryStore()
+    jobs = [finished_job(store, receiver.url) for _ in range(3)]
+    notifier = Notifier(store, allow=[receiver.base], workers=1, poll_interval=120)
+    notifier.start()
+    try:
+        wait_for(lambda: len(receiver.received) == 3, timeout=60)
+    finally:
+        notifier.close()
+    assert sorted(receiver.deliveries()) == sorted(job.id for job in jobs)
 
 
 class OutageStore(MemoryStore):
