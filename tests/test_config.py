@@ -10,6 +10,7 @@ from werkzeug.test import Client
 
 from procgate import ConfigError, Gate, ProcessRunner, create_app
 from procgate.config import read_config
+from tests.conftest import open_files
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "procgate.toml"
 
@@ -112,22 +113,37 @@ description = "relative paths"
     [
         ("[server\n", "invalid TOML"),
         ("[nonsense]\n", "unknown section"),
-        ("[server]\nhots = 1\n", "unknown key(s) hots"),
-        ("[commands.x]\nargz = ['echo']\n", "unknown key(s) argz"),
-        ("[commands.x]\ntimeout = 1\n", "needs argv"),
+        (
+            "[server]\nhots = 1\n",
+            "[server] hots: unknown key (did you mean host?); allowed: host, port, threads,"
+            " workers",
+        ),
+        ("[commands.x]\nargz = ['echo']\n", "[commands.x] argz: unknown key (did you mean argv?)"),
+        ("[commands.x]\ntimeout = 1\n", "[commands.x] argv: missing; it is required"),
         ("[commands.x]\nargv = ['no-such-program-xyz']\n", "not found"),
         ("[commands.x]\nargv = []\n", "non-empty list"),
         ("[commands.x]\nargv = ['echo']\ntimeout = -1\n", "timeout"),
         ("[commands.x]\nargv = ['echo']\ncwd = '/no/such/dir'\n", "not a directory"),
         ("[commands.'bad name']\nargv = ['echo']\n", "command name"),
-        ("[runner]\nkind = 'magic'\n", "unknown runner kind"),
+        (
+            "[runner]\nkind = 'magic'\n",
+            '[runner] kind: got "magic" (a string); takes one of "sync", "thread", "process",'
+            ' "celery"',
+        ),
         ("[runner]\nkind = 'sync'\nmax_workers = 3\n", "[runner]"),
-        ("[store]\nurl = 'postgres://x'\n", "unknown store URL"),
+        (
+            "[store]\nurl = 'postgres://x'\n",
+            '[store] url: got "postgres://x" (a string); takes a store URL',
+        ),
         ("[store]\nurl = 'sqlite:///x.db'\nprefix = 'p:'\n", "[store]"),
         ("[store]\nurl = 'memory://'\nttl = -5\n", "ttl"),
         ("[run]\nallow_programs = ['no-such-program-xyz']\n", "allow_programs"),
-        ("commands = 3\n", "must be a table"),
-        ("[gate]\ntrusted_hosts = 'jobs.example.com'\n", "trusted_hosts must be a list"),
+        ("commands = 3\n", "commands: got 3 (a whole number); takes tables: [commands.NAME]"),
+        (
+            "[gate]\ntrusted_hosts = 'jobs.example.com'\n",
+            '[gate] trusted_hosts: got "jobs.example.com" (a string); takes a non-empty list'
+            " of host names",
+        ),
         ("[gate]\ntrusted_hosts = ['jobs.example.com:443']\n", "not a host name"),
     ],
 )
@@ -137,6 +153,16 @@ def test_config_errors_are_clear(tmp_path: Path, text: str, message: str) -> Non
     with pytest.raises(ConfigError) as info:
         read_config(write(tmp_path, text)).build().close()
     assert message in info.value.message
+
+
+def test_a_refused_gate_leaves_no_store_open(tmp_path: Path) -> None:
+    """A [gate] that Gate refuses after the store was opened closes that store: its SQLite
+    file (the default, under the working directory) is not left open."""
+    path = write(tmp_path, "[gate]\ntrusted_hosts = ['jobs.example.com:443']\n")
+    with pytest.raises(ConfigError, match="not a host name"):
+        read_config(path).build()
+    assert (tmp_path / "procgate-data").is_dir()  # the store was opened, then closed
+    assert open_files(tmp_path) == []
 
 
 @pytest.mark.docs("python-api.md#create_app")

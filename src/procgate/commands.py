@@ -196,7 +196,7 @@ def make_command(
         if program is None and not require_program:
             program = argv[0]
         if program is None:
-            raise ConfigError(f"command {name!r}: program {argv[0]!r} not found")
+            raise ConfigError(f"command {name!r}: {_not_runnable(argv[0])}")
         base = (program, *argv[1:])
     if any("\0" in part for part in base):
         raise ConfigError(f"command {name!r}: argv contains a NUL byte")
@@ -331,6 +331,15 @@ def resolve_program(program: str, path: str) -> str | None:
     """
     found = shutil.which(program, path=path)
     return os.path.abspath(found) if found is not None else None
+
+
+def _not_runnable(program: str) -> str:
+    """Why a program did not resolve: a path that is there but cannot run, or not found."""
+    if "/" in program and os.path.isdir(program):
+        return f"program {program!r} is a directory"
+    if "/" in program and os.path.exists(program):
+        return f"program {program!r} is not executable (chmod +x it, or check its mount)"
+    return f"program {program!r} not found"
 
 
 def _check_env(env: Mapping[str, str], where: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Mapping
@@ -9,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from procgate.app import Gate
-from procgate.auth import Token, make_token
+from procgate.auth import make_token
+from procgate.config_schema import validate
 from procgate.errors import ConfigError
 from procgate.runners import Runner, by_kind
 from procgate.stores import open_store
@@ -19,69 +21,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-_SECTIONS = {
-    "server": {"host", "port", "threads", "workers"},
-    "runner": {
-        "kind",
-        "max_workers",
-        "max_queue",
-        "heartbeat",
-        "stale_after",
-        "broker",  # celery
-        "queue",  # celery
-        "concurrency",  # celery: procgate worker's threads
-    },
-    "store": {"url", "max_jobs", "ttl", "prefix"},
-    "auth": {"tokens", "allow_ips", "trusted_proxies"},
-    "gate": {
-        "max_args",
-        "max_arg_length",
-        "max_stdin",
-        "max_running",
-        "callback_secret_env",
-        "max_body",
-        "max_wait",
-        "max_upload",
-        "max_files",
-        "callback_allow",
-        "callback_secret",
-        "callback_attempts",
-        "callback_backoff",
-        "callback_timeout",
-        "trusted_hosts",
-    },
-    "run": {"allow_programs", "allow_any_program", "allow_shell", "timeout", "max_output"},
-    "commands": None,  # one table per command, checked below
-}
 #: The store of a config file without ``[store] url``: persistent, shared by workers.
 DEFAULT_STORE_URL = "sqlite:///procgate-data/jobs.db"
-
-_COMMAND_KEYS = {
-    "argv",
-    "timeout",
-    "max_output",
-    "env",
-    "allow_env",
-    "cwd",
-    "shell",
-    "description",
-    "kill_grace",
-    "args",
-    "options",
-    "dashdash",
-    "allow_ips",
-    "hmac_secret",
-    "hmac_secret_env",
-    "webhook",
-    "max_running",
-    "max_rate",
-    "limits",
-    "user",
-    "group",
-    "queue",
-    "retry_on_worker_loss",
-}
-_TOKEN_KEYS = {"id", "sha256", "commands", "read_only", "admin"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,19 +64,25 @@ class Config:
             options["app_or_broker_url"] = options.pop("broker", None)
             options.pop("concurrency", None)  # procgate worker's, not the runner's
         runner_class = by_kind(kind)
-        try:
-            runner: Runner = runner_class(**options)
-        except TypeError as exc:
-            raise ConfigError(f"[runner]: {exc}") from None
-        store_options = {k: v for k, v in self.store.items() if k != "url"}
-        try:
-            store = open_store(self.store_url, **store_options)
-        except TypeError as exc:
-            raise ConfigError(f"[store]: {exc}") from None
-        try:
-            gate = Gate(store=store, runner=runner, **self.gate)
-        except TypeError as exc:
-            raise ConfigError(f"[gate]/[run]: {exc}") from None
+        # A Gate that is never built has not taken the runner and store: close them here,
+        # or a refused [gate] leaves the SQLite file open until the garbage collector.
+        with contextlib.ExitStack() as undo:
+            try:
+                runner: Runner = runner_class(**options)
+            except TypeError as exc:
+                raise ConfigError(f"[runner]: {exc}") from None
+            undo.callback(runner.close)
+            store_options = {k: v for k, v in self.store.items() if k != "url"}
+            try:
+                store = open_store(self.store_url, **store_options)
+            except TypeError as exc:
+                raise ConfigError(f"[store]: {exc}") from None
+            undo.callback(store.close)
+            try:
+                gate = Gate(store=store, runner=runner, **self.gate)
+            except TypeError as exc:
+                raise ConfigError(f"[gate]/[run]: {exc}") from None
+            undo.pop_all()  # the Gate owns them now: gate.close() closes both
         try:
             self._register(gate)
         except BaseException:
@@ -144,39 +91,46 @@ class Config:
         return gate
 
     def _register(self, gate: Gate) -> None:
+        """Register every command; ``ConfigError`` lists every command that failed."""
         base = os.path.dirname(os.path.abspath(self.path))
+        problems = []
         for name, table in self.commands.items():
-            options = dict(table)
-            if "argv" not in options:
-                raise ConfigError(f"[commands.{name}] needs argv")
-            argv = options.pop("argv")
-            if "hmac_secret_env" in options:
-                if "hmac_secret" in options:
-                    raise ConfigError(
-                        f"[commands.{name}]: hmac_secret or hmac_secret_env, not both"
-                    )
-                options["hmac_secret"] = _from_env(
-                    options.pop("hmac_secret_env"), f"[commands.{name}] hmac_secret_env"
-                )
-            if not options.get("shell") and isinstance(argv, list) and argv:
-                argv = [_relative_to(base, argv[0]), *argv[1:]]
-            if isinstance(options.get("cwd"), str):
-                options["cwd"] = os.path.join(base, options["cwd"])
-            if isinstance(options.get("args"), list):  # path rules' bases too
-                options["args"] = [
-                    {**rule, "base": os.path.join(base, rule["base"])}
-                    if isinstance(rule, dict) and isinstance(rule.get("base"), str)
-                    else rule
-                    for rule in options["args"]
-                ]
             try:
-                gate.register(name, argv, **options)
-            except TypeError as exc:
-                raise ConfigError(f"[commands.{name}]: {exc}") from None
+                self._register_one(gate, base, name, table)
+            except ConfigError as exc:
+                message = exc.message.removeprefix(f"command {name!r}: ")
+                problems.append(f"{self.path}: [commands.{name}] {message}")
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    @staticmethod
+    def _register_one(gate: Gate, base: str, name: str, table: Mapping[str, Any]) -> None:
+        options = dict(table)
+        argv = options.pop("argv")
+        if "hmac_secret_env" in options:
+            options["hmac_secret"] = _from_env(options.pop("hmac_secret_env"), "hmac_secret_env")
+        if not options.get("shell"):
+            argv = [_relative_to(base, argv[0]), *argv[1:]]
+        if "cwd" in options:
+            options["cwd"] = os.path.normpath(os.path.join(base, options["cwd"]))
+        if isinstance(options.get("args"), list):  # path rules' bases too
+            options["args"] = [
+                {**rule, "base": os.path.join(base, rule["base"])}
+                if isinstance(rule.get("base"), str)
+                else rule
+                for rule in options["args"]
+            ]
+        gate.register(name, argv, **options)
 
 
 def read_config(path: str) -> Config:
-    """Parse and check a config file; ``ConfigError`` names the first problem found."""
+    """Parse and check a config file; ``ConfigError`` lists every problem, one per line.
+
+    Each line names the file and the key (``procgate.toml: [server] port: got 70000 (a
+    whole number); takes a whole number from 1 to 65535``). The types, ranges and allowed
+    values are ``procgate.config_schema``'s; what only the running system can tell (a
+    program on the PATH, a store to open) is checked by ``Config.build()``.
+    """
     try:
         with open(path, "rb") as file:
             data = tomllib.load(file)
@@ -184,68 +138,16 @@ def read_config(path: str) -> Config:
         raise ConfigError(f"cannot read config {path!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}")
-    for section, keys in _SECTIONS.items():
-        table = data.get(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [{section}] must be a table")
-        if keys is not None:
-            _check_keys(table, keys, f"[{section}]")
-    commands = data.get("commands", {})
-    for name, table in commands.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [commands.{name}] must be a table")
-        _check_keys(table, _COMMAND_KEYS, f"[commands.{name}]")
-    server = data.get("server", {})
+    problems = validate(data)
     gate = dict(data.get("gate", {}))
-    if "callback_secret_env" in gate:
-        if "callback_secret" in gate:
-            raise ConfigError("[gate]: callback_secret or callback_secret_env, not both")
-        gate["callback_secret"] = _from_env(
-            gate.pop("callback_secret_env"), "[gate] callback_secret_env"
-        )
     auth = data.get("auth", {})
+    commands = data.get("commands", {})
+    if not problems:
+        problems = _secrets(gate, commands)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
     if "tokens" in auth:
-        gate["tokens"] = _tokens(auth["tokens"])
-    for key in ("allow_ips", "trusted_proxies"):
-        if key in auth:
-            gate[key] = auth[key]
-    run = data.get("run", {})
-    renamed = {"timeout": "run_timeout", "max_output": "run_max_output"}
-    gate.update({renamed.get(key, key): value for key, value in run.items()})
-    try:
-        options = ServerOptions(**server)
-    except TypeError as exc:
-        raise ConfigError(f"[server]: {exc}") from None
-    return Config(
-        path=path,
-        server=options,
-        runner=data.get("runner", {}),
-        store=data.get("store", {}),
-        gate=gate,
-        commands=commands,
-    )
-
-
-def create_app(config_path: str) -> Gate:
-    """A Gate built from a TOML config file: ``gunicorn 'procgate:create_app("x.toml")'``."""
-    return read_config(config_path).build()
-
-
-def _tokens(tables: Any) -> list[Token]:
-    """``[[auth.tokens]]``: id, sha256, and optional commands, read_only, admin."""
-    if not isinstance(tables, list):
-        raise ConfigError("[auth] tokens must be an array of tables: [[auth.tokens]]")
-    tokens = []
-    for table in tables:
-        if not isinstance(table, dict):
-            raise ConfigError("[[auth.tokens]] entries must be tables")
-        _check_keys(table, _TOKEN_KEYS, "[[auth.tokens]]")
-        if "id" not in table or "sha256" not in table:
-            raise ConfigError("[[auth.tokens]] needs id and sha256")
-        tokens.append(
+        gate["tokens"] = [
             make_token(
                 table["id"],
                 table["sha256"],
@@ -253,28 +155,57 @@ def _tokens(tables: Any) -> list[Token]:
                 read_only=table.get("read_only", False),
                 admin=table.get("admin", False),
             )
-        )
-    return tokens
+            for table in auth["tokens"]
+        ]
+    for key in ("allow_ips", "trusted_proxies"):
+        if key in auth:
+            gate[key] = auth[key]
+    run = data.get("run", {})
+    renamed = {"timeout": "run_timeout", "max_output": "run_max_output"}
+    gate.update({renamed.get(key, key): value for key, value in run.items()})
+    return Config(
+        path=path,
+        server=ServerOptions(**data.get("server", {})),
+        runner=data.get("runner", {}),
+        store=data.get("store", {}),
+        gate=gate,
+        commands=commands,
+    )
 
 
-def _from_env(name: Any, where: str) -> str:
+def _secrets(gate: dict[str, Any], commands: Mapping[str, Any]) -> list[str]:
+    """Replace ``*_env`` keys by the secret their variable holds; the problems, if unset."""
+    problems = []
+    if "callback_secret_env" in gate:
+        try:
+            gate["callback_secret"] = _from_env(gate.pop("callback_secret_env"), "")
+        except ConfigError as exc:
+            problems.append(f"[gate] callback_secret_env: {exc.message}")
+    for name, table in commands.items():
+        if "hmac_secret_env" in table:
+            try:
+                _from_env(table["hmac_secret_env"], "")
+            except ConfigError as exc:
+                problems.append(f"[commands.{name}] hmac_secret_env: {exc.message}")
+    return problems
+
+
+def create_app(config_path: str) -> Gate:
+    """A Gate built from a TOML config file: ``gunicorn 'procgate:create_app("x.toml")'``."""
+    return read_config(config_path).build()
+
+
+def _from_env(name: str, where: str) -> str:
     """A secret kept out of the config file, in the server's environment."""
-    value = os.environ.get(str(name))
+    value = os.environ.get(name)
     if not value:
-        raise ConfigError(f"{where}: environment variable {name!r} is not set")
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}environment variable {name!r} is not set")
     return value
-
-
-def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
 
 
 def _relative_to(base: str, program: str) -> str:
     """A program path with a slash is relative to the config file, not the working dir."""
-    if "/" in program and not os.path.isabs(program):
-        return os.path.join(base, program)
+    if "/" in program:
+        return os.path.normpath(os.path.join(base, program))
     return program
