@@ -213,7 +213,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     for flag in ("--workers", "--threads"):
         result = run_cli("serve", "--config", str(good), flag, "0")
         assert result.returncode == 2
-        assert "at least 1" in result.stderr
+        assert f"argument {flag}: got '0'; takes a whole number >= 1" in result.stderr
 
 
 def rss_kib(pid: int, field: str) -> int:

@@ -1,17 +1,23 @@
 """The ``procgate`` command: ``serve`` a config file with gunicorn, run a Celery ``worker``
-for it, or ``check`` it."""
+for it, ``check`` it, print its ``schema``, or make a ``token``."""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import ipaddress
+import json
 import os
 import secrets
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from procgate import __version__
 from procgate.auth import hash_token
 from procgate.config import Config, read_config
+from procgate.config_schema import json_schema
 from procgate.errors import ConfigError
 
 #: Threads per worker process when neither the flag nor the config says: a thread is held
@@ -20,18 +26,24 @@ DEFAULT_THREADS = 32
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="procgate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="procgate",
+        description="Serve configured command-line programs as an HTTP/JSON job API.",
+        epilog="procgate COMMAND --help describes each command. "
+        "Docs: docs/configuration.md in the source tree.",
+    )
+    parser.add_argument("--version", action="version", version=f"procgate {__version__}")
     commands = parser.add_subparsers(dest="action", required=True)
     serve = commands.add_parser("serve", help="serve a config file over HTTP (gunicorn)")
     serve.add_argument("--config", required=True, help="path of the TOML config file")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve.add_argument("--port", type=_port, help="port to bind (default 8000)")
     serve.add_argument(
-        "--threads", type=int, help=f"threads per worker (default {DEFAULT_THREADS})"
+        "--threads", type=_at_least_one, help=f"threads per worker (default {DEFAULT_THREADS})"
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_at_least_one,
         help="worker processes (default: one per core, at least 2; 1 for the memory store)",
     )
     worker = commands.add_parser(
@@ -39,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     worker.add_argument("--config", required=True, help="path of the TOML config file")
     worker.add_argument(
-        "--concurrency", type=int, help="jobs at once (default [runner] concurrency, or 8)"
+        "--concurrency",
+        type=_at_least_one,
+        help="jobs at once (default [runner] concurrency, or 8)",
     )
     worker.add_argument(
         "--queues",
@@ -48,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--hostname", help="the Celery node name (default procgate-<pid>@<host>)")
     check = commands.add_parser("check", help="validate a config file and list its commands")
     check.add_argument("--config", required=True, help="path of the TOML config file")
+    commands.add_parser(
+        "schema", help="print the config file format as a JSON Schema (for editors)"
+    )
     token = commands.add_parser(
         "token", help="make a new bearer token and print it with its [[auth.tokens]] entry"
     )
@@ -55,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser.parse_args(argv)
     if options.action == "token":
         return _token(options.id)
+    if options.action == "schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
     try:
         config = read_config(options.config)
         if options.action == "check":
@@ -63,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(config, options)
         return _serve(config, options)
     except ConfigError as exc:
-        print(f"procgate: error: {exc.message}", file=sys.stderr)
+        for line in exc.message.splitlines():
+            print(f"procgate: error: {line}", file=sys.stderr)
         return 2
 
 
@@ -110,13 +131,19 @@ def _serve(config: Config, options: argparse.Namespace) -> int:
     default_workers = max(2, os.cpu_count() or 1) if config.shared_store else 1
     workers = _first(options.workers, config.server.workers, default_workers)
     threads = _first(options.threads, config.server.threads, DEFAULT_THREADS)
-    if workers < 1 or threads < 1:
-        raise ConfigError("--workers and --threads must be at least 1")
     if workers > 1 and not config.shared_store:
         raise ConfigError(
             "the memory store lives in one process: serve it with --workers 1 (and threads)"
         )
     config.build().close()  # fail here, with a clear message, not in every worker
+    _check_bind(host, port)
+    if not _is_loopback(host) and "tokens" not in config.gate and not config.gate.get("allow_ips"):
+        print(
+            f"procgate: warning: serving on {host} with neither [auth] tokens nor allow_ips: "
+            "anyone who reaches this port can run the configured commands; add tokens "
+            "(procgate token --id NAME) or bind 127.0.0.1",
+            file=sys.stderr,
+        )
     settings: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
@@ -126,6 +153,58 @@ def _serve(config: Config, options: argparse.Namespace) -> int:
     }
     Server(config.path, settings).run()
     return 0
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Fail now, in one line, if the address cannot be bound (gunicorn retries for 5 s)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host!r}: {exc.strerror}; use --host") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} on {host} is already in use: stop what listens there, "
+                    "or pick another port with --port"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise ConfigError(
+                    f"port {port} on {host} needs privileges: pick a port above 1023 with --port"
+                ) from None
+            raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` (to ``high``, if given)."""
+    takes = f"from {low} to {high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"got {text!r}; takes a whole number {takes}")
+        return value
+
+    return parse
+
+
+_at_least_one = _whole_number(1)
+_port = _whole_number(1, 65535)
 
 
 def _first(*values: int | None) -> int:
