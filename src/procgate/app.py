@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import (
     HTTPException,
+    MethodNotAllowed,
     RequestEntityTooLarge,
     SecurityError,
     UnsupportedMediaType,
@@ -313,8 +314,8 @@ class Gate:
     def error_response(self, exc: HTTPException | ProcgateError, request: Request) -> Response:
         """The one place error bodies are made: ``{"error": {"code", "message"}}``.
 
-        werkzeug's own HTTP errors keep their headers (``Allow``, ``Location``,
-        ``Retry-After``); only the HTML body is replaced.
+        werkzeug's own HTTP errors keep their headers (``Allow``, in alphabetical order,
+        ``Location``, ``Retry-After``); only the HTML body is replaced.
         """
         if isinstance(exc, ProcgateError):
             response = _json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
@@ -334,6 +335,9 @@ class Gate:
         for key, value in original.headers.items():
             if key.lower() not in ("content-type", "content-length"):
                 response.headers[key] = value
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            # werkzeug collects them in a set, whose order changes with the hash seed.
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
         return response
 
     # -- handlers -----------------------------------------------------------------------
@@ -398,8 +402,9 @@ class Gate:
         self._may_run(request, None)
         if not (self.allowed_programs or self.allow_any_program or self.allow_shell):
             raise Forbidden(
-                "raw mode is off: build the Gate with allow_programs=[...], "
-                "allow_any_program=True or allow_shell=True to enable POST /run",
+                "raw mode is off on this server: it takes [run] allow_programs, "
+                "allow_any_program or allow_shell in the config file (the Gate(...) "
+                "arguments of the same names in Python) to enable POST /run",
                 code="run_disabled",
             )
         body = _json_body(request)

@@ -7,7 +7,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -20,7 +20,7 @@ from procgate.errors import ConfigError, StoreUnavailable
 from procgate.jobs import Job, Outcome, Spec, new_job_id
 from procgate.stores._sqlite_schema import SCHEMA_VERSION
 from procgate.stores.sqlite import SQLiteStore
-from tests.conftest import wait_for
+from tests.conftest import open_files, wait_for
 
 
 def job() -> Job:
@@ -30,14 +30,6 @@ def job() -> Job:
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "jobs.db"
-
-
-@pytest.fixture
-def stores() -> Iterator[list[SQLiteStore]]:
-    made: list[SQLiteStore] = []
-    yield made
-    for store in made:
-        store.close()
 
 
 @pytest.mark.docs("stores.md#durability")
@@ -77,7 +69,8 @@ def test_two_processes_restore_the_file_once(path: Path, stores: list[SQLiteStor
 
 
 def test_a_replaced_file_is_used_not_overwritten(path: Path, stores: list[SQLiteStore]) -> None:
-    """An operator who moves a new database file into place gets it used at once."""
+    """An operator who moves a new database file into place gets it used at once, and
+    no connection to the old file is left open."""
     store = SQLiteStore(str(path))
     stores.append(store)
     old = store.create(job()).id
@@ -91,6 +84,7 @@ def test_a_replaced_file_is_used_not_overwritten(path: Path, stores: list[SQLite
         path.with_name(path.name + suffix).unlink(missing_ok=True)
     assert {j.id for j in store.list().jobs} == {kept}
     assert old not in {j.id for j in store.list().jobs}
+    assert [name for name in open_files(path.parent) if name.endswith(" (deleted)")] == []
 
 
 @pytest.mark.docs("stores.md#when-the-store-fails")

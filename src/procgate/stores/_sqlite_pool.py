@@ -80,8 +80,12 @@ class ConnectionPool:
                 self._idle, self._all, self._anchor, self._pid = [], [], None, os.getpid()
             db = self._idle.pop() if self._idle else None
         if FileIdentity.of(self.path) != self._identity:
-            self._reopen()
-            db = None  # pooled connections were to the old file
+            try:
+                self._reopen()  # may restore the file from db itself, if db is the anchor
+            finally:
+                if db is not None:  # pooled to the old file, and no longer in _all
+                    db.close()
+            db = None
         if db is None:
             db = _sqlite_file.connect(self.path, self.busy_timeout)
             db.execute("PRAGMA synchronous=NORMAL")
