@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -18,6 +19,40 @@ from tests.proctable import processes
 from tests.servers import Server
 
 RUNNER_KINDS = ["sync", "thread", "process"]
+
+#: The core suite, ``python -m pytest -m core``: the library's own behaviour (HTTP API,
+#: jobs, processes, argument policy, config, auth, callbacks, streaming, uploads, a live
+#: server, every store and runner). ``.ci/run`` runs it on the oldest and newest supported
+#: Pythons as well; the rest (fault injection, Celery, several servers at once, fuzzing,
+#: docs and examples checks) runs on the main interpreter only. Paths from the repository
+#: root; a directory ends with "/".
+CORE_SUITE = (
+    "tests/runners/",
+    "tests/stores/",
+    "tests/test_app.py",
+    "tests/test_auth.py",
+    "tests/test_callbacks.py",
+    "tests/test_config.py",
+    "tests/test_job_object.py",
+    "tests/test_live.py",
+    "tests/test_openapi.py",
+    "tests/test_policy.py",
+    "tests/test_process.py",
+    "tests/test_public_api.py",
+    "tests/test_security.py",
+    "tests/test_streaming.py",
+    "tests/test_uploads.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests of ``CORE_SUITE`` with ``core``."""
+    for item in items:
+        if not item.path.is_relative_to(config.rootpath):
+            continue
+        path = item.path.relative_to(config.rootpath).as_posix()
+        if any(path == entry or path.startswith(entry) for entry in CORE_SUITE):
+            item.add_marker(pytest.mark.core)
 
 
 def make_runner(kind: str) -> Runner:
@@ -123,6 +158,18 @@ def live_pids_in_group(pgid: int) -> list[int]:
 def children_of(parent: int) -> list[int]:
     """Live child processes of ``parent``."""
     return [pid for pid, state, ppid, _, _ in processes() if ppid == parent and state != "Z"]
+
+
+def open_files(under: Path) -> list[str]:
+    """Files under ``under`` this process holds open (a deleted one ends " (deleted)"):
+    a leaked SQLite connection shows here on every Python, not only as 3.13's warning."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the fd of listdir itself is gone by now
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{under}/"):
+                paths.append(target)
+    return paths
 
 
 def zombie_children() -> list[int]:

@@ -1,11 +1,11 @@
 """Mutation testing of procgate's contract modules with mutmut 3.
 
-    python3 -m pip install -e '.[test,mutation]'
-    nice -n 10 python3 tests/mutation/run.py --minutes 5      # every module, 5 min each
-    nice -n 10 python3 tests/mutation/run.py policy jobs      # some modules
-    python3 tests/mutation/run.py --list                      # the module -> tests map
-    python3 tests/mutation/run.py --survivors callback_url    # show surviving diffs
-    python3 tests/mutation/run.py --survivors --all stores/sqlite  # with the equivalent ones
+    python3 -m venv .venv && .venv/bin/pip install -e '.[test,mutation]'
+    nice -n 10 .venv/bin/python tests/mutation/run.py --minutes 5    # every module, 5 min each
+    nice -n 10 .venv/bin/python tests/mutation/run.py policy jobs    # some modules
+    .venv/bin/python tests/mutation/run.py --list                    # the module -> tests map
+    .venv/bin/python tests/mutation/run.py --survivors callback_url  # show surviving diffs
+    .venv/bin/python tests/mutation/run.py --survivors --all stores/sqlite  # and equivalent ones
 
 Each module gets a scratch copy of the project under ``mutants/<module>/`` (git-ignored),
 and mutmut mutates only that copy: the working tree is never written. Tests run in-process
