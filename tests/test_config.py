@@ -9,6 +9,7 @@ import pytest
 from werkzeug.test import Client
 
 from procgate import ConfigError, Gate, ProcessRunner, create_app
+from procgate.commands import make_command
 from procgate.config import read_config
 from tests.conftest import open_files
 
@@ -320,3 +321,27 @@ args = [{ name = "file", type = "path", base = "data" }]
     finally:
         gate.close()
     assert job["stdout"] == "A"
+
+
+@pytest.mark.docs("configuration.md#commandsname")
+def test_a_program_that_cannot_run_is_named_for_what_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program path that is a directory, or a file without the execute bit, says so (its
+    path as given); a bare name that is not on PATH is "not found", even where a
+    directory of that name sits in the working directory."""
+    script = tmp_path / "noexec.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    (tmp_path / "adir").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cases = {
+        str(script): f"program '{script}' is not executable (chmod +x it, or check its mount)",
+        str(tmp_path / "adir"): f"program '{tmp_path / 'adir'}' is a directory",
+        "adir": "program 'adir' not found",
+        str(tmp_path / "gone.sh"): f"program '{tmp_path / 'gone.sh'}' not found",
+    }
+    for program, message in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            make_command("x", [program])
+        assert caught.value.message == f"command 'x': {message}"

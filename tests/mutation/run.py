@@ -110,6 +110,7 @@ TARGETS: dict[str, Target] = {
             "tests/test_process.py",
             "tests/test_app.py",
             "tests/test_security.py",
+            "tests/test_config.py",  # how a program that cannot run is reported
         ),
         args=_IN_PROCESS_RUNNERS,
     ),
