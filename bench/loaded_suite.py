@@ -36,6 +36,8 @@ def main() -> int:
         "--logs", type=Path, help="write each failed run's whole pytest output to DIR/run-N.log"
     )
     args = parser.parse_args()
+    # SIGTERM (kill, a CI timeout) cleans up as Ctrl-C does: the servers are stopped.
+    signal.signal(signal.SIGTERM, _terminated)
     stop = threading.Event()
     current: list[subprocess.Popen[bytes]] = []
 
@@ -105,6 +107,12 @@ def _stop_tree(root: int) -> None:
     for pid in tree:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """Turn SIGTERM into SystemExit, so that the cleanup in ``finally`` runs."""
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -963,6 +964,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
+    # SIGTERM (kill, a CI timeout) cleans up as Ctrl-C does: the servers are stopped.
+    signal.signal(signal.SIGTERM, _terminated)
     notes: list[str] = []
     started = time.monotonic()
 
@@ -1356,6 +1359,12 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(parts)
     publish(report, notes, elapsed, options.output)
     return 1 if any(s.errors for row in all_rows for s in row.samples) else 0
+
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """Turn SIGTERM into SystemExit, so that the cleanup in ``finally`` runs."""
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
