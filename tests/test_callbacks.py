@@ -416,11 +416,8 @@ def test_a_retry_goes_out_when_it_falls_due_not_at_the_next_poll(receiver: Recei
     store = MemoryStore()
     job = finished_job(store, receiver.url)
     notifier = Notifier(store, allow=[receiver.base], poll_interval=120, backoff=0.5)
-    notifier.start()
-    try:
+    with running(notifier):
         wait_for(lambda: len(receiver.received) == 2, timeout=60)
-    finally:
-        notifier.close()
     first, second = receiver.arrived
     assert 0.5 <= second - first < 60
     assert (store.get(job.id).callback or {})["status"] == "delivered"
@@ -632,6 +629,16 @@ def test_the_callback_goes_to_the_normalised_url(receiver: Receiver) -> None:
     assert [path for path, _, _ in receiver.received] == ["/hooks/a/c?x=1"]
 
 
+@contextlib.contextmanager
+def running(notifier: Notifier) -> Iterator[Notifier]:
+    """``notifier`` started, and closed however the block ends."""
+    notifier.start()
+    try:
+        yield notifier
+    finally:
+        notifier.close()
+
+
 def finished_job(store: JobStore, url: str, context: Any = None) -> Job:
     """A finished job with a callback to ``url``, stored as an older procgate (which
     checked less) could have stored it."""
@@ -784,8 +791,7 @@ def test_a_callback_stays_in_the_store_while_every_thread_is_busy(
     notifier = Notifier(
         store, allow=[silent.base, receiver.base], workers=2, timeout=6, poll_interval=0.05
     )
-    notifier.start()
-    try:
+    with running(notifier):
         first = finished_job(store, receiver.url)  # a thread taken and given back
         notifier.wake()
         wait_for(lambda: (store.get(first.id).callback or {}).get("status") == "delivered")
@@ -805,8 +811,6 @@ def test_a_callback_stays_in_the_store_while_every_thread_is_busy(
         assert receiver.received == []
         later = finished_job(store, receiver.url)
         wait_for(lambda: receiver.deliveries() == [later.id], timeout=60)
-    finally:
-        notifier.close()
 
 
 @pytest.mark.docs("python-api.md#gate")
@@ -899,11 +903,8 @@ def test_a_claim_that_takes_every_free_thread_is_followed_by_another_at_once(
     store = MemoryStore()
     jobs = [finished_job(store, receiver.url) for _ in range(3)]
     notifier = Notifier(store, allow=[receiver.base], workers=1, poll_interval=120)
-    notifier.start()
-    try:
+    with running(notifier):
         wait_for(lambda: len(receiver.received) == 3, timeout=60)
-    finally:
-        notifier.close()
     assert sorted(receiver.deliveries()) == sorted(job.id for job in jobs)
 
 
@@ -928,12 +929,9 @@ def test_the_backoff_starts_again_after_the_store_recovers(
     caplog.set_level(logging.WARNING, logger="procgate")
     store = OutageStore([False, False, True, False])
     notifier = Notifier(store, allow=["http://cb.example/"], poll_interval=0.05)
-    notifier.start()
-    try:
+    with running(notifier):
         wait_for(lambda: not store.plan)
         wait_for(lambda: len(caplog.records) == 3)
-    finally:
-        notifier.close()
     assert [record.getMessage().rsplit("again in ", 1)[1] for record in caplog.records] == [
         "0.1 s",
         "0.2 s",
@@ -948,14 +946,11 @@ def test_a_finished_delivery_leaves_the_outbox(receiver: Receiver) -> None:
     store = MemoryStore()
     failed = finished_job(store, receiver.url)
     notifier = Notifier(store, allow=[receiver.base], poll_interval=0.05, max_attempts=1)
-    notifier.start()
-    try:
+    with running(notifier):
         wait_for(lambda: (store.get(failed.id).callback or {}).get("status") == "failed")
         delivered = finished_job(store, receiver.url)
         notifier.wake()
         wait_for(lambda: (store.get(delivered.id).callback or {}).get("status") == "delivered")
-    finally:
-        notifier.close()
     assert store.claim_callbacks(time.time() + 10**6, 60, 10) == []
 
 
@@ -969,13 +964,10 @@ def test_one_poller_however_often_started() -> None:
     before = pollers()
     notifier = Notifier(MemoryStore(), allow=["http://cb.example/"], poll_interval=0.05)
     notifier.start()
-    notifier.start()
-    try:
+    with running(notifier):
         started = [t for t in pollers() if t not in before]
         assert len(started) == 1
         assert started[0].daemon
-    finally:
-        notifier.close()
     started[0].join(10)
     notifier.start()
     assert [t for t in pollers() if t not in before and t.is_alive()] == []
@@ -988,11 +980,8 @@ def test_the_body_is_compact_ascii_json(receiver: Receiver) -> None:
     store = MemoryStore()
     finished_job(store, receiver.url, context={"name": "Zoë", "n": [1, 2]})
     notifier = Notifier(store, allow=[receiver.base], poll_interval=0.05)
-    notifier.start()
-    try:
+    with running(notifier):
         wait_for(lambda: receiver.received)
-    finally:
-        notifier.close()
     [(_, _, body)] = receiver.received
     payload = json.loads(body)
     assert body == json.dumps(payload, separators=(",", ":")).encode()
@@ -1043,11 +1032,8 @@ def test_an_attempt_whose_process_died_counts(receiver: Receiver) -> None:
     job = finished_job(store, receiver.url)
     [claimed] = store.claim_callbacks(time.time(), 0, 10)  # then "killed": no record
     notifier = Notifier(store, allow=[receiver.base], max_attempts=1, poll_interval=0.05)
-    notifier.start()
-    try:
+    with running(notifier):
         wait_for(lambda: (store.get(job.id).callback or {}).get("status") == "failed")
-    finally:
-        notifier.close()
     assert claimed.callback is not None
     assert claimed.callback["attempts"] == 1
     assert store.get(job.id).callback == {
@@ -1299,11 +1285,8 @@ def test_a_claim_that_raises_an_unexpected_error_is_logged_with_its_traceback(
     caplog.set_level(logging.WARNING, logger="procgate")
     store = BrokenStore()
     notifier = Notifier(store, allow=["http://cb.example/"], poll_interval=0.05)
-    notifier.start()
-    try:
+    with running(notifier):
         wait_for(lambda: len(caplog.records) >= 2)
-    finally:
-        notifier.close()
     first, second = caplog.records[:2]
     assert (first.levelname, first.getMessage()) == (
         "ERROR",
@@ -1356,14 +1339,11 @@ def test_a_bug_in_a_delivery_is_logged_and_the_worker_goes_on(
         deliver(job)
 
     monkeypatch.setattr(notifier, "_deliver", buggy)
-    notifier.start()
-    try:
+    with running(notifier):
         wait_for(lambda: caplog.records)
         fine = finished_job(store, receiver.url)
         notifier.wake()
         wait_for(lambda: receiver.deliveries() == [fine.id])
-    finally:
-        notifier.close()
     [record] = caplog.records
     assert (record.levelname, record.getMessage()) == (
         "ERROR",
