@@ -3,9 +3,11 @@ or deleted file, and close."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -36,12 +38,15 @@ def rows(db: sqlite3.Connection) -> list[str]:
 
 
 def replace(path: Path, value: str) -> None:
-    """Move another database (table t holding ``value``) into place, as an operator would."""
+    """Move another database (table t holding ``value``) into place, as an operator would:
+    with the old file's -wal and -shm removed (SQLite would replay them onto it)."""
     fresh = path.with_name("fresh.db")
     with closing(sqlite3.connect(fresh)) as db, db:
         db.execute("CREATE TABLE t (x UNIQUE)")
         db.execute("INSERT INTO t VALUES (?)", (value,))
     os.replace(fresh, path)
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def query_missing(pool: ConnectionPool, used: list[sqlite3.Connection]) -> None:
@@ -78,21 +83,94 @@ def test_the_busy_timeout_is_the_pools(path: Path) -> None:
 
 def test_a_failed_connection_is_dropped_and_the_next_call_works(pool: ConnectionPool) -> None:
     """A connection that met an SQLite error is closed, not pooled again, and the error
-    reaches the caller unchanged; the next call gets a working connection. The anchor
-    (the first connection, kept to write a deleted file back from) stays open."""
+    reaches the caller unchanged; the next call gets a working connection."""
     used: list[sqlite3.Connection] = []
-    with pool.db() as anchor:
+    with pool.db() as held:
         with pytest.raises(sqlite3.OperationalError, match="no such table"):
             query_missing(pool, used)
-        assert used[0] is not anchor
+        assert used[0] is not held
         with pytest.raises(sqlite3.ProgrammingError):
             used[0].execute("SELECT 1")  # closed
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         query_missing(pool, used)
-    assert used[1] is anchor
+    assert used[1] is held
+    with pytest.raises(sqlite3.ProgrammingError):
+        held.execute("SELECT 1")
     with pool.db() as db:
-        assert db is anchor
         assert rows(db) == ["old"]
+
+
+def test_a_restore_waits_for_a_write_in_flight(path: Path) -> None:
+    """Another process's write, begun on the file before it was deleted, is in the copy
+    written back: the copy is taken under SQLite's write lock, after that write."""
+    one, two = ConnectionPool(str(path), 5.0), ConnectionPool(str(path), 5.0)
+    try:
+        with one.transaction() as db:
+            db.execute("CREATE TABLE t (x UNIQUE)")
+        with two.db() as db:  # opens two's connections to the file
+            assert rows(db) == []
+        began, commit = threading.Event(), threading.Event()
+
+        def write() -> None:
+            with one.transaction() as db:
+                db.execute("INSERT INTO t VALUES ('in flight')")
+                began.set()
+                assert commit.wait(60)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert began.wait(60)
+        path.unlink()
+
+        def read() -> None:
+            with two.db() as db:  # notices the deletion, and writes the file back
+                rows(db)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.3)  # the restore is waiting for the write lock now
+        commit.set()
+        writer.join(60)
+        reader.join(60)
+        with closing(sqlite3.connect(path)) as db:
+            assert rows(db) == ["in flight"]
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_write_checks_the_file_again_once_it_holds_the_lock(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write whose connection was handed out just before another process deleted and
+    wrote back the file goes to the file written back, not to the deleted one."""
+    one, two = ConnectionPool(str(path), 5.0), ConnectionPool(str(path), 5.0)
+    try:
+        with one.transaction() as db:
+            db.execute("CREATE TABLE t (x UNIQUE)")
+        with two.db() as db:
+            assert rows(db) == []
+        handed_out = ConnectionPool._connection
+        late = [True]
+
+        @contextlib.contextmanager
+        def connection(self: ConnectionPool) -> Iterator[sqlite3.Connection]:
+            with handed_out(self) as db:
+                if self is two and late.pop() if late else False:
+                    path.unlink()  # between the check and the write, one writes it back
+                    with one.transaction() as other:
+                        other.execute("INSERT INTO t VALUES ('one')")
+                yield db
+
+        monkeypatch.setattr(ConnectionPool, "_connection", connection)
+        with two.transaction() as db:
+            db.execute("INSERT INTO t VALUES ('two')")
+        assert not late
+        with closing(sqlite3.connect(path)) as db:
+            assert rows(db) == ["one", "two"]
+    finally:
+        one.close()
+        two.close()
 
 
 def test_a_transaction_left_open_is_rolled_back_before_pooling(

@@ -50,14 +50,19 @@ def connect(path: str, timeout: float) -> sqlite3.Connection:
     )
 
 
-def restore(source: sqlite3.Connection, path: str, mine: FileIdentity) -> FileIdentity:
+def restore(
+    source: sqlite3.Connection, guard: sqlite3.Connection, path: str, mine: FileIdentity
+) -> FileIdentity:
     """Put the database ``source`` still has open back at ``path``; return its identity.
 
     Several processes may notice at once: a lock file beside the database lets one of them
-    write the copy, and the others find it there and use it. The copy goes to a temporary
-    name first and is renamed into place, so nobody opens a half-written file. What is
-    left of the deleted database's ``-wal`` and ``-shm`` files is removed first: their
-    frames belong to the deleted file and must not be replayed onto the copy.
+    write the copy, and the others find it there and use it. While it copies, ``guard``
+    (another connection to the deleted file) holds SQLite's write lock, so no process
+    writes to the deleted file after the copy: writers check the path once they hold that
+    lock (``ConnectionPool.transaction``), and find the copy there. The copy goes to a
+    temporary name first and is renamed into place, so nobody opens a half-written file.
+    What is left of the deleted database's ``-wal`` and ``-shm`` files is removed first:
+    their frames belong to the deleted file and must not be replayed onto the copy.
     """
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
@@ -67,6 +72,7 @@ def restore(source: sqlite3.Connection, path: str, mine: FileIdentity) -> FileId
         if current is not None and current != mine:
             return current  # another process (or the operator) put a file there
         temporary = f"{path}.restore-{os.getpid()}-{secrets.token_hex(4)}"
+        guard.execute("BEGIN IMMEDIATE")  # waits for a write in flight to end
         try:
             copy = sqlite3.connect(temporary)
             try:
@@ -78,6 +84,7 @@ def restore(source: sqlite3.Connection, path: str, mine: FileIdentity) -> FileId
                     os.unlink(path + suffix)
             os.rename(temporary, path)
         finally:
+            guard.execute("ROLLBACK")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
         restored = FileIdentity.of(path)

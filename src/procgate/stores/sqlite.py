@@ -113,7 +113,7 @@ class SQLiteStore:
         try:
             os.makedirs(directory, exist_ok=True)
             self._pool = ConnectionPool(self.path, busy_timeout)
-            with self._db(write=True) as db:
+            with self._db() as db:  # its own transaction: WAL mode cannot be set in one
                 prepare(db)
         except (OSError, sqlite3.Error) as exc:
             self.close()
@@ -122,11 +122,11 @@ class SQLiteStore:
 
     # -- connections --------------------------------------------------------------------
 
-    def _db(self, *, write: bool = False) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """A pooled connection (``write=True``: holding this process's write lock)."""
+    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A pooled connection in autocommit mode, for reading."""
         if self._pool is None:
             raise sqlite3.ProgrammingError("the SQLite store is not open")
-        return self._pool.db(write=write)
+        return self._pool.db()
 
     def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A write transaction, taken at once so it never fails half way on a lock."""
@@ -159,13 +159,13 @@ class SQLiteStore:
                 ).fetchone()
                 if row is not None:  # else it was deleted meanwhile: insert again
                     return self._jobs(db, [row])[0]
-        with self._db(write=True) as db:
+        with self._transaction() as db:
             self._evict(db)
         return job
 
     def get(self, job_id: str, *, output: bool = True) -> Job:
         with self._db() as db:
-            self._evict(db)
+            self._evict_on_read(db)
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE id = ?",
                 (job_id,),
@@ -200,7 +200,7 @@ class SQLiteStore:
             params.append(token)
         params.append(limit + 1)
         with self._db() as db:
-            self._evict(db)
+            self._evict_on_read(db)
             rows = db.execute(
                 f"SELECT seq, {_COLUMNS} FROM jobs WHERE {' AND '.join(where)} "
                 "ORDER BY seq DESC LIMIT ?",
@@ -239,18 +239,21 @@ class SQLiteStore:
             "WHERE id = ? AND status = 'queued'"
         )
         params = (time.time(), owner, job_id)
-        with self._db(write=True) as db:
+        with self._transaction() as db:
             if _RETURNING:  # one statement instead of an update and a read
                 rows = db.execute(f"{update} RETURNING {_COLUMNS}", params).fetchall()
                 if rows:
                     return self._jobs(db, rows, output=False)[0]  # no output yet
-            elif db.execute(update, params).rowcount:
-                return self.get(job_id, output=False)
+                started = False
+            else:
+                started = bool(db.execute(update, params).rowcount)
+        if started:  # read once committed: another connection would not see it before
+            return self.get(job_id, output=False)
         self._require(job_id)
         return None
 
     def append_output(self, job_id: str, chunk: Chunk) -> None:
-        with self._db(write=True) as db:
+        with self._transaction() as db:
             db.execute(
                 # OR IGNORE: a chunk written again, after a write whose answer was lost
                 "INSERT OR IGNORE INTO output (job_id, idx, stream, off, data) "
@@ -335,17 +338,18 @@ class SQLiteStore:
         return True
 
     def finish(self, job_id: str, outcome: Outcome) -> bool:
-        with self._db(write=True) as db:
+        with self._transaction() as db:
             changed = self._finish(db, "id = ?", (job_id,), outcome)
             if changed:
-                self._notify(job_id)
                 self._evict(db)
-        if not changed:
+        if changed:
+            self._notify(job_id)  # once committed: a waiter woken earlier would not see it
+        else:
             self._require(job_id)
         return bool(changed)
 
     def cancel(self, job_id: str) -> Job:
-        with self._db(write=True) as db:
+        with self._transaction() as db:
             self._finish(
                 db,
                 "id = ? AND status = 'queued'",
@@ -376,7 +380,7 @@ class SQLiteStore:
                 "SQLite store %s: the disk is full; deleting with the reserve", self.path
             )
             deleted = self._delete(job_id)
-            with self._db(write=True) as db:
+            with self._db() as db:  # not in a transaction: SQLite refuses one there
                 db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         if not deleted:
             self._require(job_id)
@@ -456,7 +460,7 @@ class SQLiteStore:
 
     def heartbeat(self, owner: str) -> None:
         now = time.time()
-        with self._db(write=True) as db:
+        with self._transaction() as db:
             db.execute(
                 "INSERT INTO owners (owner, beat) VALUES (?, ?) "
                 "ON CONFLICT (owner) DO UPDATE SET beat = excluded.beat",
@@ -522,7 +526,7 @@ class SQLiteStore:
             return self._jobs(db, rows, output=False)
 
     def claim(self, job_id: str, owner: str) -> bool:
-        with self._db(write=True) as db:
+        with self._transaction() as db:
             claimed = db.execute(
                 "UPDATE jobs SET owner = ? WHERE id = ? AND status = 'queued'", (owner, job_id)
             ).rowcount
@@ -531,7 +535,7 @@ class SQLiteStore:
         return bool(claimed)
 
     def record_process(self, job_id: str, tag: str) -> None:
-        with self._db(write=True) as db:
+        with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET process = ? WHERE id = ? AND status = 'running'", (tag, job_id)
             )
@@ -602,6 +606,14 @@ class SQLiteStore:
             for row in rows
         ]
 
+    def _evict_on_read(self, db: sqlite3.Connection) -> None:
+        """``_evict`` on the way to a read, which must not fail because a delete could
+        not be written (a read-only moment, a full disk): the next write evicts."""
+        try:
+            self._evict(db)
+        except sqlite3.OperationalError as exc:
+            logger.debug("SQLite store %s: eviction put off: %s", self.path, exc)
+
     def _evict(self, db: sqlite3.Connection) -> None:
         """Expire finished jobs past ``ttl``, then trim to ``max_jobs``: once a second.
 
@@ -636,16 +648,19 @@ class SQLiteStore:
         db.execute("DELETE FROM launches WHERE at < ?", (time.time() - LAUNCHES_KEPT,))
         if not doomed:
             return
-        db.execute("BEGIN IMMEDIATE")
+        own = not db.in_transaction  # else the caller's transaction commits it
+        if own:
+            db.execute("BEGIN IMMEDIATE")
         try:
             for start in range(0, len(doomed), 500):
                 batch = doomed[start : start + 500]
                 marks = ", ".join("?" for _ in batch)
                 db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", batch)
                 db.execute(f"DELETE FROM output WHERE job_id IN ({marks})", batch)
-            db.execute("COMMIT")
+            if own:
+                db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
+            if own and db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             raise
