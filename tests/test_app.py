@@ -816,9 +816,10 @@ def test_many_concurrent_clients(gate: Gate, runner_kind: str) -> None:
     assert len({job["id"] for job in results.values()}) == 160
 
 
-def test_waiting_request_runs_a_bounded_job_in_its_own_thread() -> None:
-    """wait: true on a command whose timeout fits in max_wait runs the job in the request's
-    thread; a job that could outlast the wait goes to the pool, so the 202 stays possible."""
+@pytest.mark.docs("http-api.md#waiting")
+def test_a_waiting_request_runs_its_job_in_its_own_thread() -> None:
+    """wait runs the job in the request's thread whatever the command's timeout (5 s, none,
+    60 s, and one longer than the wait); a job submitted without wait goes to the pool."""
     gate = Gate(runner=ThreadRunner(), max_wait=30)
     gate.register("quick", ["echo", "hi"], timeout=5, kill_grace=1)
     gate.register("unbounded", ["echo", "hi"], timeout=None)
@@ -837,14 +838,18 @@ def test_waiting_request_runs_a_bounded_job_in_its_own_thread() -> None:
         assert response.status_code == 200
         assert response.json["stdout"] == "hi\n"
         ids["quick, wait 2"] = response.json["id"]
-        wait_for(lambda: len(threads) == 4)
+        response = client.post("/commands/quick", json={})
+        assert response.status_code == 202
+        ids["no wait"] = response.json["id"]
+        wait_for(lambda: len(threads) == 5)
     finally:
         gate.close()
     here = threading.get_ident()
     assert threads[ids["quick"]] == here
-    assert threads[ids["unbounded"]] != here
-    assert threads[ids["long"]] != here
-    assert threads[ids["quick, wait 2"]] != here
+    assert threads[ids["unbounded"]] == here
+    assert threads[ids["long"]] == here
+    assert threads[ids["quick, wait 2"]] == here
+    assert threads[ids["no wait"]] != here
 
 
 @pytest.mark.docs("http-api.md#the-job-object")

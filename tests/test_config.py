@@ -116,8 +116,8 @@ description = "relative paths"
         ("[nonsense]\n", "unknown section"),
         (
             "[server]\nhots = 1\n",
-            "[server] hots: unknown key (did you mean host?); allowed: host, port, threads,"
-            " workers",
+            "[server] hots: unknown key (did you mean host?); allowed: backlog, engine, host,"
+            " port, threads, workers",
         ),
         ("[commands.x]\nargz = ['echo']\n", "[commands.x] argz: unknown key (did you mean argv?)"),
         ("[commands.x]\ntimeout = 1\n", "[commands.x] argv: missing; it is required"),

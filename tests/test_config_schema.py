@@ -119,7 +119,7 @@ MISTAKES = [
     ),
     (
         "[server]\nprot = 8000\n",
-        "[server] prot: unknown key (did you mean port?); allowed: host, port, threads, workers",
+        "[server] prot: unknown key (did you mean port?); allowed: backlog, engine, host, port, threads, workers",
     ),
     (
         "[sever]\nport = 8000\n",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import dataclasses
 import json
@@ -11,10 +9,10 @@ import logging
 import math
 import os
 import re
-import shlex
 import shutil
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import (
@@ -22,12 +20,11 @@ from werkzeug.exceptions import (
     MethodNotAllowed,
     RequestEntityTooLarge,
     SecurityError,
-    UnsupportedMediaType,
 )
 from werkzeug.routing import Map, MapAdapter, Rule
 from werkzeug.wrappers import Request, Response
 
-from procgate import audit, process, streaming
+from procgate import audit, streaming
 from procgate.auth import (
     Token,
     Tokens,
@@ -59,13 +56,16 @@ from procgate.errors import (
     RunnerClosed,
     TooManyRunning,
     UnknownCommand,
+    UriTooLong,
 )
 from procgate.jobs import MAX_CURSOR, Job, JobStatus, Spec, job_to_json, new_job_id
 from procgate.openapi import openapi
 from procgate.policy import check_text
+from procgate.run_request import Limits, RunRequest, is_number, parse_job, parse_run, read_json
 from procgate.runners import Runner, ThreadRunner
 from procgate.stores import JobStore, MemoryStore
 from procgate.uploads import FormParser, save_upload
+from procgate.waiting import Budget, GuardedInput, TooManyWaiting
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -75,25 +75,10 @@ logger = logging.getLogger("procgate")
 #: ``hook(job, callback_context)``: see ``Gate.on_finish``.
 FinishCallback = Callable[[Job, Any], None]
 
-_JOB_FIELDS = frozenset(
-    {
-        "args",
-        "stdin",
-        "stdin_encoding",
-        "env",
-        "timeout",
-        "wait",
-        "idempotency_key",
-        "callback_url",
-        "callback_context",
-    }
-)
-_UPLOAD_FIELDS = _JOB_FIELDS | {"stdin_file"}
-_MAX_KEY = 255
-_RUN_FIELDS = _JOB_FIELDS | {"shell"}
 _MAX_LIST = 1000
 #: ``?wait=`` values: true, false (or empty), or seconds.
 _WAIT_QUERY = re.compile(r"|true|false|[0-9]{1,9}(\.[0-9]{1,9})?")
+_METHOD = re.compile(r"[A-Z]{1,20}")
 _FLAGS = {"": False, "0": False, "false": False, "1": True, "true": True}
 
 
@@ -148,17 +133,30 @@ class Gate:
         max_stdin: int | None = None,  # bytes of stdin (text, base64 or stdin_file)
         max_running: int | None = None,  # jobs queued or running at once, all commands
         trusted_hosts: Iterable[str] | None = None,  # Host names to answer; None: any
+        max_waiting: int = 16,  # requests waiting for jobs at once (long-polls, follows, SSE)
+        max_body_readers: int = 8,  # requests reading their bodies at once
+        max_url: int = 8192,  # characters of path and query string
     ) -> None:
         if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
             raise ConfigError("max_body must be a positive number of bytes")
-        if not _is_number(max_wait) or max_wait < 0:
+        if not is_number(max_wait) or max_wait < 0:
             raise ConfigError("max_wait must be a number of seconds >= 0")
-        if run_timeout is not None and (not _is_number(run_timeout) or run_timeout <= 0):
+        if run_timeout is not None and (not is_number(run_timeout) or run_timeout <= 0):
             raise ConfigError("run_timeout must be a positive number of seconds")
         self.store: JobStore = store if store is not None else MemoryStore()
         self.runner: Runner = runner if runner is not None else ThreadRunner()
+        for name, value in (
+            ("max_waiting", max_waiting),
+            ("max_body_readers", max_body_readers),
+            ("max_url", max_url),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1")
         self.max_body = max_body
         self.max_wait = max_wait
+        self.waiting = Budget(max_waiting)
+        self.body_readers = Budget(max_body_readers)
+        self.max_url = max_url
         self.commands: dict[str, Command] = {}
         path = child_env()["PATH"]
         self.allowed_programs: set[str] = set()
@@ -189,9 +187,12 @@ class Gate:
         self.trusted_proxies = parse_networks(trusted_proxies, "trusted_proxies")
         self.max_args = max_args
         self.max_arg_length = max_arg_length
+        self.limits = Limits(max_args, max_arg_length)
         self.max_stdin = max_stdin
         self.max_running = max_running
         self.trusted_hosts = _trusted_hosts(trusted_hosts) if trusted_hosts is not None else None
+        self._stop_lock = threading.Lock()
+        self._stopped = False
         self._finish_hooks: list[FinishCallback] = []
         self._command_hooks: dict[str, FinishCallback] = {}
         self.url_map = Map(
@@ -254,9 +255,20 @@ class Gate:
         self._finish_hooks.append(hook)
         return hook
 
+    def stop(self) -> None:
+        """Take no new job, and cancel this process's: queued ones at once, running ones
+        with SIGTERM, ``kill_grace`` and SIGKILL to each tree, each recorded
+        ``cancelled`` (which answers the requests waiting for them). What a server's
+        graceful stop calls first; ``close`` comes after. Once only: a second call, from
+        any thread, returns when the first is done."""
+        with self._stop_lock:
+            if not self._stopped:
+                self.runner.close()
+                self._stopped = True
+
     def close(self) -> None:
         """Stop the runner (cancelling its jobs), callbacks, then the store."""
-        self.runner.close()
+        self.stop()
         self.notifier.close()
         self.store.close()
 
@@ -266,7 +278,24 @@ class Gate:
         return self.wsgi_app(environ, start_response)
 
     def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("CONTENT_LENGTH") not in (None, "", "0") or environ.get(
+            "HTTP_TRANSFER_ENCODING"
+        ):
+            environ["wsgi.input"] = GuardedInput(environ["wsgi.input"], self.body_readers)
         request = _Request(environ)
+        url = len(environ.get("PATH_INFO", "")) + len(environ.get("QUERY_STRING", ""))
+        refused: ProcgateError | None = None
+        if url > self.max_url:
+            refused = UriTooLong(
+                f"the path and query string are limited to {self.max_url} characters"
+            )
+        elif not _METHOD.fullmatch(environ.get("REQUEST_METHOD", "")):
+            # Methods are case-sensitive: "get" is not GET, whatever werkzeug would match.
+            refused = InvalidRequest(
+                "the method must be an upper-case token, such as GET", code="invalid_method"
+            )
+        if refused is not None:
+            return self.error_response(refused, request)(environ, start_response)
         request.trusted_hosts = self.trusted_hosts
         uploading = request.mimetype == "multipart/form-data"
         request.body_limit = self.max_upload if uploading else self.max_body
@@ -280,7 +309,17 @@ class Gate:
             response = self.dispatch(request)
         finally:
             request.close()  # spooled upload files: saved to the job's directory by now
-        return response(environ, start_response)
+        app_iter, status, headers = response.get_wsgi_response(environ)
+        start_response(status, headers)
+        if response.is_streamed:  # followers, event streams: chunk by chunk
+            return app_iter
+        # A body in one piece: a server can send it with one write (granian does, for a
+        # list) instead of asking the iterator for each chunk.
+        try:
+            return [b"".join(app_iter)]
+        finally:
+            if hasattr(app_iter, "close"):
+                app_iter.close()
 
     def dispatch(self, request: _Request) -> Response:
         """Route a request to its ``on_<endpoint>`` handler; every error becomes JSON.
@@ -373,20 +412,20 @@ class Gate:
             upload = save_upload(request.form, request.files, self.max_files)
             body = upload.body
         else:
-            body = _json_body(request)
+            body = read_json(request.body(cache=False), request.mimetype)
         try:
             if upload is not None and command.user is not None:
                 upload.give_to(command.user, command.group)  # the child must read its files
-            body = _check_fields(body, _UPLOAD_FIELDS if upload is not None else _JOB_FIELDS)
-            args = self._args(body.get("args", []))
+            run = parse_job(body, self.limits, upload=upload is not None)
+            args = list(run.args)
             spec = command.spec(
                 upload.substitute(args) if upload is not None else args,
-                env=_env(body.get("env")),
-                stdin=_stdin(body),
-                timeout=_timeout(body.get("timeout")),
+                env=dict(run.env or {}),
+                stdin=run.stdin,
+                timeout=run.timeout,
             )
             if upload is not None:
-                stdin_path = upload.stdin_path(body.get("stdin_file"))
+                stdin_path = upload.stdin_path(run.stdin_file)
                 if stdin_path is not None and spec.stdin:
                     raise InvalidRequest("send stdin or stdin_file, not both")
                 spec = dataclasses.replace(spec, stdin_path=stdin_path, files_dir=upload.directory)
@@ -396,7 +435,7 @@ class Gate:
             if upload is not None:
                 upload.discard()
             raise
-        return self._launch(job, body, request, adapter, command)
+        return self._launch(job, run, request, adapter, command)
 
     def on_run(self, request: _Request, adapter: MapAdapter) -> Response:
         self._may_run(request, None)
@@ -407,32 +446,17 @@ class Gate:
                 "arguments of the same names in Python) to enable POST /run",
                 code="run_disabled",
             )
-        body = _json_body(request)
-        body = _check_fields(body, _RUN_FIELDS)
-        shell = body.get("shell", False)
-        if not isinstance(shell, bool):
-            raise InvalidRequest("shell must be true or false")
-        raw = body.get("args")
-        env = _env(body.get("env"))
-        if env and not (self.allow_any_program or shell):
-            raise Forbidden(
-                "env may be set in raw mode only when any program is allowed",
-                code="env_not_allowed",
-            )
-        if shell:
-            if not self.allow_shell:
-                raise Forbidden("shell mode is off on this server", code="shell_not_allowed")
-            if not isinstance(raw, str) or not raw.strip():
-                raise InvalidRequest("with shell, args must be a non-empty command string")
-            self._args([raw])
-            args: list[str] = [raw]
-            argv: tuple[str, ...] = (SHELL, "-c", raw)
+        run = parse_run(
+            read_json(request.body(cache=False), request.mimetype),
+            self.limits,
+            allow_any_program=self.allow_any_program,
+            allow_shell=self.allow_shell,
+        )
+        if run.shell:
+            argv: tuple[str, ...] = (SHELL, "-c", run.args[0])
         else:
-            args = self._args(_split(raw))
-            if not args:
-                raise InvalidRequest("args must name a program")
-            argv = (self._allowed_program(args[0]), *args[1:])
-        timeout = _timeout(body.get("timeout"))
+            argv = (self._allowed_program(run.args[0]), *run.args[1:])
+        timeout = run.timeout
         if timeout is not None and self.run_timeout is not None and timeout > self.run_timeout:
             raise InvalidRequest(
                 f"timeout {timeout:g} exceeds the limit of {self.run_timeout:g} s",
@@ -440,15 +464,15 @@ class Gate:
             )
         spec = Spec(
             argv=argv,
-            env=child_env(env),
-            stdin=_stdin(body),
+            env=child_env(dict(run.env or {})),
+            stdin=run.stdin,
             timeout=timeout if timeout is not None else self.run_timeout,
             max_output=self.run_max_output,
             kill_grace=DEFAULT_KILL_GRACE,
         )
         self._check_stdin(spec)
-        job = Job(id=new_job_id(), command=None, args=tuple(args), spec=spec)
-        return self._launch(job, body, request, adapter, None)
+        job = Job(id=new_job_id(), command=None, args=run.args, spec=spec)
+        return self._launch(job, run, request, adapter, None)
 
     def on_jobs(self, request: _Request, adapter: MapAdapter) -> Response:
         status = request.args.get("status") or None
@@ -473,7 +497,7 @@ class Gate:
         )
 
     def on_job(self, request: _Request, adapter: MapAdapter, job_id: str) -> Response:
-        wait = self._wait(request, {})
+        wait = self._wait(request)
         # One read when the answer is this job as it is now; else the output comes later.
         reply_now = request.method != "DELETE" and not wait
         job = self._visible(request, job_id, output=reply_now)
@@ -493,12 +517,14 @@ class Gate:
                 return response
             job = self.store.cancel(job_id)
             audit.record("cancel_requested", job, **by)
+            waited = True
             if wait:
-                job = self.store.wait(job_id, wait)
-            return _json(self._job_json(job, adapter), 202)
+                job, waited = self._wait_job(job_id, wait)
+            return _waited(_json(self._job_json(job, adapter), 202), job, waited)
+        waited = True
         if wait:
-            job = self.store.wait(job_id, wait)
-        return _json(self._job_json(job, adapter))
+            job, waited = self._wait_job(job_id, wait)
+        return _waited(_json(self._job_json(job, adapter)), job, waited)
 
     def on_output(
         self, request: _Request, adapter: MapAdapter, job_id: str, stream: str
@@ -507,7 +533,7 @@ class Gate:
         job = self._visible(request, job_id, output=not follow)  # a 404 now, if any
         if follow:
             return Response(
-                streaming.follow(self.store, job_id, stream),
+                self._waiting(streaming.follow(self.store, job_id, stream)),
                 mimetype="application/octet-stream",
                 direct_passthrough=True,
             )
@@ -527,8 +553,16 @@ class Gate:
         if stream not in ("stdout", "stderr"):
             raise InvalidRequest("stream must be stdout or stderr")
         offset = _int_arg(request, "offset", 0, 0, 1 << 62)
-        part = streaming.read_from(self.store, job_id, stream, offset, self._wait(request, {}))
+        wait = self._wait(request)
+        waited = not wait or self.waiting.take()
+        try:
+            part = streaming.read_from(self.store, job_id, stream, offset, wait if waited else 0)
+        finally:
+            if wait and waited:
+                self.waiting.give()
         response = Response(part.data, mimetype="application/octet-stream")
+        if not waited and not part.data and not part.complete:
+            response.headers["Retry-After"] = "1"
         response.headers["X-Output-Offset"] = str(part.next_offset)
         response.headers["X-Output-Complete"] = "true" if part.complete else "false"
         response.headers["X-Job-Status"] = part.job.status.value
@@ -545,8 +579,10 @@ class Gate:
             raise InvalidRequest("Last-Event-ID must be an event id from this stream")
         self._visible(request, job_id)  # a 404 now, not an empty stream
         response = Response(
-            streaming.events(
-                self.store, job_id, lambda job: self._job_json(job, adapter), max(0, last)
+            self._waiting(
+                streaming.events(
+                    self.store, job_id, lambda job: self._job_json(job, adapter), max(0, last)
+                )
             ),
             mimetype="text/event-stream",
             direct_passthrough=True,
@@ -598,17 +634,6 @@ class Gate:
         ):
             raise JobNotFound(f"no job with id {job_id!r}")
         return job
-
-    def _args(self, value: Any) -> list[str]:
-        args = _string_list(value, "args")
-        if len(args) > self.max_args:
-            raise InvalidRequest(f"at most {self.max_args} args per request")
-        for index, arg in enumerate(args, 1):
-            if len(arg) > self.max_arg_length:
-                raise InvalidRequest(
-                    f"argument {index} is longer than {self.max_arg_length} characters"
-                )
-        return args
 
     def _check_stdin(self, spec: Spec) -> None:
         if self.max_stdin is None:
@@ -664,7 +689,7 @@ class Gate:
         spec = dataclasses.replace(spec, env={**spec.env, **env})
         self._check_stdin(spec)
         job = Job(id=new_job_id(), command=command.name, args=(), spec=spec)
-        return self._launch(job, {}, request, adapter, command)
+        return self._launch(job, RunRequest(), request, adapter, command)
 
     def _job_finished(self, job_id: str) -> None:
         """A job finished: run the Python hooks, then hurry its HTTP callback along.
@@ -692,7 +717,7 @@ class Gate:
     def _launch(
         self,
         job: Job,
-        body: Mapping[str, Any],
+        run: RunRequest,
         request: _Request,
         adapter: MapAdapter,
         command: Command | None,
@@ -704,8 +729,9 @@ class Gate:
         """
         files_dir = job.spec.files_dir
         try:
-            wait = self._wait(request, body)
-            callback_url = body.get("callback_url")
+            wait = self._wait(request, run.wait)
+            until = time.monotonic() + wait
+            callback_url = run.callback_url
             if callback_url is not None:
                 callback_url = check_callback_url(callback_url, self.callback_allow)
             self._check_capacity(command)
@@ -715,10 +741,10 @@ class Gate:
                 client=request.client or None,
                 # a distributed runner's worker claims the job when it starts it
                 owner=self.runner.owner if self.runner.runs_here else None,
-                idempotency_key=_idempotency_key(body),
+                idempotency_key=run.idempotency_key,
                 link=self._job_url(job.id, adapter) if callback_url else None,
                 callback_url=callback_url,
-                callback_context=body.get("callback_context"),
+                callback_context=run.callback_context,
                 callback=Delivery(callback_url).to_json() if callback_url else None,
             )
             stored = self.store.create(job)
@@ -740,29 +766,37 @@ class Gate:
             raise ProcgateError("internal server error")
         if not replayed:
             audit.record("queued", stored)
-            # A job sure to finish within the wait may run in this thread: the answer is
-            # the same, with two thread hand-offs fewer.
-            longest = process.longest(job.spec)
-            inline = bool(wait) and longest is not None and longest <= wait
+            # A job the caller waits for may run in this thread for as long as it waits
+            # (the answer is the same, with two thread hand-offs fewer); a runner thread
+            # supervises the rest of a job that outlives the wait.
             try:
-                self.runner.submit(job.id, inline=inline, queue=job.spec.queue)
+                self.runner.submit(
+                    job.id, inline=bool(wait), queue=job.spec.queue, until=until if wait else None
+                )
             except (RunnerBusy, RunnerClosed):
                 self.store.cancel(job.id)  # never ran: leave no trace of it
                 self.store.delete(job.id)
                 if files_dir is not None:
                     shutil.rmtree(files_dir, ignore_errors=True)
                 raise
-        current = self.store.wait(stored.id, wait) if wait else self.store.get(stored.id)
+        waited = True
+        if wait:
+            current, waited = self._wait_job(stored.id, until - time.monotonic())
+        else:
+            current = self.store.get(stored.id)
         finished = bool(wait) and current.status.finished
-        response = _json(self._job_json(current, adapter), 200 if finished else 202)
+        response = _waited(
+            _json(self._job_json(current, adapter), 200 if finished else 202), current, waited
+        )
         if not finished:
             response.headers["Location"] = self._job_url(stored.id, adapter)
         if replayed:
             response.headers["Idempotent-Replayed"] = "true"
         return response
 
-    def _wait(self, request: Request, body: Mapping[str, Any]) -> float:
-        """Seconds to wait from the body's or the query's ``wait``, capped by ``max_wait``."""
+    def _wait(self, request: Request, asked: Any = None) -> float:
+        """Seconds to wait from the body's ``wait`` (``asked``) or the query's, capped by
+        ``max_wait``."""
         value: Any = None
         if "wait" in request.args:  # checked even when the body's wait wins
             text = request.args["wait"]
@@ -771,15 +805,37 @@ class Gate:
             value = {"true": True, "false": False, "": False}.get(text)
             if value is None:
                 value = float(text)
-        if body.get("wait") is not None:
-            value = body["wait"]
+        if asked is not None:
+            value = asked
         if value is None:
             return 0.0
         if isinstance(value, bool):
             return self.max_wait if value else 0.0
-        if not _is_number(value) or value < 0:
+        if not is_number(value) or value < 0:
             raise InvalidRequest("wait must be true, false or a number of seconds >= 0")
         return min(float(value), self.max_wait)
+
+    def _wait_job(self, job_id: str, wait: float) -> tuple[Job, bool]:
+        """The job after waiting up to ``wait`` seconds for it to finish, and True; the job
+        as it stands and False when ``max_waiting`` requests wait already."""
+        if wait <= 0:  # the wait was spent already (running the job in this thread)
+            return self.store.get(job_id), True
+        if not self.waiting.take():
+            return self.store.get(job_id), False
+        try:
+            return self.store.wait(job_id, wait), True
+        finally:
+            self.waiting.give()
+
+    def _waiting(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """A follow or an event stream, holding a share of the waiting budget as it runs;
+        429 at once when none is left."""
+        if not self.waiting.take():
+            raise TooManyWaiting(
+                f"{self.waiting.limit} requests are waiting for jobs already: "
+                "try again in a moment, or poll"
+            )
+        return self.waiting.hold_while(chunks)
 
     def _allowed_program(self, program: str) -> str:
         path = child_env()["PATH"]
@@ -807,33 +863,12 @@ def _json(payload: Any, status: int = 200) -> Response:
     )
 
 
-def _json_body(request: _Request) -> dict[str, Any]:
-    """The request's JSON object; an empty body is ``{}``."""
-    data = request.body(cache=False)
-    if not data.strip():
-        return {}
-    if not (request.mimetype == "application/json" or request.mimetype.endswith("+json")):
-        raise UnsupportedMediaType("send a JSON body with Content-Type: application/json")
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("body must be a JSON object", code="invalid_json")
-    return body
-
-
-def _check_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
-    """Refuse unknown fields (a typo such as ``tmeout`` must not pass silently), and drop
-    the null ones: null means "not given"."""
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidRequest(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: "
-            + ", ".join(sorted(allowed)),
-            code="unknown_field",
-        )
-    return {key: value for key, value in body.items() if value is not None}
+def _waited(response: Response, job: Job, waited: bool) -> Response:
+    """``response``, with ``Retry-After`` when it could not wait for a job still running
+    (the waiting budget was spent): the client should ask again in a second."""
+    if not waited and not job.status.finished:
+        response.headers["Retry-After"] = "1"
+    return response
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -842,79 +877,6 @@ def _flag(request: Request, name: str) -> bool:
     if text not in _FLAGS:
         raise InvalidRequest(f"{name} must be 1, 0, true or false")
     return _FLAGS[text]
-
-
-def _idempotency_key(body: Mapping[str, Any]) -> str | None:
-    key = body.get("idempotency_key")
-    if key is None:
-        return None
-    if not isinstance(key, str) or not 1 <= len(key) <= _MAX_KEY:
-        raise InvalidRequest(f"idempotency_key must be a string of 1 to {_MAX_KEY} characters")
-    check_text(key, "idempotency_key")
-    return key
-
-
-def _string_list(value: Any, name: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidRequest(f"{name} must be a list of strings")
-    for item in value:
-        check_text(item, name)
-    return value
-
-
-def _split(raw: Any) -> list[str]:
-    if isinstance(raw, str):
-        try:
-            raw = shlex.split(raw)
-        except ValueError as exc:
-            raise InvalidRequest(f"args cannot be split: {exc}") from None
-    args = _string_list(raw, "args")
-    if not args:
-        raise InvalidRequest("args must name a program")
-    return args
-
-
-def _env(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise InvalidRequest("env must be an object of strings")
-    for key, item in value.items():
-        if not key or "=" in key:
-            raise InvalidRequest(f"invalid env key {key!r}")
-        check_text(key, "env")
-        check_text(item, "env")
-    return value
-
-
-def _stdin(body: Mapping[str, Any]) -> bytes:
-    value = body.get("stdin")
-    encoding = body.get("stdin_encoding", "utf-8")
-    if encoding not in ("utf-8", "base64"):
-        raise InvalidRequest("stdin_encoding must be 'utf-8' or 'base64'")
-    if value is None:
-        return b""
-    if not isinstance(value, str):
-        raise InvalidRequest("stdin must be a string")
-    if encoding == "utf-8":
-        check_text(value.replace("\0", ""), "stdin")  # NUL is a fine byte on stdin
-        return value.encode("utf-8")
-    if encoding == "base64":
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequest("stdin is not valid base64") from None
-    raise InvalidRequest("stdin_encoding must be 'utf-8' or 'base64'")
-
-
-def _timeout(value: Any) -> float | None:
-    if value is None:
-        return None
-    if not _is_number(value) or value <= 0:
-        raise InvalidRequest("timeout must be a positive number of seconds", code="invalid_timeout")
-    return float(value)
 
 
 def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -969,16 +931,6 @@ def _names(values: Iterable[str], what: str) -> tuple[str, ...]:
     if isinstance(values, str) or not all(isinstance(v, str) for v in values):
         raise ConfigError(f"{what} must be a list of strings")
     return tuple(values)
-
-
-def _is_number(value: object) -> bool:
-    """A finite double: JSON's 1e999 (inf) and a 400-digit integer are not numbers here."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a double
-        return False
 
 
 def _canonical(path: str) -> str:

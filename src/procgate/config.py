@@ -15,6 +15,7 @@ from procgate.config_schema import validate
 from procgate.errors import ConfigError
 from procgate.runners import Runner, by_kind
 from procgate.stores import open_store
+from procgate.waiting import thread_budgets
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,6 +34,8 @@ class ServerOptions:
     port: int = 8000
     threads: int | None = None
     workers: int | None = None
+    engine: str = "granian"  # or "gunicorn"
+    backlog: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +59,11 @@ class Config:
         """Whether several processes can share the store (all but ``memory://``)."""
         return not self.store_url.startswith("memory:")
 
-    def build(self) -> Gate:
-        """A new Gate with its own store and runner; ``ConfigError`` if anything is off."""
+    def build(self, **defaults: Any) -> Gate:
+        """A new Gate with its own store and runner; ``ConfigError`` if anything is off.
+
+        ``defaults``: Gate options for what ``[gate]`` leaves unsaid (a server's budgets).
+        """
         options = dict(self.runner)
         kind = options.pop("kind", "thread")
         if kind == "celery":
@@ -79,7 +85,7 @@ class Config:
                 raise ConfigError(f"[store]: {exc}") from None
             undo.callback(store.close)
             try:
-                gate = Gate(store=store, runner=runner, **self.gate)
+                gate = Gate(store=store, runner=runner, **{**defaults, **self.gate})
             except TypeError as exc:
                 raise ConfigError(f"[gate]/[run]: {exc}") from None
             undo.pop_all()  # the Gate owns them now: gate.close() closes both
@@ -190,9 +196,14 @@ def _secrets(gate: dict[str, Any], commands: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def create_app(config_path: str) -> Gate:
-    """A Gate built from a TOML config file: ``gunicorn 'procgate:create_app("x.toml")'``."""
-    return read_config(config_path).build()
+def create_app(config_path: str, *, threads: int | None = None) -> Gate:
+    """A Gate built from a TOML config file: ``gunicorn 'procgate:create_app("x.toml")'``.
+
+    ``threads``: the server threads of each worker process, when known; the Gate's
+    budgets of waiting requests and body readers are then sized to leave some free.
+    """
+    defaults = thread_budgets(threads) if threads is not None else {}
+    return read_config(config_path).build(**defaults)
 
 
 def _from_env(name: str, where: str) -> str:

@@ -106,6 +106,8 @@ SERVER = Section(
         "port": Key(Integer(minimum=1, maximum=65535), "port to bind"),
         "threads": Key(Integer(minimum=1), "threads per worker process"),
         "workers": Key(Integer(minimum=1), "worker processes"),
+        "engine": Key(String(choices=("granian", "gunicorn")), "the HTTP server"),
+        "backlog": Key(Integer(minimum=1), "connections queued before they are accepted"),
     },
     help="How procgate serve listens; its flags override these keys.",
 )
@@ -164,6 +166,9 @@ GATE = Section(
     {
         "max_body": Key(Integer(minimum=1, unit="bytes"), "largest JSON request body"),
         "max_wait": Key(Number(minimum=0), "longest wait a request may ask for"),
+        "max_waiting": Key(Integer(minimum=1), "requests waiting for jobs at once"),
+        "max_body_readers": Key(Integer(minimum=1), "requests reading their bodies at once"),
+        "max_url": Key(Integer(minimum=1, unit="characters"), "characters of path and query"),
         "max_upload": Key(Integer(minimum=1, unit="bytes"), "largest multipart request"),
         "max_files": Key(Integer(minimum=0), "file parts per request"),
         "max_args": Key(Integer(minimum=0), "args per request"),

@@ -43,6 +43,13 @@ class PayloadTooLarge(ProcgateError):
     code = "payload_too_large"
 
 
+class UriTooLong(ProcgateError):
+    """The path and query string are longer than the Gate's ``max_url``."""
+
+    status = 414
+    code = "uri_too_long"
+
+
 class UnknownCommand(ProcgateError):
     """No command of that name was registered."""
 

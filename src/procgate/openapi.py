@@ -5,14 +5,27 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from procgate.callback_url import MAX_URL
 from procgate.jobs import JobStatus
 
 if TYPE_CHECKING:
-    from procgate.app import Gate
+    from procgate.auth import Tokens
     from procgate.commands import Command
+
+
+class Described(Protocol):
+    """What the description reads of a Gate (so this module needs nothing of app.py,
+    which imports it)."""
+
+    max_args: int
+    max_arg_length: int
+    callback_allow: tuple[str, ...]
+    allow_shell: bool
+    allow_any_program: bool
+    allowed_programs: set[str]
+    tokens: Tokens | None
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
 #: The largest number a request may send (a longer integer is refused, not rounded).
@@ -153,7 +166,7 @@ _NO_NUL = {"pattern": "^[^\\x00]*$"}
 _SHLEX = r"""^(?:[^'"\\]|\\[\s\S]|'[^']*'|"(?:[^"\\]|\\[\s\S])*")*$"""
 
 
-def _request_schema(command: Command | None, gate: Gate) -> dict[str, Any]:
+def _request_schema(command: Command | None, gate: Described) -> dict[str, Any]:
     """The JSON body of ``POST /commands/<name>`` (or ``/run`` for None)."""
     text = {"type": "string", "maxLength": gate.max_arg_length, **_NO_NUL}
     if command is not None:
@@ -269,7 +282,7 @@ def _callback_url(allow: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def _command_paths(command: Command, gate: Gate, security: list[Any]) -> dict[str, Any]:
+def _command_paths(command: Command, gate: Described, security: list[Any]) -> dict[str, Any]:
     post: dict[str, Any] = {
         "summary": command.description or f"run {command.name}",
         "operationId": f"run_{command.name}",
@@ -335,7 +348,7 @@ def _octets(description: str) -> dict[str, Any]:
     }
 
 
-def openapi(gate: Gate, server_url: str, commands: Iterable[Command]) -> dict[str, Any]:
+def openapi(gate: Described, server_url: str, commands: Iterable[Command]) -> dict[str, Any]:
     """The document for ``gate`` as served at ``server_url``, listing ``commands``."""
     security: list[Any] = [{"bearer": []}] if gate.tokens is not None else []
     paths: dict[str, Any] = {

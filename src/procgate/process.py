@@ -55,6 +55,30 @@ def execute(
     process group, then SIGKILL after ``spec.kill_grace`` seconds. ``on_start(tag)`` is
     called once the child runs, with its ``process_tag``.
     """
+    started = start(
+        spec,
+        on_output=on_output,
+        cancelled=cancelled,
+        on_start=on_start,
+        poll_interval=poll_interval,
+    )
+    if isinstance(started, Outcome):
+        return started
+    outcome = started.run()
+    assert outcome is not None  # noqa: S101 - run() without a deadline runs to the end
+    return outcome
+
+
+def start(
+    spec: Spec,
+    *,
+    on_output: OutputCallback,
+    cancelled: CancelCheck,
+    on_start: StartCallback | None = None,
+    poll_interval: float = POLL_INTERVAL,
+) -> Supervisor | Outcome:
+    """Start ``spec``'s child (``execute`` says how it is supervised) and return its
+    ``Supervisor``, to ``run``; the Outcome at once when it could not start."""
     try:
         stdin: Any = subprocess.PIPE if spec.stdin else subprocess.DEVNULL
         if spec.stdin_path is not None:
@@ -76,7 +100,7 @@ def execute(
     finally:
         if spec.stdin_path is not None and not isinstance(stdin, int):
             stdin.close()  # the child has its own copy
-    supervisor = _Supervisor(proc, spec, on_output, cancelled, poll_interval)
+    supervisor = Supervisor(proc, spec, on_output, cancelled, poll_interval)
     if on_start is not None:
         tag = process_tag(proc.pid, just_started=True)
         if tag is not None:
@@ -85,7 +109,7 @@ def execute(
             except BaseException:
                 supervisor.abandon()  # never leave a child nobody supervises
                 raise
-    return supervisor.run()
+    return supervisor
 
 
 def process_tag(pid: int, *, just_started: bool = False) -> str | None:
@@ -218,8 +242,13 @@ def signal_group(pgid: int, signum: int) -> bool:
     return True
 
 
-class _Supervisor:
-    """The loop around one child: pipes, deadline, cancel, escalation, reaping."""
+class Supervisor:
+    """The loop around one child: pipes, deadline, cancel, escalation, reaping.
+
+    ``run(until)`` may stop at ``until`` with the child still running, and be called
+    again later, from another thread: a request can run a job in its own thread for as
+    long as it waits, then leave the rest to a runner thread.
+    """
 
     def __init__(
         self,
@@ -242,55 +271,73 @@ class _Supervisor:
         self.exited_at: float | None = None  # when the main process was seen gone
         self.swept_at: float | None = None  # when leftovers of the group were SIGKILLed
         self.pidfd: int | None = None  # readable once the child exits (Linux >= 5.3)
+        self.selector: selectors.BaseSelector | None = None  # from the first run()
+        self.started = time.monotonic()
+        self.deadline = self.started + spec.timeout if spec.timeout is not None else None
+        self.next_check = self.started + poll_interval  # the runner saw no cancel at start
 
     def abandon(self) -> None:
         """Kill and reap the child without supervising it (setup failed)."""
         self._finalise(selectors.DefaultSelector())
 
-    def run(self) -> Outcome:
-        selector = selectors.DefaultSelector()
-        proc = self.proc
+    def run(self, until: float | None = None) -> Outcome | None:
+        """Supervise the child until it is done and say how it ended; None when the
+        ``until`` (a ``time.monotonic()`` time) came first: call ``run`` again later."""
+        selector = self.selector
         try:
-            for pipe, stream in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-                if pipe is not None:
-                    selector.register(pipe, selectors.EVENT_READ, stream)
-            if proc.stdin is not None and self.stdin_view:
-                os.set_blocking(proc.stdin.fileno(), False)
-                selector.register(proc.stdin, selectors.EVENT_WRITE, "stdin")
-            self.pidfd = _pidfd(proc.pid)
-            if self.pidfd is not None:
-                selector.register(self.pidfd, selectors.EVENT_READ, "exit")
-            self._loop(selector)
-        finally:
-            self._finalise(selector)
+            if selector is None:
+                selector = self.selector = self._watch()
+            if not self._loop(selector, until):
+                return None
+        except BaseException:
+            self._finalise(selector or selectors.DefaultSelector())
+            raise
+        self._finalise(selector)
         return self._outcome()
 
-    def _loop(self, selector: selectors.BaseSelector) -> None:
-        start = time.monotonic()
-        deadline = start + self.spec.timeout if self.spec.timeout is not None else None
-        next_check = start + self.poll_interval  # the runner saw no cancel as it started
+    def _watch(self) -> selectors.BaseSelector:
+        selector = selectors.DefaultSelector()
+        proc = self.proc
+        for pipe, stream in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+            if pipe is not None:
+                selector.register(pipe, selectors.EVENT_READ, stream)
+        if proc.stdin is not None and self.stdin_view:
+            os.set_blocking(proc.stdin.fileno(), False)
+            selector.register(proc.stdin, selectors.EVENT_WRITE, "stdin")
+        self.pidfd = _pidfd(proc.pid)
+        if self.pidfd is not None:
+            selector.register(self.pidfd, selectors.EVENT_READ, "exit")
+        return selector
+
+    def _loop(self, selector: selectors.BaseSelector, until: float | None) -> bool:
+        """True once the child is done; False when ``until`` came first."""
+        deadline = self.deadline
         while True:
             returncode = self.proc.poll()
             if returncode is not None and self.pidfd is not None:
                 selector.unregister(self.pidfd)
                 self._close_pidfd()
             if returncode is not None and not selector.get_map():
-                return
+                return True
             now = time.monotonic()
             if self.reason is None and deadline is not None and now >= deadline:
                 self._terminate(JobStatus.TIMED_OUT, now)
-            if self.reason is None and now >= next_check:
-                next_check = now + self.poll_interval
+            if self.reason is None and now >= self.next_check:
+                self.next_check = now + self.poll_interval
                 if self.cancelled():
                     self._terminate(JobStatus.CANCELLED, now)
             if self.kill_at is not None and now >= self.kill_at:
                 signal_group(self.proc.pid, signal.SIGKILL)
                 self.kill_at = None
             if returncode is not None and self._leftovers_done(now):
-                return
+                return True
+            if until is not None and now >= until:
+                return False
             wait = self.poll_interval
             if deadline is not None and self.reason is None:
                 wait = min(wait, max(0.0, deadline - now))
+            if until is not None:
+                wait = min(wait, max(0.0, until - now))
             if selector.get_map():
                 for key, _ in selector.select(wait):
                     self._pump(selector, key)

@@ -126,9 +126,9 @@ TARGETS: dict[str, Target] = {
     "uploads": Target(
         "src/procgate/uploads.py", ("tests/test_uploads.py", "tests/test_security.py")
     ),
-    # Request parsing only: the module-level parsers and the Gate's argument checks.
-    "app": Target(
-        "src/procgate/app.py",
+    # A run request's parsing: every function of the module.
+    "run_request": Target(
+        "src/procgate/run_request.py",
         (
             "tests/test_request_parsing.py",
             "tests/test_app.py",
@@ -136,23 +136,27 @@ TARGETS: dict[str, Target] = {
             "tests/test_security.py",
         ),
         args=_IN_PROCESS_RUNNERS,
+    ),
+    # The Gate's own request checks: query flags and numbers, stdin size, waits, budgets.
+    "app": Target(
+        "src/procgate/app.py",
+        (
+            "tests/test_request_parsing.py",
+            "tests/test_app.py",
+            "tests/test_uploads.py",
+            "tests/test_security.py",
+            "tests/test_waiting.py",
+        ),
+        args=_IN_PROCESS_RUNNERS,
         only=tuple(
             f"procgate.app.{name}__mutmut_*"
             for name in (
-                "x__json_body",
-                "x__check_fields",
                 "x__flag",
-                "x__idempotency_key",
-                "x__string_list",
-                "x__split",
-                "x__env",
-                "x__stdin",
-                "x__timeout",
                 "x__int_arg",
-                "x__is_number",
-                "xǁGateǁ_args",
                 "xǁGateǁ_check_stdin",
                 "xǁGateǁ_wait",
+                "xǁGateǁ_wait_job",
+                "xǁGateǁ_waiting",
             )
         ),
     ),

@@ -29,14 +29,23 @@ class Runner(Protocol):
         """
         ...
 
-    def submit(self, job_id: str, *, inline: bool = False, queue: str | None = None) -> None:
+    def submit(
+        self,
+        job_id: str,
+        *,
+        inline: bool = False,
+        queue: str | None = None,
+        until: float | None = None,
+    ) -> None:
         """Arrange for a queued job to run.
 
         Cheap and non-blocking, except for SyncRunner. ``RunnerBusy`` when saturated,
         ``RunnerClosed`` after ``close``. ``inline=True`` says the caller will wait for the
         job to finish anyway, so the runner may run it in the calling thread (SyncRunner
-        always does; ThreadRunner when a slot is free); a runner may ignore it. ``queue``:
-        the command's queue, for runners that route jobs (CeleryRunner); others ignore it.
+        always does; ThreadRunner when a slot is free); a runner may ignore it. ``until``
+        (a ``time.monotonic()`` time) is when the caller stops waiting: ThreadRunner then
+        leaves the rest of the job to a thread of its own and returns. ``queue``: the
+        command's queue, for runners that route jobs (CeleryRunner); others ignore it.
         """
         ...
 

@@ -113,7 +113,14 @@ class CeleryRunner(SyncRunner):
         self._resolved: dict[str, Command | str] = {}  # worker side: command or why not
         self._lock = threading.Lock()
 
-    def submit(self, job_id: str, *, inline: bool = False, queue: str | None = None) -> None:
+    def submit(
+        self,
+        job_id: str,
+        *,
+        inline: bool = False,
+        queue: str | None = None,
+        until: float | None = None,
+    ) -> None:
         """Send the job's id to its queue. ``RunnerClosed`` (503) when the broker fails."""
         if self._halt.is_set():
             raise RunnerClosed("the runner is shutting down")

@@ -19,8 +19,15 @@ from procgate.stores import JobStore
 logger = logging.getLogger("procgate")
 
 
-#: Runs a started job's process: ``execute(job, on_output, cancelled, on_start) -> Outcome``.
-Execute = Callable[[Job, OutputCallback, CancelCheck, StartCallback], Outcome]
+#: Runs a started job's process: ``execute(job, on_output, cancelled, on_start) -> Outcome``,
+#: or a ``Later``: the process still runs, and calling it supervises it to the end.
+Execute = Callable[[Job, OutputCallback, CancelCheck, StartCallback], "Outcome | Later"]
+
+#: What is left of a job's run, to call in another thread; it returns the Outcome.
+Later = Callable[[], Outcome]
+
+#: Takes the rest of a job's run (a callable) to run it in another thread.
+HandOff = Callable[[Callable[[], None]], None]
 
 #: Called with a job id once that job has finished (see ``Runner.open``).
 FinishHook = Callable[[str], None]
@@ -33,6 +40,32 @@ def execute_here(
     return process.execute(job.spec, on_output=on_output, cancelled=cancelled, on_start=on_start)
 
 
+def execute_until(until: float) -> Execute:
+    """Run the job's process from this process, in this thread until ``until`` (a
+    ``time.monotonic()`` time); a ``Later`` for the rest when the child outlives it."""
+
+    def execute(
+        job: Job, on_output: OutputCallback, cancelled: CancelCheck, on_start: StartCallback
+    ) -> Outcome | Later:
+        started = process.start(
+            job.spec, on_output=on_output, cancelled=cancelled, on_start=on_start
+        )
+        if isinstance(started, Outcome):
+            return started
+        outcome = started.run(until)
+        if outcome is not None:
+            return outcome
+
+        def rest() -> Outcome:
+            ended = started.run()
+            assert ended is not None  # noqa: S101 - run() without a deadline runs to the end
+            return ended
+
+        return rest
+
+    return execute
+
+
 def run_job(
     store: JobStore,
     job_id: str,
@@ -40,6 +73,7 @@ def run_job(
     on_finish: FinishHook | None = None,
     execute: Execute = execute_here,
     owner: str | None = None,
+    hand_off: HandOff | None = None,
 ) -> None:
     """Start, execute and finish one job, writing every step to the store.
 
@@ -47,13 +81,12 @@ def run_job(
     down: its running children are stopped like a cancel. Whatever happens, the job's
     upload directory is removed, and ``on_finish(job_id)`` is called once if the job
     finished (here, or by a cancel while it waited). ``owner``: the runner taking the job,
-    when it is not the one that created it. Never raises: a failure of the store
-    or of procgate itself finishes the job as ``error`` and is logged.
+    when it is not the one that created it. When ``execute`` returns a ``Later`` (the
+    child outlived the time this thread had for it), the rest of the run, finish
+    included, goes to ``hand_off`` and this returns at once. Never raises: a failure of the
+    store or of procgate itself finishes the job as ``error`` and is logged.
     """
-    job: Job | None = None
-    final: Job | None = None  # the job as it finished, for the audit trail...
-    ended: Outcome | None = None  # ...or the outcome that finished the started ``job``
-    finished = False
+    run = _Run(store, job_id, halt, on_finish)
     try:
         job = persist(lambda: store.start(job_id, owner), halt, f"job {job_id}: start")
         if job is None:  # cancelled while queued, deleted, or taken by another runner
@@ -61,10 +94,13 @@ def run_job(
             # Finished without ever starting: cancelled while queued, and this runner
             # does its hooks. A job another runner started (a message delivered twice)
             # is that runner's to finish.
-            finished = final.status.finished and final.started_at is None
-            if finished:  # it never ran: its upload files can go
-                job = final
+            run.finished = final.status.finished and final.started_at is None
+            run.final = final
+            if run.finished:  # it never ran: its upload files can go
+                run.job = final
+            run.done()
             return
+        run.job = job
         audit.record("running", job)
         writer = OutputWriter(store, job_id)
         outcome = execute(
@@ -73,32 +109,79 @@ def run_job(
             cancel_check(store, job_id, halt),
             lambda tag: _record_process(store, job_id, tag),
         )
-        if outcome.status is JobStatus.CANCELLED and halt.is_set():
-            outcome = dataclasses.replace(outcome, error="cancelled: the server shut down")
-        _discard_files(job)  # before the finish: a finished job has no files left
-        # All output first: a reader that sees the job finished has all of it.
-        persist(writer.flush, halt, f"job {job_id}: output")
-        finished = persist(lambda: store.finish(job_id, outcome), halt, f"job {job_id}: finish")
-        ended = outcome
-    except JobNotFound:
-        pass
-    except StoreUnavailable:  # persist gave up and said why: the sweep takes it from here
-        pass
-    except Exception:
-        logger.exception("job %s failed inside procgate", job_id)
-        _discard_files(job)
+    except BaseException as exc:
+        run.failed(exc)
+        return
+    if isinstance(outcome, Outcome):
+        run.end(writer, lambda: outcome)
+    elif hand_off is None:
+        run.end(writer, outcome)
+    else:
+        hand_off(lambda: run.end(writer, outcome))
+
+
+class _Run:
+    """The end of one job's run: finish it in the store, clean up, audit, call hooks."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        halt: threading.Event,
+        on_finish: FinishHook | None,
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.halt = halt
+        self.on_finish = on_finish
+        self.job: Job | None = None
+        self.final: Job | None = None  # the job as it finished, for the audit trail...
+        self.ended: Outcome | None = None  # ...or the outcome that finished ``job``
+        self.finished = False
+
+    def end(self, writer: OutputWriter, outcome: Later) -> None:
+        """Wait for the child's outcome, write the output and the finish, clean up."""
+        store, job_id, halt = self.store, self.job_id, self.halt
         try:
-            finished = store.finish(
-                job_id, Outcome(JobStatus.ERROR, error="internal error in procgate")
+            ended = outcome()
+            if ended.status is JobStatus.CANCELLED and halt.is_set():
+                ended = dataclasses.replace(ended, error="cancelled: the server shut down")
+            _discard_files(self.job)  # before the finish: a finished job has no files left
+            # All output first: a reader that sees the job finished has all of it.
+            persist(writer.flush, halt, f"job {job_id}: output")
+            self.finished = persist(
+                lambda: store.finish(job_id, ended), halt, f"job {job_id}: finish"
             )
-        except Exception:
-            logger.exception("job %s could not be marked as error", job_id)
-    finally:
-        _discard_files(job)
-        if finished:
-            _audit_finish(store, job_id, final, job, ended)
-        if finished and on_finish is not None:
-            on_finish(job_id)
+            self.ended = ended
+        except BaseException as exc:
+            self.failed(exc)
+            return
+        self.done()
+
+    def failed(self, exc: BaseException) -> None:
+        """The run broke off: the job is ``error`` unless the store is what failed."""
+        try:
+            if isinstance(exc, (JobNotFound, StoreUnavailable)):
+                return  # StoreUnavailable: persist gave up, the sweep takes it from here
+            if not isinstance(exc, Exception):
+                raise exc
+            logger.exception("job %s failed inside procgate", self.job_id, exc_info=exc)
+            _discard_files(self.job)
+            try:
+                self.finished = self.store.finish(
+                    self.job_id, Outcome(JobStatus.ERROR, error="internal error in procgate")
+                )
+            except Exception:
+                logger.exception("job %s could not be marked as error", self.job_id)
+        finally:
+            self.done()
+
+    def done(self) -> None:
+        _discard_files(self.job)
+        if self.finished:
+            _audit_finish(self.store, self.job_id, self.final, self.job, self.ended)
+        if self.finished and self.on_finish is not None:
+            self.on_finish(self.job_id)
 
 
 def _audit_finish(
@@ -191,7 +274,16 @@ class SyncRunner:
             target=self.submit, args=(job_id,), name=f"procgate-rerun-{job_id}", daemon=True
         ).start()
 
-    def submit(self, job_id: str, *, inline: bool = False, queue: str | None = None) -> None:
+    def submit(
+        self,
+        job_id: str,
+        *,
+        inline: bool = False,
+        queue: str | None = None,
+        until: float | None = None,
+    ) -> None:
+        """Run the job to its end in this thread (``until`` is no matter: a request holds
+        its thread for its job's whole life, as this runner promises)."""
         if self._store is None:
             raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
         if self._halt.is_set():

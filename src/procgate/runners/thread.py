@@ -9,7 +9,7 @@ from queue import Empty, Full, Queue
 
 from procgate.errors import ConfigError, RunnerBusy, RunnerClosed
 from procgate.runners.liveness import HEARTBEAT_INTERVAL, STALE_AFTER
-from procgate.runners.sync import SyncRunner, run_job
+from procgate.runners.sync import SyncRunner, execute_here, execute_until, run_job
 from procgate.stores import JobStore
 
 #: Seconds ``close`` waits for running jobs to stop before giving up on them.
@@ -54,7 +54,14 @@ class ThreadRunner(SyncRunner):
         self._inline = 0  # jobs running in callers' threads
         self._inline_done = threading.Condition(self._lock)
 
-    def submit(self, job_id: str, *, inline: bool = False, queue: str | None = None) -> None:
+    def submit(
+        self,
+        job_id: str,
+        *,
+        inline: bool = False,
+        queue: str | None = None,
+        until: float | None = None,
+    ) -> None:
         store = self._store
         if store is None:
             raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
@@ -62,14 +69,7 @@ class ThreadRunner(SyncRunner):
             raise RunnerClosed("the runner is shutting down")
         self._hold(job_id)
         if inline and self._take_inline_slot():
-            try:
-                run_job(store, job_id, self._halt, self._on_finish, owner=self.owner)
-            finally:
-                self._release(job_id)
-                self._slots.release()
-                with self._lock:
-                    self._inline -= 1
-                    self._inline_done.notify_all()
+            self._run_inline(store, job_id, until)
             return
         try:
             self._queue.put_nowait(job_id)
@@ -79,6 +79,49 @@ class ThreadRunner(SyncRunner):
                 f"all {self.max_workers} workers are busy and {self.max_queue} jobs wait"
             ) from None
         self._grow()
+
+    def _run_inline(self, store: JobStore, job_id: str, until: float | None) -> None:
+        """Run a job in the caller's thread, until ``until``; a child that outlives it is
+        supervised on by a thread of its own, which holds the slot until the job ends."""
+        handed = False
+
+        def done() -> None:
+            self._release(job_id)
+            self._slots.release()
+            with self._lock:
+                self._inline -= 1
+                self._inline_done.notify_all()
+
+        def hand_off(rest: Callable[[], None]) -> None:
+            nonlocal handed
+
+            def finish() -> None:
+                try:
+                    rest()
+                finally:
+                    done()
+
+            thread = threading.Thread(target=finish, name=f"procgate-job-{job_id}", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: finish it here, late as it is
+                rest()
+                return
+            handed = True
+
+        try:
+            run_job(
+                store,
+                job_id,
+                self._halt,
+                self._on_finish,
+                execute=execute_here if until is None else execute_until(until),
+                owner=self.owner,
+                hand_off=hand_off,
+            )
+        finally:
+            if not handed:
+                done()
 
     def _resubmit(self, job_id: str) -> None:
         self.submit(job_id)
