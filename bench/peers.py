@@ -112,8 +112,6 @@ BIG_BYTES = 1 << 30
 BIG_CAP = 16 << 20
 #: Seconds the big job may take.
 BIG_TIMEOUT = 300
-#: The ``echo`` command's timeout, as in ``examples/procgate.toml``.
-ECHO_TIMEOUT = 60
 
 STORES = ("memory", "sqlite", "redis")
 STORE_NAMES = {"memory": "memory", "sqlite": "SQLite", "redis": "Redis"}
@@ -148,6 +146,33 @@ end
     + WRK_COUNTERS
 )
 
+# The Python floor of a sync job: the least a WSGI app can do for one (parse the JSON, run
+# the child, answer JSON), served by the engine and the settings of ``procgate serve``.
+FLOOR_APP = """\
+import json
+import subprocess
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/health":
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"status":"ok"}']
+    size = int(environ.get("CONTENT_LENGTH") or 0)
+    args = json.loads(environ["wsgi.input"].read(size))["args"]
+    done = subprocess.run(["echo", *args], capture_output=True)
+    body = json.dumps(
+        {
+            "status": "succeeded" if done.returncode == 0 else "failed",
+            "returncode": done.returncode,
+            "stdout": done.stdout.decode(),
+            "stderr": done.stderr.decode(),
+        },
+        separators=(",", ":"),
+    ).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+"""
+
 FS2H_APP = """\
 from flask import Flask
 from flask_executor import Executor
@@ -181,6 +206,8 @@ class Row:
     #: Per round: CPU ms per job of the server's processes, and of the children they reaped.
     cpu: list[tuple[float, float]] = field(default_factory=list)
     skipped: str = ""
+    #: A sync procgate row's Python floor: the same engine and workers, the least app.
+    floor: Row | None = None
 
 
 # -- load clients (they run in a process of their own) ----------------------------------
@@ -458,6 +485,38 @@ def webhook_server(webhook: str, workdir: str) -> contextlib.AbstractContextMana
     return start_server("webhook", argv, workdir, port, "/")
 
 
+def floor_server(workdir: str, workers: int) -> contextlib.AbstractContextManager[Server]:
+    """The Python floor app under granian, as ``procgate serve`` runs it: WSGI, the same
+    workers, threads and backlog."""
+    from procgate.cli import DEFAULT_BACKLOG, DEFAULT_THREADS
+
+    app_dir = os.path.join(workdir, "floor-app")
+    os.makedirs(app_dir, exist_ok=True)
+    with open(os.path.join(app_dir, "floor_app.py"), "w") as file:
+        file.write(FLOOR_APP)
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "wsgi",
+        "--no-ws",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--blocking-threads",
+        str(DEFAULT_THREADS),
+        "--backlog",
+        str(DEFAULT_BACKLOG),
+        "floor_app:app",
+    ]
+    return start_server(f"floor-{workers}", argv, workdir, port, "/health", cwd=app_dir)
+
+
 def fs2h_server(venv: str, workdir: str, workers: int) -> contextlib.AbstractContextManager[Server]:
     app_dir = os.path.join(workdir, "fs2h-app")
     os.makedirs(app_dir, exist_ok=True)
@@ -541,12 +600,8 @@ def fs2h_versions(venv: str) -> str:
 
 
 def procgate_config(store: str, runner: str, redis_url: str = "", prefix: str = "") -> str:
-    """The defaults and the example config's ``echo``, apart from the store and runner kinds.
-
-    ``echo`` is as ``examples/procgate.toml`` has it, ``timeout`` included: a command's
-    timeout is part of its config (a waiting request's job runs in the request's thread
-    only when its timeout fits in the wait).
-    """
+    """The bare defaults (``[commands.echo] argv = ["echo"]`` and nothing else), apart from
+    the store and runner kinds."""
     text = ""
     if runner != "thread":  # the thread runner is the default
         text += f'[runner]\nkind = "{runner}"\n\n'
@@ -554,7 +609,7 @@ def procgate_config(store: str, runner: str, redis_url: str = "", prefix: str = 
         text += '[store]\nurl = "memory://"\n\n'
     if store == "redis":  # a key prefix per server: they share the one redis-server
         text += f'[store]\nurl = "{redis_url}"\nprefix = "{prefix}"\n\n'
-    return text + f'[commands.echo]\nargv = ["echo"]\ntimeout = {ECHO_TIMEOUT}\n'
+    return text + '[commands.echo]\nargv = ["echo"]\n'
 
 
 #: What ``--baseline`` checks in a quick child with the baseline's environment: where
@@ -643,14 +698,20 @@ def procgate_defaults() -> dict[str, str]:
 
     thread_workers = inspect.signature(ThreadRunner.__init__).parameters["max_workers"].default
     process_workers = ProcessRunner(max_workers=None).max_workers
-    shared = max(2, os.cpu_count() or 1)
+    shared = shared_workers()
     return {
-        "memory": f"1 worker x {DEFAULT_THREADS} threads",
-        "sqlite": f"{shared} workers x {DEFAULT_THREADS} threads",
-        "redis": f"{shared} workers x {DEFAULT_THREADS} threads",
+        "threads": str(DEFAULT_THREADS),
+        "memory": f"granian 1 worker x {DEFAULT_THREADS} threads",
+        "sqlite": f"granian {shared} workers x {DEFAULT_THREADS} threads",
+        "redis": f"granian {shared} workers x {DEFAULT_THREADS} threads",
         "thread": f"thread runner, {thread_workers} threads",
         "process": f"process runner, {process_workers} processes",
     }
+
+
+def shared_workers() -> int:
+    """``procgate serve``'s workers for a shared store (SQLite, Redis)."""
+    return max(2, os.cpu_count() or 1)
 
 
 def worker_pid(server: Server) -> int:
@@ -824,14 +885,16 @@ def throughput_table(
 ) -> str:
     lines = [
         "| what | server | c | jobs/s | p50 ms | p99 ms | errors | server CPU ms/job "
-        "| children CPU ms/job | ratio to spawn 2 thr | ratio to webhook | ratio to FS2H |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| children CPU ms/job | ratio to spawn 2 thr | ratio to webhook | ratio to FS2H "
+        "| ratio to floor |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         c = "" if row.concurrency is None else str(row.concurrency)
         if not row.samples:
             lines.append(
-                f"| {row.label} | {row.server} | {c} | {row.skipped or 'skipped'} | | | | | | | | |"
+                f"| {row.label} | {row.server} | {c} | {row.skipped or 'skipped'} "
+                "| | | | | | | | |"
             )
             continue
         peers = [
@@ -846,7 +909,8 @@ def throughput_table(
             f"| {sum(s.errors for s in row.samples)} "
             f"| {median([own for own, _ in row.cpu]):.2f} "
             f"| {median([reaped for _, reaped in row.cpu]):.2f} "
-            f"| {cell(ratio(row, spawn2))} | {cell(peers[0])} | {cell(peers[1])} |"
+            f"| {cell(ratio(row, spawn2))} | {cell(peers[0])} | {cell(peers[1])} "
+            f"| {cell(ratio(row, row.floor))} |"
         )
     return "\n".join(lines)
 
@@ -1036,6 +1100,17 @@ def main(argv: list[str] | None = None) -> int:
         c: Row("adnanh/webhook, sync", "1 Go process", c, f"webhook/c{c}", skipped=webhook_skip)
         for c in CONCURRENCIES
     }
+    floor_workers = {"memory": 1, "sqlite": shared_workers(), "redis": shared_workers()}
+    floor_rows = {
+        (w, c): Row(
+            "Python floor: parse JSON, `subprocess.run`, answer JSON",
+            f"granian {w} worker{'s' if w > 1 else ''} x {defaults['threads']} threads",
+            c,
+            f"floor{w}/c{c}",
+        )
+        for w in sorted(set(floor_workers.values()))
+        for c in CONCURRENCIES
+    }
     fs2h_rows = {
         c: Row(
             "Flask-Shell2HTTP, POST + GET ?wait=true",
@@ -1067,8 +1142,10 @@ def main(argv: list[str] | None = None) -> int:
                             row.skipped = "skipped (--no-process)"
                         elif store not in stores:
                             row.skipped = redis_skip
+                        if mode == "sync":
+                            row.floor = floor_rows[floor_workers[store], c]
                         (baseline_rows if twin else procgate_rows)[mode, store, runner, c] = row
-    all_rows = [*spawn, *webhook_rows.values(), *fs2h_rows.values()]
+    all_rows = [*spawn, *webhook_rows.values(), *floor_rows.values(), *fs2h_rows.values()]
     for key, row in procgate_rows.items():  # each baseline row right below its twin
         all_rows += [row, baseline_rows[key]] if key in baseline_rows else [row]
     lookup_lines: list[str] = []
@@ -1134,6 +1211,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 servers[key] = server
                 idle_rss[key] = memory_kib(pid)["VmRSS"]
+            for w in sorted(set(floor_workers.values())):
+                servers["floor", w] = stack.enter_context(floor_server(workdir, w))
             redis_url = stack.enter_context(redis_server(workdir)) if "redis" in stores else ""
             for store in stores:
                 for runner in runners:
@@ -1152,6 +1231,8 @@ def main(argv: list[str] | None = None) -> int:
             for key, server in servers.items():
                 if key == "fs2h":
                     sample, problems = bench.sample(fs2h_client, server.port, 8, WARMUP)
+                elif isinstance(key, tuple) and key[0] == "floor":
+                    sample, problems = bench.sample(sync_client, server.port, "procgate", 8, WARMUP)
                 else:
                     peer = "webhook" if key == "webhook" else "procgate"
                     seconds = WARMUP_PROCESS if "process" in key else WARMUP
@@ -1192,6 +1273,15 @@ def main(argv: list[str] | None = None) -> int:
                             lambda s=server, c=c: bench.sync(s, "webhook", c, duration),
                             f"{tag}, webhook",
                         )
+                    for (w, fc), row in floor_rows.items():
+                        if fc == c:
+                            server = servers["floor", w]
+                            record(
+                                row,
+                                server,
+                                lambda s=server, c=c: bench.sync(s, "procgate", c, duration),
+                                f"{tag}, floor {w}",
+                            )
                     if "fs2h" in servers:
                         server = servers["fs2h"]
                         record(
@@ -1301,8 +1391,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "### Throughput: `echo hello` per job",
         "",
-        "procgate servers use `procgate serve` defaults (no flags) and the example config's "
-        f"`echo` command (timeout {ECHO_TIMEOUT}), apart from the store and runner kinds"
+        "procgate servers use `procgate serve` defaults (no flags) and a config of "
+        "`[commands.echo] argv = [\"echo\"]` alone, apart from the store and runner kinds"
         + (
             "; a (baseline) row is the same server run from the baseline checkout, "
             "measured right after the row above it"
@@ -1321,7 +1411,9 @@ def main(argv: list[str] | None = None) -> int:
         "processes; for spawn rows, this script) per successful job; children CPU: the "
         "reaped `echo` children's. Ratio columns: jobs/s over the spawn loop's (2 threads), "
         "webhook's and Flask-Shell2HTTP's at the same concurrency in the same round, "
-        "median over the rounds.",
+        "median over the rounds; ratio to floor: a sync procgate row's jobs/s over the "
+        "Python floor's with the same engine and workers (the memory store's 1 worker, "
+        "the others' default).",
     ]
     if baseline is not None:
         parts += [

@@ -35,7 +35,9 @@ class Server:
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """The status, the headers (looked up in any case: granian sends them in lower
+        case) and the body."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
             data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
@@ -43,7 +45,7 @@ class Server:
             hdrs.update(headers or {})
             conn.request(method, path, body=data, headers=hdrs)
             response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
+            return response.status, response.headers, response.read()
         finally:
             conn.close()
 

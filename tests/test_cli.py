@@ -64,11 +64,12 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
-    """``serve`` up to the point where gunicorn would start; the settings it would get."""
-    from procgate import _server
+    """``serve`` up to the point where its engine would start; the settings it would get."""
+    from procgate import _granian, _server
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(_server.Server, "run", lambda self: calls.append(self.settings))
+    monkeypatch.setattr(_granian, "serve", lambda path, **settings: calls.append(settings))
     monkeypatch.chdir(tmp_path)
     return calls
 

@@ -140,7 +140,7 @@ def test_chunked_body_over_max_body_is_413(tmp_path: Path) -> None:
 
 @pytest.mark.docs("configuration.md#procgate-serve")
 def test_served_under_a_prefix(tmp_path: Path) -> None:
-    """With SCRIPT_NAME set, gunicorn mounts the Gate under it and URLs carry it."""
+    """With SCRIPT_NAME set, the server mounts the Gate under it and URLs carry it."""
     server = start(tmp_path, env={"SCRIPT_NAME": "/pg"}, prefix="/pg")
     try:
         status, headers, data = server.request("POST", "/pg/commands/echo", {"args": ["p"]})

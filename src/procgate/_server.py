@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
+import threading
 from typing import Any
 
+import gunicorn.util  # type: ignore[import-untyped]  # no hints
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]  # no hints
 from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]  # no hints
 from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]  # no hints
@@ -41,6 +44,19 @@ class _Arbiter(Arbiter):  # type: ignore[misc]  # base class is untyped (Any)
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
+def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """gunicorn's answer to a request it could not parse (a bad request line, method or
+    header, a URI or headers too long), as JSON like every other procgate error rather
+    than gunicorn's HTML page."""
+    code = "_".join(reason.lower().replace("-", " ").split()) or "bad_request"
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, head.encode("latin1") + body)
+
+
 class _Worker(ThreadWorker):  # type: ignore[misc]  # base class is untyped (Any)
     """gunicorn's threaded worker, taking the stop signals held back since its fork as
     soon as its own handlers are set: a stop that came meanwhile stops it at once.
@@ -52,6 +68,18 @@ class _Worker(ThreadWorker):  # type: ignore[misc]  # base class is untyped (Any
     def init_signals(self) -> None:
         super().init_signals()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        # This process is procgate's own worker: its parse errors are JSON too.
+        gunicorn.util.write_error = write_json_error
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: stop taking connections (gunicorn), and cancel this worker's jobs at
+        once (the Gate), which answers the requests waiting for them; gunicorn would
+        otherwise wait for those requests until its graceful timeout, then kill it all."""
+        app = getattr(self, "wsgi", None)
+        if isinstance(app, Gate) and not getattr(self, "_stopping", False):
+            self._stopping = True
+            threading.Thread(target=app.stop, name="procgate-stop", daemon=True).start()
+        super().handle_exit(sig, frame)
 
 
 class Server(BaseApplication):  # type: ignore[misc]  # base class is untyped (Any)
@@ -81,4 +109,4 @@ class Server(BaseApplication):  # type: ignore[misc]  # base class is untyped (A
 
     def load(self) -> Gate:
         log_to_stderr()
-        return create_app(self.config_path)
+        return create_app(self.config_path, threads=self.cfg.threads)

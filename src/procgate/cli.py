@@ -1,4 +1,4 @@
-"""The ``procgate`` command: ``serve`` a config file with gunicorn, run a Celery ``worker``
+"""The ``procgate`` command: ``serve`` a config file (granian, or gunicorn), run a Celery ``worker``
 for it, ``check`` it, print its ``schema``, or make a ``token``."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import argparse
 import errno
 import ipaddress
 import json
+import math
 import os
 import secrets
 import socket
@@ -16,6 +17,7 @@ from typing import Any
 
 from procgate import __version__
 from procgate.auth import hash_token
+from procgate.commands import DEFAULT_KILL_GRACE
 from procgate.config import Config, read_config
 from procgate.config_schema import json_schema
 from procgate.errors import ConfigError
@@ -23,6 +25,15 @@ from procgate.errors import ConfigError
 #: Threads per worker process when neither the flag nor the config says: a thread is held
 #: for the whole of a request that waits for its job, so there are many.
 DEFAULT_THREADS = 32
+
+#: Connections the kernel queues for a worker before the server accepts them.
+DEFAULT_BACKLOG = 1024
+
+#: Seconds a stopping worker may take beyond its longest ``kill_grace``.
+STOP_MARGIN = 5
+
+#: What ``procgate serve`` can serve with; the first is the default.
+ENGINES = ("granian", "gunicorn")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,12 +45,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"procgate {__version__}")
     commands = parser.add_subparsers(dest="action", required=True)
-    serve = commands.add_parser("serve", help="serve a config file over HTTP (gunicorn)")
+    serve = commands.add_parser("serve", help="serve a config file over HTTP (granian)")
     serve.add_argument("--config", required=True, help="path of the TOML config file")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, help="port to bind (default 8000)")
     serve.add_argument(
         "--threads", type=_at_least_one, help=f"threads per worker (default {DEFAULT_THREADS})"
+    )
+    serve.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="the HTTP server (default granian; [server] engine in the config)",
     )
     serve.add_argument(
         "--workers",
@@ -122,20 +138,21 @@ def _check(config: Config) -> int:
 
 
 def _serve(config: Config, options: argparse.Namespace) -> int:
-    try:
-        from procgate._server import Server
-    except ImportError:
-        raise ConfigError("procgate serve needs gunicorn: pip install 'procgate[server]'") from None
+    engine = options.engine or config.server.engine
     host = options.host or config.server.host
     port = options.port if options.port is not None else config.server.port
     default_workers = max(2, os.cpu_count() or 1) if config.shared_store else 1
     workers = _first(options.workers, config.server.workers, default_workers)
     threads = _first(options.threads, config.server.threads, DEFAULT_THREADS)
+    backlog = _first(config.server.backlog, DEFAULT_BACKLOG)
     if workers > 1 and not config.shared_store:
         raise ConfigError(
             "the memory store lives in one process: serve it with --workers 1 (and threads)"
         )
-    config.build().close()  # fail here, with a clear message, not in every worker
+    gate = config.build()  # fail here, with a clear message, not in every worker
+    grace = max((c.kill_grace for c in gate.commands.values()), default=DEFAULT_KILL_GRACE)
+    gate.close()
+    stop_timeout = math.ceil(max(grace, DEFAULT_KILL_GRACE)) + STOP_MARGIN
     _check_bind(host, port)
     if not _is_loopback(host) and "tokens" not in config.gate and not config.gate.get("allow_ips"):
         print(
@@ -144,15 +161,50 @@ def _serve(config: Config, options: argparse.Namespace) -> int:
             "(procgate token --id NAME) or bind 127.0.0.1",
             file=sys.stderr,
         )
+    log_level = os.environ.get("PROCGATE_LOG_LEVEL", "info")
+    if engine == "granian":
+        try:
+            from procgate import _granian
+        except ImportError:
+            raise ConfigError(
+                "procgate serve needs granian: pip install 'procgate[server]'"
+            ) from None
+        _granian.serve(
+            config.path,
+            host=_address(host, port),
+            port=port,
+            workers=workers,
+            threads=threads,
+            backlog=backlog,
+            kill_timeout=stop_timeout,
+            log_level=log_level,
+        )
+        return 0
+    try:
+        from procgate._server import Server
+    except ImportError:
+        raise ConfigError("procgate serve needs gunicorn: pip install gunicorn") from None
     settings: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
         "threads": threads,
+        "backlog": backlog,
+        "graceful_timeout": stop_timeout,
         "errorlog": "-",
-        "loglevel": os.environ.get("PROCGATE_LOG_LEVEL", "info"),
+        "loglevel": log_level,
     }
     Server(config.path, settings).run()
     return 0
+
+
+def _address(host: str, port: int) -> str:
+    """``host`` as an IP address (granian binds addresses, not names: ``localhost``)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return str(found[0][4][0])
+    return host
 
 
 def _check_bind(host: str, port: int) -> None:

@@ -101,7 +101,38 @@ def matches(expected: list[str], actual: str) -> bool:
     return re.fullmatch("".join(pattern), text + "\n", re.S) is not None
 
 
-_GUNICORN_HEADERS = re.compile(r"^(Server|Date|Connection): .*\n", re.M)
+_SERVER_HEADERS = re.compile(r"^(Server|Date|Connection): .*\n", re.M | re.I)
+_STATUS_LINE = re.compile(r"^(HTTP/1\.1 \d{3}) (.*)$", re.M)
+_HEADER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*): ", re.M)
+
+
+def _http_as_shown(text: str) -> str:
+    """A response as the docs show it, whatever the engine: header names are
+    case-insensitive (granian sends them in lower case, gunicorn as the app gave them),
+    reason phrases are the server's own, and Server, Date and Connection vary. Only the
+    lines of a response head change, from its status line to the blank line after it."""
+    lines: list[str] = []
+    in_head = False
+    for line in text.split("\n"):
+        status = _STATUS_LINE.fullmatch(line)
+        if status:
+            in_head = True
+            lines.append(f"{status[1]} {status[2].upper()}")
+            continue
+        if in_head and not line.strip():
+            in_head = False
+        elif in_head:
+            if _SERVER_HEADERS.match(line + "\n"):
+                continue
+            line = _HEADER_LINE.sub(lambda m: f"{_title(m[1])}: ", line, count=1)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _title(name: str) -> str:
+    return "-".join(
+        {"id": "ID", "www": "WWW"}.get(part.lower(), part.capitalize()) for part in name.split("-")
+    )
 
 
 @dataclass
@@ -287,7 +318,7 @@ def run_shell(block: Block, page: Page) -> None:
     outputs, statuses = pieces[0:-1:2], [int(s) for s in pieces[1::2]]
     assert len(statuses) == len(found), f"{block.where}: the block stopped early:\n{output}"
     for number, step in enumerate(found):
-        actual = _GUNICORN_HEADERS.sub("", outputs[number].replace("\r\n", "\n"))
+        actual = _http_as_shown(outputs[number].replace("\r\n", "\n"))
         actual = actual.replace(address, original)
         for shown, rewritten in page.addresses.items():
             actual = actual.replace(rewritten, shown)

@@ -1,10 +1,15 @@
-"""Serving the Gate: gunicorn, DispatcherMiddleware, Flask."""
+"""Serving the Gate: procgate serve on granian, gunicorn, DispatcherMiddleware, Flask."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.docs_examples.runner import Pages, run_examples
+
+
+def test_deploy_granian(pages: Pages) -> None:
+    """procgate serve on its default engine, from the repository root."""
+    run_examples(pages, "deploy-granian.md")
 
 
 def test_deploy_gunicorn(pages: Pages) -> None:
