@@ -25,9 +25,10 @@ def thread_budgets(threads: int) -> dict[str, int]:
 
 
 #: Seconds a body read waits for a share: long enough for the reads of a burst of fast
-#: clients, which hold theirs for microseconds (or a GIL switch, 5 ms), short enough that
-#: slow clients holding every share cost a refused request no more than this.
-BODY_READ_PATIENCE = 0.25
+#: clients, which hold theirs for microseconds (or a few GIL switches, 5 ms each), short
+#: enough that a flood of slow bodies holding every share costs each refused request's
+#: thread no more than this (at 0.25 s, 100 at once kept /health waiting a second).
+BODY_READ_PATIENCE = 0.02
 
 
 class Budget:
