@@ -30,7 +30,7 @@ from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server.mp import MPServer, WorkerProcess
 
-from procgate._logging import log_to_stderr
+from procgate._logging import flush_logs, log_to_stderr
 from procgate.app import Gate
 from procgate.config import create_app
 
@@ -39,7 +39,7 @@ HEADER_TIMEOUT_MS = 10_000
 
 
 def _load(config_path: str, threads: int) -> Gate:
-    log_to_stderr()
+    log_to_stderr(queued=True)
     return create_app(config_path, threads=threads)
 
 
@@ -80,6 +80,7 @@ def _worker(worker_id: int, gate: Gate, *args: Any) -> None:
         for thread in stopping:
             thread.join()
         gate.close()
+        flush_logs()
 
 
 _worker = WorkerProcess.wrap_target(_worker)  # type: ignore[no-untyped-call]

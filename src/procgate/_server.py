@@ -13,7 +13,7 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]  #
 from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]  # no hints
 from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]  # no hints
 
-from procgate._logging import log_to_stderr
+from procgate._logging import flush_logs, log_to_stderr
 from procgate.app import Gate
 from procgate.config import create_app
 
@@ -23,6 +23,7 @@ def _close_gate(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
     if isinstance(app, Gate):
         app.close()
+    flush_logs()
 
 
 #: The signals that stop a worker. One that reaches a new worker before the worker has
@@ -108,5 +109,5 @@ class Server(BaseApplication):  # type: ignore[misc]  # base class is untyped (A
             sys.exit(1)
 
     def load(self) -> Gate:
-        log_to_stderr()
+        log_to_stderr(queued=True)
         return create_app(self.config_path, threads=self.cfg.threads)

@@ -94,6 +94,9 @@ def test_a_server_stopped_mid_wait_leaves_nothing_behind(
             status, job = answered[0]  # type: ignore[misc]
             assert status == 200
             assert job["status"] == "cancelled", job
+            # the audit lines of the stop were written before the workers exited
+            audit = [line for line in server.log.read_text().splitlines() if '"event"' in line]
+            assert sum('"event": "cancelled"' in line for line in audit) == 5
         again = start_server(tmp_path, config, "--workers", "1", name="again")
         servers.append(again)
         wait_for(lambda: again.json("GET", "/jobs?status=running")[1]["jobs"] == [], timeout=30)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 
 from procgate.stores import _sqlite_file
@@ -69,7 +71,7 @@ class ConnectionPool:
             while True:
                 with self._connection() as db:
                     try:
-                        db.execute("BEGIN IMMEDIATE")
+                        self._begin(db)
                     except sqlite3.OperationalError as exc:
                         # Opened while the file could not be written (SQLite then opens
                         # it read-only, for good), as the idle ones may have been: once,
@@ -90,6 +92,30 @@ class ConnectionPool:
                             raise
                         return
                     db.execute("ROLLBACK")  # the next _connection() sees the change
+
+    def _begin(self, db: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, trying again every 50 µs to 2 ms while another process
+        writes, for up to ``busy_timeout`` seconds.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10 ms... between tries: a write that
+        meets another worker's (which lasts tens of microseconds) would wait a whole
+        millisecond, and every thread of this process behind it, holding the write lock.
+        """
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            deadline = time.monotonic() + self.busy_timeout
+            delay = 0.00005
+            while True:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                        raise
+                time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter only
+                delay = min(delay * 2, 0.002)
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     def _forget(self, db: sqlite3.Connection, *, idle: bool = False) -> None:
         """Leave ``db`` out of the pool: it is closed when given back; with ``idle``,
