@@ -10,7 +10,7 @@ SCRIPT = """
 import logging, os
 from procgate._logging import flush_logs, log_to_stderr
 
-log_to_stderr(queued=True)
+log_to_stderr(buffered=True)
 for number in range(20000):
     logging.getLogger("procgate.audit").info("line %d", number)
 flush_logs()

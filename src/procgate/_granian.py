@@ -39,7 +39,7 @@ HEADER_TIMEOUT_MS = 10_000
 
 
 def _load(config_path: str, threads: int) -> Gate:
-    log_to_stderr(queued=True)
+    log_to_stderr(buffered=True)
     return create_app(config_path, threads=threads)
 
 

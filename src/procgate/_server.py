@@ -109,5 +109,5 @@ class Server(BaseApplication):  # type: ignore[misc]  # base class is untyped (A
             sys.exit(1)
 
     def load(self) -> Gate:
-        log_to_stderr(queued=True)
+        log_to_stderr(buffered=True)
         return create_app(self.config_path, threads=self.cfg.threads)

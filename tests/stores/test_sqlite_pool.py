@@ -105,6 +105,25 @@ def test_a_write_waiting_for_another_process_tries_again_within_milliseconds(
         pool.close()
 
 
+def test_a_new_file_opened_while_another_process_writes_it_is_put_in_wal_mode(
+    path: Path,
+) -> None:
+    """Workers starting together: one process's switch to WAL meets another's write lock
+    while it holds a read lock itself, which SQLite answers with "database is locked" at
+    once (no busy handler: waiting could deadlock). The pool tries again, and opens once
+    the other's transaction ends."""
+    with closing(sqlite3.connect(path, isolation_level=None, check_same_thread=False)) as other:
+        other.execute("CREATE TABLE t (x)")
+        other.execute("BEGIN IMMEDIATE")  # a write lock, held
+        threading.Timer(0.2, lambda: other.execute("COMMIT")).start()
+        pool = ConnectionPool(str(path), busy_timeout=5.0)
+        try:
+            with pool.db() as db:
+                assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            pool.close()
+
+
 def test_a_failed_connection_is_dropped_and_the_next_call_works(pool: ConnectionPool) -> None:
     """A connection that met an SQLite error is closed, not pooled again, and the error
     reaches the caller unchanged; the next call gets a working connection."""

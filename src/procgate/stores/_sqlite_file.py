@@ -16,6 +16,7 @@ import fcntl
 import os
 import secrets
 import sqlite3
+import time
 from dataclasses import dataclass
 
 
@@ -48,6 +49,26 @@ def connect(path: str, timeout: float) -> sqlite3.Connection:
         isolation_level=None,
         check_same_thread=False,
     )
+
+
+def use_wal(db: sqlite3.Connection, timeout: float) -> None:
+    """Put the database in WAL mode, trying again for up to ``timeout`` seconds.
+
+    Two processes opening a new file at once (server workers starting together) can each
+    hold a shared lock that the other's switch to WAL must wait for: SQLite answers
+    "database is locked" at once then, without its busy handler, to avoid a deadlock.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def restore(

@@ -44,7 +44,7 @@ class ConnectionPool:
         self._closed = False
         first = sqlite3.connect(path)  # create the file: pooled connections never do
         try:  # in WAL mode before the anchor opens: it must hold the -wal file open
-            first.execute("PRAGMA journal_mode=WAL")
+            _sqlite_file.use_wal(first, busy_timeout)
         finally:
             first.close()
         self._identity = FileIdentity.of(path)

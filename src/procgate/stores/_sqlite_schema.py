@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from procgate.stores._sqlite_file import use_wal
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: list cursors stay valid
@@ -85,7 +87,7 @@ def prepare(db: sqlite3.Connection) -> None:
     WAL mode, so readers never block the writer. A file of an unknown version (a newer
     procgate's) is refused with ``sqlite3.DatabaseError`` rather than misread.
     """
-    db.execute("PRAGMA journal_mode=WAL")
+    use_wal(db, 10.0)
     db.execute("BEGIN IMMEDIATE")
     try:
         (version,) = db.execute("PRAGMA user_version").fetchone()
