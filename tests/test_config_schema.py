@@ -119,7 +119,8 @@ MISTAKES = [
     ),
     (
         "[server]\nprot = 8000\n",
-        "[server] prot: unknown key (did you mean port?); allowed: backlog, engine, host, port, threads, workers",
+        "[server] prot: unknown key (did you mean port?); allowed: backlog, engine, host, port,"
+        " threads, workers",
     ),
     (
         "[sever]\nport = 8000\n",
