@@ -42,6 +42,7 @@ CORE_SUITE = (
     "tests/test_security.py",
     "tests/test_streaming.py",
     "tests/test_uploads.py",
+    "tests/test_waiting.py",
 )
 
 
