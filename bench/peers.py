@@ -1442,7 +1442,7 @@ def main(argv: list[str] | None = None) -> int:
     if memory_lines:
         parts += [
             "",
-            "### Memory (gunicorn worker's /proc/<pid>/status; webhook: its process)",
+            "### Memory (the server worker's /proc/<pid>/status; webhook: its process)",
             "",
             "| what | VmRSS MiB | VmHWM MiB | growth |",
             "|---|---:|---:|---|",
