@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -19,7 +18,6 @@ from werkzeug.exceptions import (
     HTTPException,
     MethodNotAllowed,
     RequestEntityTooLarge,
-    SecurityError,
 )
 from werkzeug.routing import Map, MapAdapter, Rule
 from werkzeug.wrappers import Request, Response
@@ -58,6 +56,7 @@ from procgate.errors import (
     UnknownCommand,
     UriTooLong,
 )
+from procgate.hosts import check_host, names, trusted_hosts_of
 from procgate.jobs import MAX_CURSOR, Job, JobStatus, Spec, job_to_json, new_job_id
 from procgate.openapi import openapi
 from procgate.policy import check_text
@@ -160,7 +159,7 @@ class Gate:
         self.commands: dict[str, Command] = {}
         path = child_env()["PATH"]
         self.allowed_programs: set[str] = set()
-        for program in _names(allow_programs, "allow_programs"):
+        for program in names(allow_programs, "allow_programs"):
             found = resolve_program(program, path)
             if found is None:
                 raise ConfigError(f"allow_programs: program {program!r} not found")
@@ -173,7 +172,7 @@ class Gate:
             raise ConfigError("max_upload must be a positive byte count, max_files >= 0")
         self.max_upload = max_upload
         self.max_files = max_files
-        self.callback_allow = _names(callback_allow, "callback_allow")
+        self.callback_allow = names(callback_allow, "callback_allow")
         self.notifier = Notifier(
             self.store,
             allow=self.callback_allow,
@@ -190,7 +189,7 @@ class Gate:
         self.limits = Limits(max_args, max_arg_length)
         self.max_stdin = max_stdin
         self.max_running = max_running
-        self.trusted_hosts = _trusted_hosts(trusted_hosts) if trusted_hosts is not None else None
+        self.trusted_hosts = trusted_hosts_of(trusted_hosts) if trusted_hosts is not None else None
         self._stop_lock = threading.Lock()
         self._stopped = False
         self._finish_hooks: list[FinishCallback] = []
@@ -333,7 +332,7 @@ class Gate:
         adapter = self.url_map.bind_to_environ(request.environ)
         try:
             if self.trusted_hosts is not None and request.path != "/health":
-                _check_host(request)
+                check_host(request)
             endpoint, values = adapter.match()
             request.client = client_address(
                 request.remote_addr, request.headers.get("X-Forwarded-For"), self.trusted_proxies
@@ -890,47 +889,6 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> 
     if not low <= value <= high:
         raise InvalidRequest(f"{name} must be between {low} and {high}")
     return value
-
-
-def _check_host(request: Request) -> None:
-    """400 ``untrusted_host`` unless the ``Host`` header (or, without one, the server's
-    name) is in ``request.trusted_hosts``, as werkzeug's ``Request.host`` checks it."""
-    try:
-        _ = request.host  # werkzeug checks trusted_hosts as it works the host out
-    except SecurityError:
-        raise InvalidRequest(
-            "this server does not answer for that Host (see trusted_hosts)",
-            code="untrusted_host",
-        ) from None
-
-
-#: A ``trusted_hosts`` entry after its leading "." (if any): a name or an IPv4 address.
-_TRUSTED_HOST = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
-
-
-def _trusted_hosts(values: Iterable[str]) -> list[str]:
-    """``trusted_hosts``, checked: werkzeug compares names without their port, and would
-    take any IPv6 literal for any other, so neither may appear here."""
-    hosts = list(_names(values, "trusted_hosts"))
-    if not hosts:
-        raise ConfigError("trusted_hosts must name a host; leave it out (None) to answer any")
-    for host in hosts:
-        name = host.removeprefix(".")
-        with contextlib.suppress(UnicodeError):  # a name idna refuses is refused below
-            name = name.encode("idna").decode("ascii")  # as werkzeug compares it
-        if not _TRUSTED_HOST.fullmatch(name):
-            raise ConfigError(
-                f"trusted_hosts: {host!r} is not a host name or IPv4 address (no port, no "
-                "IPv6 literal; a leading '.' also allows its subdomains)"
-            )
-    return hosts
-
-
-def _names(values: Iterable[str], what: str) -> tuple[str, ...]:
-    """A list of strings: a lone string would be taken one character at a time."""
-    if isinstance(values, str) or not all(isinstance(v, str) for v in values):
-        raise ConfigError(f"{what} must be a list of strings")
-    return tuple(values)
 
 
 def _canonical(path: str) -> str:
