@@ -87,7 +87,11 @@ def start_server(
             cwd=directory,
             start_new_session=True,  # so crash() reaches the workers too
         )
-    server = Server(proc, port, log)
+    return serving(Server(proc, port, log), prefix)
+
+
+def serving(server: Server, prefix: str = "") -> Server:
+    """``server`` once its ``/health`` answers 200; killed, with its log, if it never does."""
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -95,9 +99,9 @@ def start_server(
                 return server
         except OSError:
             pass
-        if proc.poll() is not None or time.monotonic() > deadline:
+        if server.proc.poll() is not None or time.monotonic() > deadline:
             server.crash()
-            raise AssertionError(f"server did not start:\n{log.read_text()}")
+            raise AssertionError(f"server did not start:\n{server.log.read_text()}")
         time.sleep(0.05)
 
 

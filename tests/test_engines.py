@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import procgate
-from tests.servers import Server, free_port, start_server
+from tests.servers import Server, free_port, serving, start_server
 
 CONFIG = """
 [store]
@@ -77,18 +77,7 @@ def uwsgi_server(directory: Path, config: str) -> Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(proc, port, log)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if server.request("GET", "/health")[0] == 200:
-                return server
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            server.crash()
-            raise AssertionError(f"uwsgi did not start:\n{log.read_text()}")
-        time.sleep(0.1)
+    return serving(Server(proc, port, log))
 
 
 @pytest.fixture(params=["granian", "gunicorn", "uwsgi"])
