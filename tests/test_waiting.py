@@ -184,6 +184,20 @@ def test_a_stream_closed_early_gives_its_share_back(gate: Gate) -> None:
     client.delete(f"/jobs/{job_id}")
 
 
+@pytest.mark.parametrize("suffix", ["/stdout?follow=1", "/events"])
+def test_a_head_request_to_a_stream_gives_its_share_back(gate: Gate, suffix: str) -> None:
+    """HEAD gets a stream's headers and no body: the server closes the body unread, and
+    the share it took comes back (else 2 HEADs would spend the budget for good)."""
+    client = Client(gate)
+    job_id = started(client, "30")
+    for _ in range(3):
+        response = client.head(f"/jobs/{job_id}{suffix}")
+        assert response.status_code == 200
+        response.close()
+        assert gate.waiting.held == 0
+    client.delete(f"/jobs/{job_id}")
+
+
 def test_output_polls_past_the_budget_answer_at_once(gate: Gate) -> None:
     """GET /jobs/<id>/output?wait= past the budget returns what there is now, with
     Retry-After when that is nothing and more may come."""

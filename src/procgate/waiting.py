@@ -62,11 +62,37 @@ class Budget:
             self._freed.notify()
 
     def hold_while(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        """``chunks``, holding a share (already taken) until they end or are closed."""
+        """``chunks``, holding a share (already taken) until they end or are closed,
+        even if never iterated (a HEAD request's body is closed unread)."""
+        return _Holding(chunks, self)
+
+
+class _Holding:
+    """An iterator that gives its budget share back once: at its end, or on ``close``."""
+
+    def __init__(self, chunks: Iterator[bytes], budget: Budget) -> None:
+        self._chunks = chunks
+        self._budget: Budget | None = budget
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
         try:
-            yield from chunks
+            return next(self._chunks)
+        except BaseException:  # the end, or a failure: either way, done with the share
+            self.close()
+            raise
+
+    def close(self) -> None:
+        budget, self._budget = self._budget, None
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
         finally:
-            self.give()
+            if budget is not None:
+                budget.give()
 
 
 class ServerBusy(ProcgateError):
