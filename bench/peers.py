@@ -1134,7 +1134,9 @@ def main(argv: list[str] | None = None) -> int:
                         row = Row(
                             f"procgate {what}, {STORE_NAMES[store]}"
                             + (" (baseline)" if twin else ""),
-                            f"{defaults[store]}, {defaults[runner]}",
+                            "the baseline checkout's `procgate serve` defaults"
+                            if twin
+                            else f"{defaults[store]}, {defaults[runner]}",
                             c,
                             f"{mode}/{store}/{runner}/c{c}" + ("/baseline" if twin else ""),
                         )
