@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -54,21 +56,33 @@ def connect(path: str, timeout: float) -> sqlite3.Connection:
 def use_wal(db: sqlite3.Connection, timeout: float) -> None:
     """Put the database in WAL mode, trying again for up to ``timeout`` seconds.
 
-    Two processes opening a new file at once (server workers starting together) can each
-    hold a shared lock that the other's switch to WAL must wait for: SQLite answers
-    "database is locked" at once then, without its busy handler, to avoid a deadlock.
+    Two processes opening a new file at once (server workers starting together): the
+    switch needs the file to itself, and while another process holds its write lock
+    SQLite answers "database is locked" at once, without its busy handler (waiting while
+    holding a read lock could deadlock).
     """
+    while_locked(
+        lambda: db.execute("PRAGMA journal_mode=WAL").fetchall(), timeout, first=0.001, most=0.05
+    )
+
+
+def while_locked(
+    attempt: Callable[[], object], timeout: float, *, first: float, most: float
+) -> None:
+    """``attempt()``, tried again while SQLite answers "database is locked", for up to
+    ``timeout`` seconds: after ``first`` seconds, then twice as long each time up to
+    ``most``, each sleep jittered (so processes that met do not meet again)."""
     deadline = time.monotonic() + timeout
-    delay = 0.001
+    delay = first
     while True:
         try:
-            db.execute("PRAGMA journal_mode=WAL").fetchall()
+            attempt()
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() + delay > deadline:
                 raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+        time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter only
+        delay = min(delay * 2, most)
 
 
 def restore(

@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 
 from procgate.stores import _sqlite_file
@@ -103,17 +101,9 @@ class ConnectionPool:
         """
         db.execute("PRAGMA busy_timeout = 0")
         try:
-            deadline = time.monotonic() + self.busy_timeout
-            delay = 0.00005
-            while True:
-                try:
-                    db.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() + delay > deadline:
-                        raise
-                time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter only
-                delay = min(delay * 2, 0.002)
+            _sqlite_file.while_locked(
+                lambda: db.execute("BEGIN IMMEDIATE"), self.busy_timeout, first=0.00005, most=0.002
+            )
         finally:
             db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 

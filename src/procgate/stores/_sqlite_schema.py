@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 
-from procgate.stores._sqlite_file import use_wal
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: list cursors stay valid
@@ -84,10 +82,10 @@ _MIGRATIONS = {2: ("ALTER TABLE jobs ADD COLUMN process TEXT",)}
 def prepare(db: sqlite3.Connection) -> None:
     """Make a new file's tables, or migrate an older one, in one transaction.
 
-    WAL mode, so readers never block the writer. A file of an unknown version (a newer
-    procgate's) is refused with ``sqlite3.DatabaseError`` rather than misread.
+    The file is in WAL mode already (``ConnectionPool`` puts it there as it opens it), so
+    readers never block the writer. A file of an unknown version (a newer procgate's) is
+    refused with ``sqlite3.DatabaseError`` rather than misread.
     """
-    use_wal(db, 10.0)
     db.execute("BEGIN IMMEDIATE")
     try:
         (version,) = db.execute("PRAGMA user_version").fetchone()

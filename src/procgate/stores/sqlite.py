@@ -113,7 +113,7 @@ class SQLiteStore:
         try:
             os.makedirs(directory, exist_ok=True)
             self._pool = ConnectionPool(self.path, busy_timeout)
-            with self._db() as db:  # its own transaction: WAL mode cannot be set in one
+            with self._db() as db:  # prepare takes its own transaction
                 prepare(db)
         except (OSError, sqlite3.Error) as exc:
             self.close()
