@@ -62,11 +62,7 @@ def execute(
         on_start=on_start,
         poll_interval=poll_interval,
     )
-    if isinstance(started, Outcome):
-        return started
-    outcome = started.run()
-    assert outcome is not None  # noqa: S101 - run() without a deadline runs to the end
-    return outcome
+    return started if isinstance(started, Outcome) else started.run_to_end()
 
 
 def start(
@@ -294,6 +290,12 @@ class Supervisor:
             raise
         self._finalise(selector)
         return self._outcome()
+
+    def run_to_end(self) -> Outcome:
+        """``run`` with no ``until``: supervise the child until it is done."""
+        outcome = self.run()
+        assert outcome is not None  # noqa: S101 - run() without ``until`` runs to the end
+        return outcome
 
     def _watch(self) -> selectors.BaseSelector:
         selector = selectors.DefaultSelector()

@@ -53,15 +53,7 @@ def execute_until(until: float) -> Execute:
         if isinstance(started, Outcome):
             return started
         outcome = started.run(until)
-        if outcome is not None:
-            return outcome
-
-        def rest() -> Outcome:
-            ended = started.run()
-            assert ended is not None  # noqa: S101 - run() without a deadline runs to the end
-            return ended
-
-        return rest
+        return outcome if outcome is not None else started.run_to_end
 
     return execute
 
