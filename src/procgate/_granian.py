@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -47,21 +46,16 @@ def _load(config_path: str, threads: int) -> Gate:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def _stopping(
-    gate: Gate, stopping: list[threading.Thread], handler: Callable[..., Any], *args: Any
-) -> None:
-    """A stop signal: granian's handler, and the Gate's stop, in a thread (it takes up to
-    the longest ``kill_grace``; requests waiting for the jobs it cancels are answered)."""
-    if not stopping:
-        thread = threading.Thread(target=gate.stop, name="procgate-stop", daemon=True)
-        stopping.append(thread)
-        thread.start()
+def _stopping(gate: Gate, handler: Callable[..., Any], *args: Any) -> None:
+    """A stop signal: the Gate's stop, in a thread (it takes up to the longest
+    ``kill_grace``; requests waiting for the jobs it cancels are answered), and
+    granian's own handler."""
+    gate.stop_soon()
     handler(*args)
 
 
 def _worker(worker_id: int, gate: Gate, *args: Any) -> None:
     """One worker process: granian's WSGI worker, and a graceful stop of the Gate."""
-    stopping: list[threading.Thread] = []
     inner = MPServer._spawn_wsgi_worker.__wrapped__
     set_signals: Callable[[], Any] = granian._signals.set_sync_signals
 
@@ -70,16 +64,14 @@ def _worker(worker_id: int, gate: Gate, *args: Any) -> None:
         for signum in STOP_SIGNALS:
             handler = signal.getsignal(signum)
             if callable(handler):
-                signal.signal(signum, functools.partial(_stopping, gate, stopping, handler))
+                signal.signal(signum, functools.partial(_stopping, gate, handler))
         return event
 
     granian._signals.set_sync_signals = set_sync_signals
     try:
         inner(worker_id, gate, *args)
     finally:
-        for thread in stopping:
-            thread.join()
-        gate.close()
+        gate.close()  # once the stop the signal began has ended
         flush_logs()
 
 

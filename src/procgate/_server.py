@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import threading
 from typing import Any
 
 import gunicorn.util  # type: ignore[import-untyped]  # no hints
@@ -77,9 +76,8 @@ class _Worker(ThreadWorker):  # type: ignore[misc]  # base class is untyped (Any
         once (the Gate), which answers the requests waiting for them; gunicorn would
         otherwise wait for those requests until its graceful timeout, then kill it all."""
         app = getattr(self, "wsgi", None)
-        if isinstance(app, Gate) and not getattr(self, "_stopping", False):
-            self._stopping = True
-            threading.Thread(target=app.stop, name="procgate-stop", daemon=True).start()
+        if isinstance(app, Gate):
+            app.stop_soon()
         super().handle_exit(sig, frame)
 
 

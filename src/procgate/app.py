@@ -265,6 +265,11 @@ class Gate:
                 self.runner.close()
                 self._stopped = True
 
+    def stop_soon(self) -> None:
+        """``stop`` in a thread of its own, returning at once: what a server's stop-signal
+        handler calls. ``close`` waits for that stop to end."""
+        threading.Thread(target=self.stop, name="procgate-stop", daemon=True).start()
+
     def close(self) -> None:
         """Stop the runner (cancelling its jobs), callbacks, then the store."""
         self.stop()
