@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -558,12 +559,8 @@ class Gate:
             raise InvalidRequest("stream must be stdout or stderr")
         offset = _int_arg(request, "offset", 0, 0, 1 << 62)
         wait = self._wait(request)
-        waited = not wait or self.waiting.take()
-        try:
+        with self.waiting.share() if wait else contextlib.nullcontext(True) as waited:
             part = streaming.read_from(self.store, job_id, stream, offset, wait if waited else 0)
-        finally:
-            if wait and waited:
-                self.waiting.give()
         response = Response(part.data, mimetype="application/octet-stream")
         if not waited and not part.data and not part.complete:
             response.headers["Retry-After"] = "1"
@@ -824,12 +821,8 @@ class Gate:
         as it stands and False when ``max_waiting`` requests wait already."""
         if wait <= 0:  # the wait was spent already (running the job in this thread)
             return self.store.get(job_id), True
-        if not self.waiting.take():
-            return self.store.get(job_id), False
-        try:
-            return self.store.wait(job_id, wait), True
-        finally:
-            self.waiting.give()
+        with self.waiting.share() as waited:
+            return (self.store.wait(job_id, wait) if waited else self.store.get(job_id)), waited
 
     def _waiting(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """A follow or an event stream, holding a share of the waiting budget as it runs;

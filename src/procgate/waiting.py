@@ -10,6 +10,7 @@ it stands, with ``Retry-After``) or an error saying when to try again.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -54,6 +55,17 @@ class Budget:
                 return False
             self._held += 1
             return True
+
+    @contextlib.contextmanager
+    def share(self, patience: float = 0.0) -> Iterator[bool]:
+        """``take`` for the ``with`` block, which is told whether it got the share; one
+        taken is given back as the block ends."""
+        taken = self.take(patience)
+        try:
+            yield taken
+        finally:
+            if taken:
+                self.give()
 
     def give(self) -> None:
         """Give back a share taken with ``take``."""
@@ -133,15 +145,13 @@ class GuardedInput:
             yield line
 
     def _guarded(self, read: Any, size: int) -> Any:
-        if not self._budget.take(BODY_READ_PATIENCE):
-            raise ServerBusy(
-                f"{self._budget.limit} requests are already sending their bodies: "
-                "try again in a moment"
-            )
-        try:
+        with self._budget.share(BODY_READ_PATIENCE) as taken:
+            if not taken:
+                raise ServerBusy(
+                    f"{self._budget.limit} requests are already sending their bodies: "
+                    "try again in a moment"
+                )
             return read(size) if size is not None and size >= 0 else read()
-        finally:
-            self._budget.give()
 
 
 class TooManyWaiting(ProcgateError):
