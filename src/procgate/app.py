@@ -58,11 +58,11 @@ from procgate.errors import (
     UriTooLong,
 )
 from procgate.hosts import check_host, names, trusted_hosts_of
-from procgate.jobs import MAX_CURSOR, Job, JobStatus, Spec, job_to_json, new_job_id
+from procgate.jobs import MAX_CURSOR, Job, JobStatus, Spec, job_to_json, new_job_id, utcnow
 from procgate.openapi import openapi
 from procgate.policy import check_text
 from procgate.run_request import Limits, RunRequest, is_number, parse_job, parse_run, read_json
-from procgate.runners import Runner, ThreadRunner
+from procgate.runners import Runner, Slot, ThreadRunner
 from procgate.stores import JobStore, MemoryStore
 from procgate.uploads import FormParser, save_upload
 from procgate.waiting import Budget, GuardedInput, TooManyWaiting
@@ -145,6 +145,9 @@ class Gate:
             raise ConfigError("run_timeout must be a positive number of seconds")
         self.store: JobStore = store if store is not None else MemoryStore()
         self.runner: Runner = runner if runner is not None else ThreadRunner()
+        #: The runner's ``reserve`` (``InlineRunner``), when it can run a job in a request's
+        #: thread.
+        self._reserve: Callable[[], Slot | None] | None = getattr(self.runner, "reserve", None)
         for name, value in (
             ("max_waiting", max_waiting),
             ("max_body_readers", max_body_readers),
@@ -729,6 +732,7 @@ class Gate:
         job is answered instead (``Idempotent-Replayed: true``) and nothing new runs.
         """
         files_dir = job.spec.files_dir
+        slot: Slot | None = None
         try:
             wait = self._wait(request, run.wait)
             until = time.monotonic() + wait
@@ -736,8 +740,13 @@ class Gate:
             if callback_url is not None:
                 callback_url = check_callback_url(callback_url, self.callback_allow)
             self._check_capacity(command)
+            # A job the caller waits for runs in this thread when the runner has room now:
+            # it is stored running, one store write fewer than queued and then started.
+            slot = self._reserve() if wait and self._reserve is not None else None
             job = dataclasses.replace(
                 job,
+                status=JobStatus.RUNNING if slot is not None else job.status,
+                started_at=utcnow() if slot is not None else None,
                 token_id=request.token.id if request.token is not None else None,
                 client=request.client or None,
                 # a distributed runner's worker claims the job when it starts it
@@ -750,10 +759,14 @@ class Gate:
             )
             stored = self.store.create(job)
         except BaseException:
+            if slot is not None:
+                slot.release()
             if files_dir is not None:
                 shutil.rmtree(files_dir, ignore_errors=True)
             raise
         replayed = stored.id != job.id
+        if replayed and slot is not None:
+            slot.release()
         if replayed and files_dir is not None:
             shutil.rmtree(files_dir, ignore_errors=True)  # the stored job has its own files
         if replayed and stored.idempotency_scope != job.idempotency_scope:
@@ -765,7 +778,10 @@ class Gate:
                 stored.id,
             )
             raise ProcgateError("internal server error")
-        if not replayed:
+        if not replayed and slot is not None:
+            audit.record("queued", stored)
+            slot.run(stored, until)
+        elif not replayed:
             audit.record("queued", stored)
             # A job the caller waits for may run in this thread for as long as it waits
             # (the answer is the same, with two thread hand-offs fewer); a runner thread

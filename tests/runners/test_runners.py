@@ -8,16 +8,26 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import time_machine
+from werkzeug.test import Client
 
-from procgate import ConfigError, JobStatus, MemoryStore, ProcessRunner, SyncRunner, ThreadRunner
+from procgate import (
+    ConfigError,
+    Gate,
+    JobStatus,
+    MemoryStore,
+    ProcessRunner,
+    SyncRunner,
+    ThreadRunner,
+)
 from procgate.commands import child_env
-from procgate.errors import RunnerBusy, RunnerClosed
-from procgate.jobs import Job, Outcome, Spec, new_job_id
+from procgate.errors import RunnerBusy, RunnerClosed, StoreUnavailable
+from procgate.jobs import Chunk, Job, Outcome, Spec, new_job_id, utcnow
 from procgate.runners import by_kind
 from procgate.runners.liveness import STALE_AFTER, owner_is_dead, sweep_lost, sweep_stranded
 from tests.conftest import wait_for, zombie_children
@@ -234,6 +244,102 @@ def test_inline_submit_respects_max_workers_and_the_queue() -> None:
         runner.close()
 
 
+def test_an_inline_submit_waits_for_a_slot_until_its_deadline() -> None:
+    """A caller that waits for its job anyway waits for a slot too (until its ``until``)
+    and then runs the job in its own thread; past ``until`` the job is queued for the pool,
+    and the caller returns."""
+    store, runner = MemoryStore(), ThreadRunner(max_workers=1)
+    threads = finishing_threads(runner, store)
+    try:
+        busy = submit(store, runner, "/bin/sleep", "0.3")
+        wait_for(lambda: store.get(busy).status is JobStatus.RUNNING)
+        job = Job(id=new_job_id(), command="t", args=(), spec=Spec(argv=("/bin/echo", "hi")))
+        store.create(job)
+        runner.submit(job.id, inline=True, until=time.monotonic() + 30)
+        assert store.get(job.id).status is JobStatus.SUCCEEDED  # finished on return
+        assert threads[-1] == threading.get_ident()  # ...in this thread
+
+        long = submit(store, runner, "/bin/sleep", "2")
+        wait_for(lambda: store.get(long).status is JobStatus.RUNNING)
+        late = Job(id=new_job_id(), command="t", args=(), spec=Spec(argv=("/bin/echo", "hi")))
+        store.create(late)
+        started = time.monotonic()
+        runner.submit(late.id, inline=True, until=started + 0.2)
+        assert 0.15 <= time.monotonic() - started < 1.5
+        assert store.get(late.id).status is JobStatus.QUEUED
+        assert store.wait(late.id, 30).status is JobStatus.SUCCEEDED
+    finally:
+        runner.close()
+
+
+def test_close_frees_a_caller_waiting_for_a_slot() -> None:
+    """A caller waiting for a slot (for up to a minute) returns soon after ``close``."""
+    store, runner = MemoryStore(), ThreadRunner(max_workers=1)
+    runner.open(store)
+    busy = submit(store, runner, "/bin/sleep", "30")
+    wait_for(lambda: store.get(busy).status is JobStatus.RUNNING)
+    job = Job(id=new_job_id(), command="t", args=(), spec=Spec(argv=("/bin/echo", "hi")))
+    store.create(job)
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            runner.submit(job.id, inline=True, until=time.monotonic() + 60)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    runner.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 10
+    assert store.get(busy).status is JobStatus.CANCELLED
+
+
+@pytest.mark.docs("python-api.md#the-runner-protocol")
+@pytest.mark.parametrize("kind", ["sync", "thread"])
+def test_a_reserved_slot_runs_a_job_created_running(kind: str) -> None:
+    """``reserve()`` gives a slot to run a new job in this thread: the job is stored
+    ``running`` by the caller and not started again. ThreadRunner gives out at most
+    ``max_workers`` slots; a released one can be taken again."""
+    store = CountingStore()
+    runner = SyncRunner() if kind == "sync" else ThreadRunner(max_workers=1)
+    threads = finishing_threads(runner, store)  # type: ignore[arg-type]
+    try:
+        slot = runner.reserve()
+        assert slot is not None
+        if kind == "thread":
+            assert runner.reserve() is None  # the only slot is taken
+        job = Job(
+            id=new_job_id(),
+            command="t",
+            args=(),
+            spec=Spec(argv=("/bin/echo", "hi")),
+            status=JobStatus.RUNNING,
+            started_at=utcnow(),
+            owner=runner.owner,
+        )
+        store.create(job)
+        slot.run(job, time.monotonic() + 30)
+        got = store.get(job.id)
+        assert (got.status, got.stdout) == (JobStatus.SUCCEEDED, b"hi\n")
+        assert threads == [threading.get_ident()]
+        assert store.starts == 0
+        with pytest.raises(RuntimeError):
+            slot.release()  # used once
+        again = runner.reserve()
+        assert again is not None
+        again.release()
+        last = runner.reserve()
+        assert last is not None
+        last.release()
+    finally:
+        runner.close()
+
+
 class CountingStore(MemoryStore):
     """A MemoryStore that counts the jobs between ``start`` and ``finish``: the peak is
     exact, where a thread sampling ``list()`` spins a core and can miss a short overlap."""
@@ -242,9 +348,11 @@ class CountingStore(MemoryStore):
         super().__init__(**options)
         self._counting = threading.Lock()
         self.active = 0
+        self.starts = 0
         self.peak = 0
 
     def start(self, job_id: str, owner: str | None = None) -> Job | None:
+        self.starts += 1
         job = super().start(job_id, owner)
         if job is not None:
             with self._counting:
@@ -252,9 +360,9 @@ class CountingStore(MemoryStore):
                 self.peak = max(self.peak, self.active)
         return job
 
-    def finish(self, job_id: str, outcome: Outcome) -> bool:
+    def finish(self, job_id: str, outcome: Outcome, output: Sequence[Chunk] = ()) -> bool:
         was_running = self.get(job_id, output=False).status is JobStatus.RUNNING
-        finished = super().finish(job_id, outcome)
+        finished = super().finish(job_id, outcome, output)
         if finished and was_running:
             with self._counting:
                 self.active -= 1
@@ -499,3 +607,39 @@ def test_sweep_stranded_takes_only_jobs_loose_twice(caplog: pytest.LogCaptureFix
     assert store.get(first_seen).status is JobStatus.QUEUED
     assert f"job {queued} was left queued by its runner: submitting it again" in caplog.messages
     assert f"marked job {running} as lost: its runner let go of it" in caplog.messages
+
+
+def test_a_waited_job_is_stored_running_and_its_slot_comes_back() -> None:
+    """Through the Gate, a job the request waits for is created running in a slot of the
+    runner (never started from ``queued``); a replayed idempotency key and a store that
+    fails the create give the slot back, so the one slot serves the next request."""
+    store = CountingStore()
+    runner = ThreadRunner(max_workers=1)
+    gate = Gate(store=store, runner=runner)
+    gate.register("echo", ["/bin/echo"])
+    client = Client(gate)
+    try:
+        body = {"args": ["hi"], "wait": True, "idempotency_key": "k"}
+        first = client.post("/commands/echo", json=body)
+        assert first.status_code == 200
+        assert first.json["stdout"] == "hi\n"
+        assert store.starts == 0
+        replay = client.post("/commands/echo", json=body)
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.json["id"] == first.json["id"]
+
+        def broken(job: Job) -> Job:
+            raise StoreUnavailable("the store is down")
+
+        real = store.create
+        store.create = broken  # type: ignore[method-assign]
+        assert client.post("/commands/echo", json={"args": ["x"], "wait": True}).status_code == 503
+        store.create = real  # type: ignore[method-assign]
+        started = time.monotonic()
+        again = client.post("/commands/echo", json={"args": ["again"], "wait": 5})
+        assert again.status_code == 200
+        assert again.json["stdout"] == "again\n"
+        assert time.monotonic() - started < 2  # the slot was back: no wait for one
+        assert store.starts == 0
+    finally:
+        gate.close()

@@ -246,13 +246,68 @@ def test_output_appends_in_order_per_stream(store: JobStore) -> None:
     job = store.create(new_job())
     store.start(job.id)
     big = bytes(range(256)) * 8192  # 2 MiB of every byte value
-    write = OutputWriter(store, job.id)
+    write = OutputWriter(store, job.id, hold=0)
     write("stdout", b"\xff\x00")
     write("stderr", b"err")
     write("stdout", big)
     got = store.get(job.id)
     assert got.stdout == b"\xff\x00" + big
     assert got.stderr == b"err"
+
+
+def test_finish_writes_the_last_output_with_it(store: JobStore) -> None:
+    """``finish(..., output=)`` stores the chunks and the finish together: the finished
+    job has them all; a chunk it holds already is not doubled; chunks sent with a finish
+    that comes too late (the job had finished) are still kept, as ``append_output``
+    would."""
+    job = store.create(new_job())
+    store.start(job.id)
+    store.append_output(job.id, Chunk(1, "stdout", 0, b"ab"))
+    last = (Chunk(1, "stdout", 0, b"ab"), Chunk(2, "stderr", 0, b"e"), Chunk(3, "stdout", 2, b"c"))
+    assert store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0), last)
+    got = store.get(job.id)
+    assert (got.status, got.stdout, got.stderr) == (JobStatus.SUCCEEDED, b"abc", b"e")
+    assert [c.index for c in store.read_output(job.id)] == [1, 2, 3]
+
+    late = store.create(new_job())
+    store.start(late.id)
+    store.finish(late.id, Outcome(JobStatus.CANCELLED, error="stop"))
+    kept = (Chunk(1, "stdout", 0, b"x"),)
+    assert not store.finish(late.id, Outcome(JobStatus.SUCCEEDED, 0), kept)
+    got = store.get(late.id)
+    assert (got.status, got.stdout) == (JobStatus.CANCELLED, b"x")
+
+
+def test_a_job_created_running_is_running(store: JobStore) -> None:
+    """A runner's caller may create a job already ``running`` (a ``Slot``): it counts as
+    active, cannot be started again, finishes, and is lost with its owner."""
+    job = store.create(
+        dataclasses.replace(
+            new_job(owner="runner-a"),
+            status=JobStatus.RUNNING,
+            started_at=datetime.now(timezone.utc),
+        )
+    )
+    got = store.get(job.id)
+    assert got.status is JobStatus.RUNNING
+    assert got.started_at is not None
+    assert got.owner == "runner-a"
+    assert store.count(active=True) == 1
+    assert store.active_owners() == {"runner-a"}
+    assert store.start(job.id) is None
+    assert store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0), (Chunk(1, "stdout", 0, b"a"),))
+    assert store.get(job.id).stdout == b"a"
+    assert store.count(active=True) == 0
+
+    lost = store.create(
+        dataclasses.replace(
+            new_job(owner="runner-b"),
+            status=JobStatus.RUNNING,
+            started_at=datetime.now(timezone.utc),
+        )
+    )
+    assert store.mark_lost("runner-b", "its runner died") == 1
+    assert store.get(lost.id).status is JobStatus.LOST
 
 
 def test_cancel_queued_job_finishes_it(store: JobStore) -> None:
@@ -356,7 +411,7 @@ def test_concurrent_writers(store: JobStore) -> None:
                 job = store.create(new_job())
                 made.append(job.id)
                 store.start(job.id)
-                write = OutputWriter(store, job.id)
+                write = OutputWriter(store, job.id, hold=0)
                 for k in range(5):
                     write("stdout", f"{n}:{i}:{k};".encode())
                 store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
@@ -548,7 +603,7 @@ def test_jobs_survive_reopening(make_store: MakeStore) -> None:
     first = make_store("shared")
     job = first.create(new_job())
     first.start(job.id)
-    OutputWriter(first, job.id)("stdout", b"kept\xff")
+    OutputWriter(first, job.id, hold=0)("stdout", b"kept\xff")
     first.finish(job.id, Outcome(JobStatus.FAILED, 3, "boom", True, False))
     first.close()
     again = make_store("shared").get(job.id)
@@ -566,7 +621,7 @@ def test_two_store_objects_share_state(make_store: MakeStore) -> None:
     job = one.create(new_job())
     assert two.start(job.id) is not None
     assert one.start(job.id) is None
-    OutputWriter(two, job.id)("stderr", b"x")
+    OutputWriter(two, job.id, hold=0)("stderr", b"x")
     one.cancel(job.id)
     assert two.cancel_requested(job.id)
     seen: list[Job] = []
@@ -687,7 +742,7 @@ def test_read_output_by_index(store: JobStore) -> None:
     """Chunks come back in order, with indexes, streams and offsets, from any point."""
     job = store.create(new_job())
     store.start(job.id)
-    write = OutputWriter(store, job.id)
+    write = OutputWriter(store, job.id, hold=0)
     write("stdout", b"a")
     write("stderr", b"\xffE")
     write("stdout", b"bc")
@@ -706,7 +761,7 @@ def test_get_without_output(store: JobStore) -> None:
     """get(output=False) has everything but the output."""
     job = store.create(new_job())
     store.start(job.id)
-    OutputWriter(store, job.id)("stdout", b"lots")
+    OutputWriter(store, job.id, hold=0)("stdout", b"lots")
     light = store.get(job.id, output=False)
     assert light.status is JobStatus.RUNNING
     assert light.stdout == b""
@@ -717,7 +772,7 @@ def test_wait_output_wakes_on_output_and_on_finish(store: JobStore) -> None:
     """wait_output returns when a chunk past ``after`` arrives, or when the job ends."""
     job = store.create(new_job())
     store.start(job.id)
-    write = OutputWriter(store, job.id)
+    write = OutputWriter(store, job.id, hold=0)
     started = time.monotonic()
     store.wait_output(job.id, 0, 0.1)
     assert time.monotonic() - started >= 0.09
@@ -743,7 +798,7 @@ def finished_with_callback(store: JobStore, command: str = "echo") -> Job:
     """A job with a callback that ran, wrote ``out`` and succeeded."""
     job = store.create(with_callback(new_job(command)))
     store.start(job.id)
-    OutputWriter(store, job.id)("stdout", b"out")
+    OutputWriter(store, job.id, hold=0)("stdout", b"out")
     assert store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0)) is True
     return job
 
@@ -765,7 +820,7 @@ def test_finish_queues_the_callback(store: JobStore) -> None:
     job = store.create(with_callback(new_job()))
     store.start(job.id)
     assert store.claim_callbacks(time.time() + 1, 60, 10) == []  # not finished yet
-    OutputWriter(store, job.id)("stdout", b"out")
+    OutputWriter(store, job.id, hold=0)("stdout", b"out")
     store.finish(job.id, Outcome(JobStatus.SUCCEEDED, 0))
     [claimed] = store.claim_callbacks(time.time() + 0.01, 60, 10)
     assert claimed.id == job.id != plain.id

@@ -7,11 +7,19 @@ from typing import Protocol
 
 from procgate.errors import ConfigError
 from procgate.runners.process import ProcessRunner
-from procgate.runners.sync import FinishHook, SyncRunner
+from procgate.runners.sync import FinishHook, Slot, SyncRunner
 from procgate.runners.thread import ThreadRunner
 from procgate.stores import JobStore
 
-__all__ = ["ProcessRunner", "Runner", "SyncRunner", "ThreadRunner", "by_kind"]
+__all__ = [
+    "InlineRunner",
+    "ProcessRunner",
+    "Runner",
+    "Slot",
+    "SyncRunner",
+    "ThreadRunner",
+    "by_kind",
+]
 
 
 class Runner(Protocol):
@@ -51,6 +59,20 @@ class Runner(Protocol):
 
     def close(self) -> None:
         """Cancel queued jobs, stop running ones, and release threads and processes."""
+        ...
+
+
+class InlineRunner(Runner, Protocol):
+    """A runner that can run a new job in the caller's thread (SyncRunner, ThreadRunner)."""
+
+    def reserve(self) -> Slot | None:
+        """A place to run one new job in the caller's thread at once, or None when there
+        is none free now (then create the job ``queued`` and ``submit`` it).
+
+        With a slot, the caller creates the job already ``running`` (owned by this runner)
+        and calls ``slot.run(job, until)``, or ``slot.release()`` if it stored no new job:
+        one store write fewer than a queued job's start.
+        """
         ...
 
 

@@ -34,6 +34,10 @@ RETRY_FOR = 600.0
 #: Seconds it keeps trying once its runner is shutting down.
 RETRY_WHILE_CLOSING = 5.0
 
+#: Seconds of a job's first output kept back, to be written with its finish if it ends by
+#: then (``OutputWriter``): live output of a job's first moments is that much later.
+HOLD = 0.05
+
 #: The first and the longest pause (seconds) between two tries.
 FIRST_PAUSE = 0.05
 LONGEST_PAUSE = 2.0
@@ -74,24 +78,35 @@ def persist(
 class OutputWriter:
     """The one writer of a job's output: numbers chunks from 1, keeps stream offsets.
 
+    The output of a job's first ``hold`` seconds is kept back: most jobs of a job API
+    are short, and their output then goes to the store with their finish, in one write
+    instead of two (``JobStore.finish(..., output=)``). Past that, each chunk is written
+    as it comes, and ``tick`` (called at every cancel check) writes what was held.
+
     A chunk the store cannot take now is kept, in order, and written before the next one
     (``flush``). Writing a chunk again after a write whose answer was lost is harmless:
     the stores ignore a chunk index they already hold.
     """
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
+    def __init__(self, store: JobStore, job_id: str, hold: float = HOLD) -> None:
         self.store = store
         self.job_id = job_id
         self.index = 0
         self.offsets = {"stdout": 0, "stderr": 0}
         self.pending: deque[Chunk] = deque()
+        self.hold_until = time.monotonic() + hold
 
     def __call__(self, stream: str, data: bytes) -> None:
         self.index += 1
         self.pending.append(Chunk(self.index, stream, self.offsets[stream], data))
         self.offsets[stream] += len(data)
-        with contextlib.suppress(StoreUnavailable):  # kept: the next write, or the finish
-            self.flush()
+        self.tick()
+
+    def tick(self) -> None:
+        """Write the kept chunks, once the hold is over; a store that refuses keeps them."""
+        if self.pending and time.monotonic() >= self.hold_until:
+            with contextlib.suppress(StoreUnavailable):  # kept: the next write, or the finish
+                self.flush()
 
     def flush(self) -> None:
         """Write every kept chunk; ``StoreUnavailable`` when the store still refuses."""
@@ -100,16 +115,20 @@ class OutputWriter:
             self.pending.popleft()
 
 
-def cancel_check(store: JobStore, job_id: str, halt: threading.Event) -> CancelCheck:
+def cancel_check(
+    store: JobStore, job_id: str, halt: threading.Event, writer: OutputWriter | None = None
+) -> CancelCheck:
     """Whether the job should stop: its runner halts, or someone asked to cancel it.
 
     A store that cannot answer now means "not cancelled": the child goes on, and the next
-    check (50 ms later) asks again.
+    check (50 ms later) asks again. Each check first ``tick``s the job's ``writer``.
     """
     warned = False
 
     def cancelled() -> bool:
         nonlocal warned
+        if writer is not None:
+            writer.tick()
         if halt.is_set():
             return True
         try:

@@ -66,6 +66,7 @@ def run_job(
     execute: Execute = execute_here,
     owner: str | None = None,
     hand_off: HandOff | None = None,
+    started: Job | None = None,
 ) -> None:
     """Start, execute and finish one job, writing every step to the store.
 
@@ -75,12 +76,14 @@ def run_job(
     finished (here, or by a cancel while it waited). ``owner``: the runner taking the job,
     when it is not the one that created it. When ``execute`` returns a ``Later`` (the
     child outlived the time this thread had for it), the rest of the run, finish
-    included, goes to ``hand_off`` and this returns at once. Never raises: a failure of the
-    store or of procgate itself finishes the job as ``error`` and is logged.
+    included, goes to ``hand_off`` and this returns at once. ``started``: the job, created
+    ``running`` already by this runner's caller (``Slot``), so not started again. Never
+    raises: a failure of the store or of procgate itself finishes the job as ``error`` and
+    is logged.
     """
     run = _Run(store, job_id, halt, on_finish)
     try:
-        job = persist(lambda: store.start(job_id, owner), halt, f"job {job_id}: start")
+        job = started or persist(lambda: store.start(job_id, owner), halt, f"job {job_id}: start")
         if job is None:  # cancelled while queued, deleted, or taken by another runner
             final = persist(lambda: store.get(job_id, output=False), halt, f"job {job_id}: read")
             # Finished without ever starting: cancelled while queued, and this runner
@@ -98,7 +101,7 @@ def run_job(
         outcome = execute(
             job,
             writer,
-            cancel_check(store, job_id, halt),
+            cancel_check(store, job_id, halt, writer),
             lambda tag: _record_process(store, job_id, tag),
         )
     except BaseException as exc:
@@ -139,11 +142,14 @@ class _Run:
             if ended.status is JobStatus.CANCELLED and halt.is_set():
                 ended = dataclasses.replace(ended, error="cancelled: the server shut down")
             _discard_files(self.job)  # before the finish: a finished job has no files left
-            # All output first: a reader that sees the job finished has all of it.
-            persist(writer.flush, halt, f"job {job_id}: output")
+            # The output kept back goes with the finish, in the same write: a reader that
+            # sees the job finished has all of its output.
             self.finished = persist(
-                lambda: store.finish(job_id, ended), halt, f"job {job_id}: finish"
+                lambda: store.finish(job_id, ended, tuple(writer.pending)),
+                halt,
+                f"job {job_id}: finish",
             )
+            writer.pending.clear()
             self.ended = ended
         except BaseException as exc:
             self.failed(exc)
@@ -206,6 +212,33 @@ def _discard_files(job: Job | None) -> None:
         shutil.rmtree(job.spec.files_dir, ignore_errors=True)
 
 
+class Slot:
+    """A place for one new job in the caller's thread, taken by ``reserve`` (see
+    ``procgate.runners.InlineRunner``): ``run`` the job, created running, or ``release``."""
+
+    def __init__(self, run: Callable[[Job, float], None], release: Callable[[], None]) -> None:
+        self._run = run
+        self._release = release
+        self._used = False
+
+    def run(self, job: Job, until: float) -> None:
+        """Run ``job`` (stored ``running``, owned by the runner) here until ``until`` (a
+        ``time.monotonic()`` time); a runner thread carries on with a child that outlives
+        it."""
+        self._use()
+        self._run(job, until)
+
+    def release(self) -> None:
+        """Give the place back unused (no new job was stored)."""
+        self._use()
+        self._release()
+
+    def _use(self) -> None:
+        if self._used:
+            raise RuntimeError("a Slot is used once")
+        self._used = True
+
+
 class SyncRunner:
     """Runs each job in the thread that submits it: no pool, no queue.
 
@@ -265,6 +298,22 @@ class SyncRunner:
         threading.Thread(
             target=self.submit, args=(job_id,), name=f"procgate-rerun-{job_id}", daemon=True
         ).start()
+
+    def reserve(self) -> Slot | None:
+        """Always a slot: every job runs in its caller's thread."""
+        if self._store is None or self._halt.is_set():
+            return None
+        return Slot(self._run_reserved, lambda: None)
+
+    def _run_reserved(self, job: Job, until: float) -> None:
+        store = self._store
+        if store is None:
+            raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
+        self._hold(job.id)
+        try:
+            run_job(store, job.id, self._halt, self._on_finish, started=job)
+        finally:
+            self._release(job.id)
 
     def submit(
         self,

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from queue import Empty, Full, Queue
 
 from procgate.errors import ConfigError, RunnerBusy, RunnerClosed
+from procgate.jobs import Job
 from procgate.runners.liveness import HEARTBEAT_INTERVAL, STALE_AFTER
-from procgate.runners.sync import SyncRunner, execute_here, execute_until, run_job
+from procgate.runners.sync import Slot, SyncRunner, execute_here, execute_until, run_job
 from procgate.stores import JobStore
 
 #: Seconds ``close`` waits for running jobs to stop before giving up on them.
 CLOSE_TIMEOUT = 30.0
+
+#: Seconds between two looks at the halt while a caller waits for a slot of its own.
+SLOT_POLL = 0.1
+
+#: What ``until=None`` leaves to wait for a slot: nothing, only a free one is taken.
+INLINE_NEVER = 0.0
 
 
 class ThreadRunner(SyncRunner):
@@ -23,10 +31,11 @@ class ThreadRunner(SyncRunner):
     of letting a flood of requests pile up without bound. A thread mostly waits on its
     child's pipes, so a pool larger than the core count is fine.
 
-    ``submit(job_id, inline=True)``, from a caller that will wait for the job anyway (a
-    request with ``"wait": true``), runs the job in the caller's thread when one of the
-    ``max_workers`` slots is free and nothing is queued: two thread hand-offs fewer per job,
-    and the same limit on jobs running at once.
+    ``submit(job_id, inline=True, until=t)``, from a caller that will wait for the job
+    anyway (a request with ``"wait": true``), runs the job in the caller's thread once one
+    of the ``max_workers`` slots is free: two thread hand-offs fewer per job, and the same
+    limit on jobs running at once. The caller waits for a slot (it would wait for its job
+    anyway) until ``t``; only then is the job queued, to run when a pool thread takes it.
     """
 
     kind = "thread"
@@ -68,7 +77,7 @@ class ThreadRunner(SyncRunner):
         if self._halt.is_set():
             raise RunnerClosed("the runner is shutting down")
         self._hold(job_id)
-        if inline and self._take_inline_slot():
+        if inline and self._take_inline_slot(until):
             self._run_inline(store, job_id, until)
             return
         try:
@@ -80,17 +89,36 @@ class ThreadRunner(SyncRunner):
             ) from None
         self._grow()
 
-    def _run_inline(self, store: JobStore, job_id: str, until: float | None) -> None:
+    def reserve(self) -> Slot | None:
+        """A slot when one of the ``max_workers`` is free now and no job is queued."""
+        if self._store is None or self._halt.is_set() or not self._take_inline_slot(None):
+            return None
+        return Slot(self._run_reserved, self._give_slot)
+
+    def _run_reserved(self, job: Job, until: float) -> None:
+        store = self._store
+        if store is None:
+            raise RuntimeError(f"{type(self).__name__}.open(store) was not called")
+        self._hold(job.id)
+        self._run_inline(store, job.id, until, started=job)
+
+    def _give_slot(self) -> None:
+        """Give back a slot of ``_take_inline_slot``."""
+        self._slots.release()
+        with self._lock:
+            self._inline -= 1
+            self._inline_done.notify_all()
+
+    def _run_inline(
+        self, store: JobStore, job_id: str, until: float | None, started: Job | None = None
+    ) -> None:
         """Run a job in the caller's thread, until ``until``; a child that outlives it is
         supervised on by a thread of its own, which holds the slot until the job ends."""
         handed = False
 
         def done() -> None:
             self._release(job_id)
-            self._slots.release()
-            with self._lock:
-                self._inline -= 1
-                self._inline_done.notify_all()
+            self._give_slot()
 
         def hand_off(rest: Callable[[], None]) -> None:
             nonlocal handed
@@ -118,6 +146,7 @@ class ThreadRunner(SyncRunner):
                 execute=execute_here if until is None else execute_until(until),
                 owner=self.owner,
                 hand_off=hand_off,
+                started=started,
             )
         finally:
             if not handed:
@@ -126,12 +155,18 @@ class ThreadRunner(SyncRunner):
     def _resubmit(self, job_id: str) -> None:
         self.submit(job_id)
 
-    def _take_inline_slot(self) -> bool:
-        """A slot for a job in the caller's thread: only when none waits in the queue."""
-        if not self.runs_inline or not self._queue.empty():
+    def _take_inline_slot(self, until: float | None) -> bool:
+        """A slot for a job in the caller's thread, waited for until ``until`` (a
+        ``time.monotonic()`` time; None: only a free one), or until the runner closes."""
+        if not self.runs_inline:
             return False
-        if not self._slots.acquire(blocking=False):
-            return False
+        while not self._slots.acquire(blocking=False):
+            left = INLINE_NEVER if until is None else until - time.monotonic()
+            if left <= 0 or self._halt.is_set():
+                return False
+            # A released slot wakes this at once; the halt is noticed within SLOT_POLL.
+            if self._slots.acquire(timeout=min(left, SLOT_POLL)):
+                break
         with self._lock:
             self._inline += 1
         return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -122,11 +122,14 @@ class JobStore(Protocol):
         """
         ...
 
-    def finish(self, job_id: str, outcome: Outcome) -> bool:
+    def finish(self, job_id: str, outcome: Outcome, output: Sequence[Chunk] = ()) -> bool:
         """``running`` -> the outcome's status; False when the job had already finished.
 
         Only the one call that finishes a job gets True: act on the finish (hooks,
         callbacks) only then. It returns no job: read it with ``get`` if needed.
+        ``output``: the job's last chunks, not written yet, written as ``append_output``
+        would (whether or not this call finishes the job) in the same atomic step, so a
+        reader that sees the job finished sees all of its output: one write, not two.
         """
         ...
 

@@ -7,7 +7,7 @@ import heapq
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,9 +232,14 @@ class MemoryStore:
                 self._outbox[job_id] = retry_at
             return True
 
-    def finish(self, job_id: str, outcome: Outcome) -> bool:
+    def finish(self, job_id: str, outcome: Outcome, output: Sequence[Chunk] = ()) -> bool:
         with self._lock:
             entry = self._entry(job_id)
+            for chunk in output:
+                if len(entry.chunks) < chunk.index:
+                    entry.chunks.append(chunk)
+            if output:
+                self._notify(entry)
             if entry.job.status.finished:
                 return False
             self._finish(entry, outcome)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from procgate.errors import ConfigError, JobNotFound, StoreUnavailable
@@ -297,7 +297,9 @@ class RedisStore:
             )
         )
 
-    def finish(self, job_id: str, outcome: Outcome) -> bool:
+    def finish(self, job_id: str, outcome: Outcome, output: Sequence[Chunk] = ()) -> bool:
+        for chunk in output:  # before the finish: a reader that sees it sees them
+            self.append_output(job_id, chunk)
         if not self._finish_job(job_id, outcome):
             self._require(job_id)
             return False

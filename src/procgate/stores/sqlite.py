@@ -159,8 +159,9 @@ class SQLiteStore:
                 ).fetchone()
                 if row is not None:  # else it was deleted meanwhile: insert again
                     return self._jobs(db, [row])[0]
-        with self._transaction() as db:
-            self._evict(db)
+        if self._evict_due():  # else no write lock taken for nothing
+            with self._transaction() as db:
+                self._evict(db)
         return job
 
     def get(self, job_id: str, *, output: bool = True) -> Job:
@@ -254,12 +255,7 @@ class SQLiteStore:
 
     def append_output(self, job_id: str, chunk: Chunk) -> None:
         with self._transaction() as db:
-            db.execute(
-                # OR IGNORE: a chunk written again, after a write whose answer was lost
-                "INSERT OR IGNORE INTO output (job_id, idx, stream, off, data) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (job_id, chunk.index, _STREAMS[chunk.stream], chunk.offset, chunk.data),
-            )
+            _insert_output(db, job_id, [chunk])
         self._notify(job_id)
 
     def read_output(self, job_id: str, after: int = 0) -> Chunks:
@@ -337,8 +333,10 @@ class SQLiteStore:
                 )
         return True
 
-    def finish(self, job_id: str, outcome: Outcome) -> bool:
+    def finish(self, job_id: str, outcome: Outcome, output: Sequence[Chunk] = ()) -> bool:
         with self._transaction() as db:
+            if output:
+                _insert_output(db, job_id, output)
             changed = self._finish(db, "id = ?", (job_id,), outcome)
             if changed:
                 self._evict(db)
@@ -614,6 +612,10 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             logger.debug("SQLite store %s: eviction put off: %s", self.path, exc)
 
+    def _evict_due(self) -> bool:
+        """Whether ``_evict`` has work to do now (it may find the time taken meanwhile)."""
+        return time.monotonic() >= self._next_evict
+
     def _evict(self, db: sqlite3.Connection) -> None:
         """Expire finished jobs past ``ttl``, then trim to ``max_jobs``: once a second.
 
@@ -664,3 +666,12 @@ class SQLiteStore:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             raise
+
+
+def _insert_output(db: sqlite3.Connection, job_id: str, chunks: Sequence[Chunk]) -> None:
+    """Write a job's chunks, in the caller's transaction."""
+    db.executemany(
+        # OR IGNORE: a chunk written again, after a write whose answer was lost
+        "INSERT OR IGNORE INTO output (job_id, idx, stream, off, data) VALUES (?, ?, ?, ?, ?)",
+        [(job_id, c.index, _STREAMS[c.stream], c.offset, c.data) for c in chunks],
+    )
