@@ -32,6 +32,29 @@ class _Buffered(logging.handlers.MemoryHandler):
         self._stop.set()
         self.flush()
 
+    def flush(self) -> None:
+        """Write the buffered lines in one write, formatted outside the lock that the
+        request threads take to log: they never wait for a batch being written."""
+        with self.lock:  # type: ignore[union-attr]  # Handler.createLock() made it
+            records, self.buffer = self.buffer, []
+        target = self.target
+        if not records or not isinstance(target, logging.StreamHandler):
+            return
+        lines = []
+        for record in records:
+            try:
+                lines.append(target.format(record) + target.terminator)
+            except Exception:
+                target.handleError(record)
+        target.acquire()
+        try:
+            target.stream.write("".join(lines))
+            target.stream.flush()
+        except Exception:
+            target.handleError(records[-1])
+        finally:
+            target.release()
+
 
 def log_to_stderr(*, buffered: bool = False) -> None:
     """Send the ``procgate`` loggers (the audit trail included) to stderr, once.

@@ -192,7 +192,10 @@ def format_time(moment: datetime | None) -> str | None:
     """RFC 3339 in UTC with a ``Z``, microsecond precision."""
     if moment is None:
         return None
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    # isoformat is several times faster than strftime, and three of these go in each job
+    return f"{moment.replace(tzinfo=None).isoformat(timespec='microseconds')}Z"
 
 
 #: Bytes JSON escapes as ``\\u00XX``: the C0 controls but tab, newline and carriage return.
