@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -50,19 +49,16 @@ from procgate.errors import (
     JobNotFound,
     PayloadTooLarge,
     ProcgateError,
-    RateLimited,
-    RunnerBusy,
-    RunnerClosed,
-    TooManyRunning,
     UnknownCommand,
     UriTooLong,
 )
 from procgate.hosts import check_host, names, trusted_hosts_of
-from procgate.jobs import MAX_CURSOR, Job, JobStatus, Spec, job_to_json, new_job_id, utcnow
+from procgate.jobs import MAX_CURSOR, Job, JobStatus, Spec, job_to_json, new_job_id
+from procgate.launch import Reserve, check_capacity, launch
 from procgate.openapi import openapi
 from procgate.policy import check_text
 from procgate.run_request import Limits, RunRequest, is_number, parse_job, parse_run, read_json
-from procgate.runners import Runner, Slot, ThreadRunner
+from procgate.runners import Runner, ThreadRunner
 from procgate.stores import JobStore, MemoryStore
 from procgate.uploads import FormParser, save_upload
 from procgate.waiting import Budget, GuardedInput, TooManyWaiting
@@ -147,7 +143,7 @@ class Gate:
         self.runner: Runner = runner if runner is not None else ThreadRunner()
         #: The runner's ``reserve`` (``InlineRunner``), when it can run a job in a request's
         #: thread.
-        self._reserve: Callable[[], Slot | None] | None = getattr(self.runner, "reserve", None)
+        self._reserve: Reserve | None = getattr(self.runner, "reserve", None)
         for name, value in (
             ("max_waiting", max_waiting),
             ("max_body_readers", max_body_readers),
@@ -648,32 +644,6 @@ class Gate:
         if size > self.max_stdin:
             raise PayloadTooLarge(f"stdin is limited to {self.max_stdin} bytes")
 
-    def _check_capacity(self, command: Command | None) -> None:
-        """429 when the Gate or the command has its ``max_running`` or ``max_rate`` reached.
-
-        Counted in the store, so the limits hold across worker processes and hosts, to
-        within the requests that race past the count together.
-        """
-        if self.max_running is not None and self.store.count(active=True) >= self.max_running:
-            raise TooManyRunning(f"{self.max_running} jobs are already queued or running")
-        if command is None:
-            return
-        if (
-            command.max_running is not None
-            and self.store.count(command=command.name, active=True) >= command.max_running
-        ):
-            raise TooManyRunning(
-                f"command {command.name!r} already has {command.max_running} jobs queued or running"
-            )
-        rate = command.max_rate
-        if rate is not None:
-            since = time.time() - rate.window
-            if self.store.count(command=command.name, since=since) >= rate.count:
-                raise RateLimited(
-                    f"command {command.name!r} is limited to {rate.text}",
-                    retry_after=max(1, math.ceil(rate.window / rate.count)),
-                )
-
     def _webhook(self, command: Command, request: _Request, adapter: MapAdapter) -> Response:
         """A signed webhook: its raw body (any format) is the job's stdin, no args.
 
@@ -731,22 +701,15 @@ class Gate:
         With an ``idempotency_key`` this caller already used for the command, the stored
         job is answered instead (``Idempotent-Replayed: true``) and nothing new runs.
         """
-        files_dir = job.spec.files_dir
-        slot: Slot | None = None
         try:
             wait = self._wait(request, run.wait)
             until = time.monotonic() + wait
             callback_url = run.callback_url
             if callback_url is not None:
                 callback_url = check_callback_url(callback_url, self.callback_allow)
-            self._check_capacity(command)
-            # A job the caller waits for runs in this thread when the runner has room now:
-            # it is stored running, one store write fewer than queued and then started.
-            slot = self._reserve() if wait and self._reserve is not None else None
+            check_capacity(self.store, self.max_running, command)
             job = dataclasses.replace(
                 job,
-                status=JobStatus.RUNNING if slot is not None else job.status,
-                started_at=utcnow() if slot is not None else None,
                 token_id=request.token.id if request.token is not None else None,
                 client=request.client or None,
                 # a distributed runner's worker claims the job when it starts it
@@ -757,45 +720,13 @@ class Gate:
                 callback_context=run.callback_context,
                 callback=Delivery(callback_url).to_json() if callback_url else None,
             )
-            stored = self.store.create(job)
         except BaseException:
-            if slot is not None:
-                slot.release()
-            if files_dir is not None:
-                shutil.rmtree(files_dir, ignore_errors=True)
+            if job.spec.files_dir is not None:
+                shutil.rmtree(job.spec.files_dir, ignore_errors=True)
             raise
-        replayed = stored.id != job.id
-        if replayed and slot is not None:
-            slot.release()
-        if replayed and files_dir is not None:
-            shutil.rmtree(files_dir, ignore_errors=True)  # the stored job has its own files
-        if replayed and stored.idempotency_scope != job.idempotency_scope:
-            # A store that matched the key alone (a JobStore written for the old contract)
-            # would hand this caller someone else's job: answer nothing of it.
-            logger.error(
-                "store %s answered job %s for another caller's idempotency key",
-                type(self.store).__name__,
-                stored.id,
-            )
-            raise ProcgateError("internal server error")
-        if not replayed and slot is not None:
-            audit.record("queued", stored)
-            slot.run(stored, until)
-        elif not replayed:
-            audit.record("queued", stored)
-            # A job the caller waits for may run in this thread for as long as it waits
-            # (the answer is the same, with two thread hand-offs fewer); a runner thread
-            # supervises the rest of a job that outlives the wait.
-            try:
-                self.runner.submit(
-                    job.id, inline=bool(wait), queue=job.spec.queue, until=until if wait else None
-                )
-            except (RunnerBusy, RunnerClosed):
-                self.store.cancel(job.id)  # never ran: leave no trace of it
-                self.store.delete(job.id)
-                if files_dir is not None:
-                    shutil.rmtree(files_dir, ignore_errors=True)
-                raise
+        stored, replayed = launch(
+            self.store, self.runner, self._reserve, job, until if wait else None
+        )
         waited = True
         if wait:
             current, waited = self._wait_job(stored.id, until - time.monotonic())
