@@ -44,8 +44,9 @@ def stores() -> Iterator[list[SQLiteStore]]:
 def fill(directory: Path) -> Path:
     """Write a file until the disk is full; its removal gives the space back."""
     filler = directory / "filler"
-    with filler.open("wb") as out, contextlib.suppress(OSError):
+    # Unbuffered: a buffered file would try its last block again on close, and raise
+    # there (ENOSPC) when the disk's last free bytes did not line up with its buffer.
+    with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
         while True:
             out.write(b"\0" * 65536)
-            out.flush()
     return filler
