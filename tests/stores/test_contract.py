@@ -310,6 +310,35 @@ def test_a_job_created_running_is_running(store: JobStore) -> None:
     assert store.get(lost.id).status is JobStatus.LOST
 
 
+def test_a_released_key_frees_its_scope_and_keeps_the_job(store: JobStore) -> None:
+    """``find_key`` finds the job holding a scope (None for a free one); after
+    ``release_key`` the job stays, the scope is free, and the next create with it is a new
+    job, which deleting the old one does not disturb."""
+    first = store.create(new_job(key="k"))
+    scope = first.idempotency_scope
+    assert scope is not None
+    found = store.find_key(scope)
+    assert found is not None
+    assert found.id == first.id
+    assert store.find_key(scope + "x") is None
+    store.start(first.id)
+    store.finish(first.id, Outcome(JobStatus.SUCCEEDED, 0))
+    assert store.release_key(first.id)
+    assert not store.release_key(first.id)  # released once
+    assert store.find_key(scope) is None
+    assert store.get(first.id).status is JobStatus.SUCCEEDED  # the job stays
+    second = store.create(new_job(key="k"))
+    assert second.id != first.id
+    assert store.create(new_job(key="k")).id == second.id  # the new holder answers
+    assert store.delete(first.id)
+    found = store.find_key(scope)
+    assert found is not None
+    assert found.id == second.id
+    with pytest.raises(JobNotFound):
+        store.release_key(new_job_id())
+    assert not store.release_key(store.create(new_job()).id)  # no key to let go
+
+
 def test_cancel_queued_job_finishes_it(store: JobStore) -> None:
     """Cancelling a queued job makes it cancelled at once; it can no longer start."""
     job = store.create(new_job())

@@ -133,6 +133,21 @@ class JobStore(Protocol):
         """
         ...
 
+    def find_key(self, scope: str) -> Job | None:
+        """The stored job holding the idempotency ``scope`` (``Job.idempotency_scope``),
+        without output; None when no job holds it (never used, released, or its job gone).
+        """
+        ...
+
+    def release_key(self, job_id: str) -> bool:
+        """Let the job's idempotency key go: the job stays as it is, and the next job
+        created with its scope is a new job. True when the job held its key.
+
+        The compat layers use it to end a key's life when its result is read, as the tools
+        they stand in for do.
+        """
+        ...
+
     def cancel(self, job_id: str) -> Job:
         """Ask for a job to stop.
 

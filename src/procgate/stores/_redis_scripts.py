@@ -174,3 +174,17 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'process', ARGV[1])
 return 1
 """
+
+# KEYS: job. ARGV: id, idempotency key prefix. The job lets its idempotency key go (the
+# key is deleted only while it still names this job); returns 1 if the job held one.
+RELEASE_KEY_SCRIPT = """
+local scope = redis.call('HGET', KEYS[1], 'scope')
+if not scope then return 0 end
+redis.call('HDEL', KEYS[1], 'scope')
+local key = ARGV[2] .. scope
+if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+    return 1
+end
+return 0
+"""

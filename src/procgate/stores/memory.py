@@ -246,6 +246,23 @@ class MemoryStore:
             self._evict()
             return True
 
+    def find_key(self, scope: str) -> Job | None:
+        with self._lock:
+            job_id = self._scopes.get(scope)
+            entry = self._entries.get(job_id) if job_id is not None else None
+            if entry is None:
+                return None
+            return entry.job if entry.process is None else self._with_process(entry)
+
+    def release_key(self, job_id: str) -> bool:
+        with self._lock:
+            entry = self._entry(job_id)
+            scope = entry.job.idempotency_scope
+            if scope is None or self._scopes.get(scope) != job_id:
+                return False
+            del self._scopes[scope]
+            return True
+
     def cancel(self, job_id: str) -> Job:
         with self._lock:
             entry = self._entry(job_id)

@@ -112,6 +112,7 @@ class RedisStore:
         self._finish = self.redis.register_script(scripts.FINISH_SCRIPT)
         self._cancel = self.redis.register_script(scripts.CANCEL_SCRIPT)
         self._delete = self.redis.register_script(scripts.DELETE_SCRIPT)
+        self._release_key = self.redis.register_script(scripts.RELEASE_KEY_SCRIPT)
         self._claim_callbacks = self.redis.register_script(scripts.CLAIM_CALLBACKS_SCRIPT)
         self._set_callback = self.redis.register_script(scripts.SET_CALLBACK_SCRIPT)
         self._claim = self.redis.register_script(scripts.CLAIM_SCRIPT)
@@ -305,6 +306,19 @@ class RedisStore:
             return False
         self._evict()
         return True
+
+    def find_key(self, scope: str) -> Job | None:
+        held = self.redis.get(self._key("idem", scope))
+        if held is None:
+            return None
+        jobs = self._read([held.decode()], output=False)
+        return jobs[0] if jobs else None
+
+    def release_key(self, job_id: str) -> bool:
+        if self._release_key(keys=[self._job_key(job_id)], args=[job_id, self._key("idem", "")]):
+            return True
+        self._require(job_id)
+        return False
 
     def cancel(self, job_id: str) -> Job:
         self._cancel(

@@ -346,6 +346,20 @@ class SQLiteStore:
             self._require(job_id)
         return bool(changed)
 
+    def find_key(self, scope: str) -> Job | None:
+        with self._db() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE scope = ?", (scope,)).fetchone()
+            return None if row is None else self._jobs(db, [row], output=False)[0]
+
+    def release_key(self, job_id: str) -> bool:
+        with self._transaction() as db:
+            released = db.execute(
+                "UPDATE jobs SET scope = NULL WHERE id = ? AND scope IS NOT NULL", (job_id,)
+            ).rowcount
+        if not released:
+            self._require(job_id)
+        return bool(released)
+
     def cancel(self, job_id: str) -> Job:
         with self._transaction() as db:
             self._finish(
