@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,8 +24,11 @@ from flask import Flask, Response, abort
 from flask.testing import FlaskClient
 
 from procgate import Gate, JobStatus, MemoryStore, SQLiteStore
-from procgate.compat.flask_shell2http import Shell2HTTP
+from procgate.compat.flask_shell2http import STORE_FILE, Shell2HTTP
 from tests.conftest import wait_for
+from tests.servers import Server, free_port
+
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
 REPORT_KEYS = {"key", "report", "error", "returncode", "start_time", "end_time", "process_time"}
 
@@ -60,6 +67,7 @@ def report(client: FlaskClient, uri: str, key: str) -> Any:
     return response.json
 
 
+@pytest.mark.docs("compat.md#the-wire-protocol")
 def test_post_then_report(made: list[Gate]) -> None:
     """POST answers 202 with the key (the command line's SHA-1, 8 hex digits) and the
     result URL; the report has the original's fields and values."""
@@ -85,6 +93,7 @@ def test_post_then_report(made: list[Gate]) -> None:
     assert abs(done["start_time"] - time.time()) < 60
 
 
+@pytest.mark.docs("compat.md#the-wire-protocol")
 def test_non_zero_exit_and_stderr(made: list[Gate]) -> None:
     _, _, client = make(made)
     key = client.post("/cmd/sh", json={"args": ["echo out; echo err >&2; exit 3"]}).json["key"]
@@ -92,6 +101,7 @@ def test_non_zero_exit_and_stderr(made: list[Gate]) -> None:
     assert (done["report"], done["error"], done["returncode"]) == ("out\n", "err\n", 3)
 
 
+@pytest.mark.docs("compat.md#the-wire-protocol", "compat.md#what-differs-and-why")
 def test_a_timeout_reports_as_the_original_and_kills_the_tree(made: list[Gate]) -> None:
     """A job past its ``timeout`` reports returncode -9 and the original's message; its
     whole process tree is gone."""
@@ -106,6 +116,7 @@ def test_a_timeout_reports_as_the_original_and_kills_the_tree(made: list[Gate]) 
     wait_for(lambda: not _alive(grandchild), timeout=10)
 
 
+@pytest.mark.docs("compat.md#the-wire-protocol")
 def test_a_pending_key_is_refused_until_its_report_is_read(made: list[Gate]) -> None:
     """The same command line again, before its report was read, is a 400 naming the key;
     once read, the key runs a new job; ``force_unique_key`` gets a random key."""
@@ -131,6 +142,7 @@ def test_a_pending_key_is_refused_until_its_report_is_read(made: list[Gate]) -> 
     assert third.json == first
 
 
+@pytest.mark.docs("compat.md#the-wire-protocol")
 def test_report_requests_as_the_original_answers_them(made: list[Gate]) -> None:
     _, _, client = make(made)
     missing = client.get("/cmd/echo")
@@ -151,6 +163,7 @@ def test_report_requests_as_the_original_answers_them(made: list[Gate]) -> None:
     assert client.delete(f"/cmd/sh?key={key}").status_code == 204
 
 
+@pytest.mark.docs("compat.md#what-differs-and-why")
 def test_a_wait_is_bounded_by_the_gates_max_wait(made: list[Gate]) -> None:
     _, _, client = make(made, gate=Gate(store=MemoryStore(), max_wait=0.5))
     key = client.post("/cmd/sh", json={"args": ["sleep 30"]}).json["key"]
@@ -161,6 +174,7 @@ def test_a_wait_is_bounded_by_the_gates_max_wait(made: list[Gate]) -> None:
     client.delete(f"/cmd/sh?key={key}")
 
 
+@pytest.mark.docs("compat.md#the-wire-protocol", "compat.md#what-differs-and-why")
 def test_delete_kills_the_process_tree(made: list[Gate]) -> None:
     """DELETE answers 204 and stops the job's whole tree (the original's cancel of a
     running future stopped nothing); the job stays in procgate's store, cancelled."""
@@ -182,6 +196,7 @@ def test_delete_kills_the_process_tree(made: list[Gate]) -> None:
     assert [j.status for j in jobs if j.idempotency_key == key] == [JobStatus.CANCELLED]
 
 
+@pytest.mark.docs("compat.md#the-wire-protocol")
 def test_callback_gets_the_context_and_a_done_future(made: list[Gate]) -> None:
     """``callback_fn(context, future)`` runs once the job ends, inside the app context,
     with a finished future; a callback that replaces the result is what the report
@@ -213,6 +228,7 @@ def test_callback_gets_the_context_and_a_done_future(made: list[Gate]) -> None:
     assert calls[1][0] == {}
 
 
+@pytest.mark.docs("compat.md#the-wire-protocol")
 def test_decorators_wrap_the_view(made: list[Gate]) -> None:
     def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
@@ -231,6 +247,7 @@ def test_decorators_wrap_the_view(made: list[Gate]) -> None:
     assert client.post("/cmd/echo", json={"args": ["x"]}).status_code == 202
 
 
+@pytest.mark.docs("compat.md#the-wire-protocol")
 def test_uploaded_files_replace_their_at_args(made: list[Gate], tmp_path: Path) -> None:
     """Multipart: ``request_json`` holds the body, each ``@name`` arg becomes the path
     of the file part ``name``, removed once the job ends."""
@@ -267,6 +284,7 @@ def test_uploaded_files_replace_their_at_args(made: list[Gate], tmp_path: Path) 
     )
 
 
+@pytest.mark.docs("compat.md#what-differs-and-why")
 def test_bad_requests_get_400_with_a_message(made: list[Gate]) -> None:
     _, _, client = make(made)
     for body in (
@@ -282,6 +300,7 @@ def test_bad_requests_get_400_with_a_message(made: list[Gate]) -> None:
         assert "Traceback" not in refused.json["error"]
 
 
+@pytest.mark.docs("compat.md#the-wire-protocol")
 def test_a_missing_program_is_a_400_when_read(made: list[Gate]) -> None:
     """As in the original, the endpoint registers; reading its job's result is a 400
     with the error of starting it."""
@@ -307,6 +326,7 @@ def test_registering_an_endpoint_twice_is_logged_and_ignored(
     assert app.extensions["shell2http"] is shell2http
 
 
+@pytest.mark.docs("compat.md#where-the-jobs-run")
 def test_init_app_and_the_flask_config(made: list[Gate], tmp_path: Path) -> None:
     """The application-factory form, a Gate from ``PROCGATE_GATE``, and by default a
     SQLite store in the app's instance folder."""
@@ -325,6 +345,7 @@ def test_init_app_and_the_flask_config(made: list[Gate], tmp_path: Path) -> None
     assert (tmp_path / "plain" / "procgate-shell2http.db").exists()
 
 
+@pytest.mark.docs("compat.md#where-the-jobs-run", "compat.md#what-differs-and-why")
 def test_workers_and_restarts_share_the_keys(made: list[Gate], tmp_path: Path) -> None:
     """Two workers (two Gates on one SQLite file) and a restart: a key POSTed to one is
     refused by the other and read from it, and a job's report outlives its server."""
@@ -381,6 +402,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.docs("compat.md#where-the-jobs-run")
 def test_each_flask_app_has_a_key_space_of_its_own(made: list[Gate], tmp_path: Path) -> None:
     """Two apps on one store (one project's instance folder) keep their keys apart, as
     two Flask-Executors did; workers of one app (the same name) share theirs."""
@@ -392,3 +414,73 @@ def test_each_flask_app_has_a_key_space_of_its_own(made: list[Gate], tmp_path: P
     assert second.post("/cmd/echo", json=body).json["key"] == key  # a 202, not a 400
     assert report(second, "/cmd/echo", key)["report"] == "same line\n"
     assert report(first, "/cmd/echo", key)["report"] == "same line\n"
+
+
+@contextlib.contextmanager
+def gunicorn(directory: Path, port: int) -> Iterator[Server]:
+    """The example app under gunicorn, 2 workers x 4 threads, from ``directory``."""
+    log = directory / "gunicorn.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers",
+                "2",
+                "--threads",
+                "4",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--chdir",
+                str(directory),
+                "flask_shell2http_app:app",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(proc, port, log)
+    try:
+        wait_for(lambda: _answers(server), timeout=60)
+        yield server
+    finally:
+        server.stop()
+
+
+def _answers(server: Server) -> bool:
+    try:
+        return server.request("GET", "/commands/echo?key=none")[0] == 404
+    except OSError:
+        return False
+
+
+@pytest.mark.docs("compat.md#where-the-jobs-run", "compat.md#what-differs-and-why")
+def test_the_example_on_two_gunicorn_workers_and_a_restart(tmp_path: Path) -> None:
+    """The example app, only its import changed from the original, on 2 gunicorn workers:
+    each request on a new connection (so either worker), every report found and right;
+    a key posted before a restart is read after it."""
+    shutil.copy(EXAMPLES / "flask_shell2http_app.py", tmp_path)
+    port = free_port()
+    with gunicorn(tmp_path, port) as server:
+        keys = {}
+        for number in range(20):
+            status, posted = server.json("POST", "/commands/echo", {"args": [f"n{number}"]})
+            assert status == 202, posted
+            keys[posted["key"]] = f"n{number}\n"
+        for key, expected in keys.items():
+            status, done = server.json("GET", f"/commands/echo?key={key}&wait=true")
+            assert (status, done["report"], done["returncode"]) == (200, expected, 0)
+        status, kept = server.json("POST", "/commands/echo", {"args": ["across a restart"]})
+        wait_for(lambda: _finished(tmp_path / "instance" / STORE_FILE, kept["key"]))
+    with gunicorn(tmp_path, port) as server:
+        status, done = server.json("GET", f"/commands/echo?key={kept['key']}&wait=true")
+        assert (status, done["report"]) == (200, "across a restart\n")
+
+
+def _finished(path: Path, key: str) -> bool:
+    store = SQLiteStore(str(path))
+    try:
+        return any(j.status.finished for j in store.list().jobs if j.idempotency_key == key)
+    finally:
+        store.close()
