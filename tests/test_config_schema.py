@@ -18,7 +18,7 @@ import pytest
 
 from procgate import cli
 from procgate.config import read_config
-from procgate.config_schema import COMMAND, SECTIONS, TOKEN, json_schema, validate
+from procgate.config_schema import COMMAND, COMPAT, SECTIONS, TOKEN, json_schema, validate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -125,7 +125,20 @@ MISTAKES = [
     (
         "[sever]\nport = 8000\n",
         "[sever]: unknown section (did you mean [server]?); allowed: [auth], [commands.NAME],"
-        " [gate], [run], [runner], [server], [store]",
+        " [compat.subprocess_api], [gate], [run], [runner], [server], [store]",
+    ),
+    (
+        '[compat.http_runer]\nprefix = "/x"\n',
+        "[compat.http_runer]: unknown drop-in; allowed: [compat.subprocess_api]",
+    ),
+    (
+        '[compat.subprocess_api]\nprefix = "/x/"\n',
+        "[compat.subprocess_api] prefix: got '/x/'; takes a path such as /subprocess-api"
+        " (a leading /, no trailing /)",
+    ),
+    (
+        "[compat.subprocess_api]\n",
+        "[compat.subprocess_api] prefix: missing; takes a URL prefix such as /subprocess_api",
     ),
     (
         '[runner]\nkind = "sync"\nmax_workers = 2\n',
@@ -334,4 +347,5 @@ def test_the_reference_documents_every_key_and_no_other() -> None:
     expected = {f"[{name}]": set(section.keys) for name, section in SECTIONS.items()}
     expected["[auth]"] |= set(TOKEN.keys)
     expected["[commands.NAME]"] = set(COMMAND.keys)
+    expected |= {f"[compat.{name}]": set(section.keys) for name, section in COMPAT.items()}
     assert documented == expected

@@ -64,7 +64,7 @@ from procgate.uploads import FormParser, save_upload
 from procgate.waiting import Budget, GuardedInput, TooManyWaiting
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 logger = logging.getLogger("procgate")
 
@@ -193,6 +193,7 @@ class Gate:
         self._stop_lock = threading.Lock()
         self._stopped = False
         self._finish_hooks: list[FinishCallback] = []
+        self._mounts: list[tuple[str, WSGIApplication]] = []
         self._command_hooks: dict[str, FinishCallback] = {}
         self.url_map = Map(
             [
@@ -279,7 +280,40 @@ class Gate:
     # -- WSGI ---------------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self._mounts:
+            mounted = self._mounted(environ)
+            if mounted is not None:
+                return mounted(environ, start_response)
         return self.wsgi_app(environ, start_response)
+
+    def mount(self, prefix: str, app: WSGIApplication) -> None:
+        """Serve ``app`` (a compat app over this Gate, say) at ``prefix`` and below, with
+        the Gate's body-reading budget; ``SCRIPT_NAME`` and ``PATH_INFO`` are shifted."""
+        if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+            raise ConfigError(f"mount prefix {prefix!r}: must start with '/', not end with one")
+        if any(prefix == known for known, _ in self._mounts):
+            raise ConfigError(f"mount prefix {prefix!r}: already mounted")
+        self._mounts.append((prefix, app))
+        self._mounts.sort(key=lambda mount: -len(mount[0]))  # the longest prefix first
+
+    def _mounted(self, environ: WSGIEnvironment) -> WSGIApplication | None:
+        path = environ.get("PATH_INFO", "")
+        for prefix, app in self._mounts:
+            if path == prefix or path.startswith(prefix + "/"):
+                environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + prefix
+                environ["PATH_INFO"] = path[len(prefix) :]
+                if environ.get("CONTENT_LENGTH") not in (None, "", "0") or environ.get(
+                    "HTTP_TRANSFER_ENCODING"
+                ):
+                    environ["wsgi.input"] = GuardedInput(environ["wsgi.input"], self.body_readers)
+                return app
+        return None
+
+    def allowed_program(self, program: str) -> str:
+        """The path ``program`` runs as under ``[run]``'s rules (``allow_programs``,
+        ``allow_any_program``): ``Forbidden`` for one not allowed, ``InvalidRequest`` for
+        one not found."""
+        return self._allowed_program(program)
 
     def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("CONTENT_LENGTH") not in (None, "", "0") or environ.get(

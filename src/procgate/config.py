@@ -48,6 +48,7 @@ class Config:
     store: Mapping[str, Any] = field(default_factory=dict)
     gate: Mapping[str, Any] = field(default_factory=dict)
     commands: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    compat: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def store_url(self) -> str:
@@ -91,10 +92,19 @@ class Config:
             undo.pop_all()  # the Gate owns them now: gate.close() closes both
         try:
             self._register(gate)
+            self._mount(gate)
         except BaseException:
             gate.close()
             raise
         return gate
+
+    def _mount(self, gate: Gate) -> None:
+        """Mount the ``[compat.NAME]`` drop-ins at their prefixes."""
+        for name, table in self.compat.items():
+            if name == "subprocess_api":
+                from procgate.compat.subprocess_api import SubprocessAPI
+
+                gate.mount(str(table["prefix"]), SubprocessAPI(gate))
 
     def _register(self, gate: Gate) -> None:
         """Register every command; ``ConfigError`` lists every command that failed."""
@@ -176,6 +186,7 @@ def read_config(path: str) -> Config:
         store=data.get("store", {}),
         gate=gate,
         commands=commands,
+        compat=data.get("compat", {}),
     )
 
 

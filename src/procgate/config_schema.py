@@ -247,6 +247,12 @@ COMMAND = Section(
 )
 
 #: The top-level tables; ``[commands.NAME]`` and ``[[auth.tokens]]`` are checked apart.
+_PREFIX = Key(String(), "the URL prefix it is served at, such as /subprocess-api")
+#: ``[compat.NAME]``: the drop-in apps ``procgate serve`` mounts beside the Gate.
+COMPAT: dict[str, Section] = {
+    "subprocess_api": Section({"prefix": _PREFIX}),
+}
+
 SECTIONS: dict[str, Section] = {
     "server": SERVER,
     "runner": RUNNER,
@@ -256,6 +262,7 @@ SECTIONS: dict[str, Section] = {
     "run": RUN,
 }
 _COMMAND_NAME = re.compile(_NAME)
+_MOUNT = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 
 
 def validate(data: Mapping[str, Any]) -> list[Problem]:
@@ -264,10 +271,13 @@ def validate(data: Mapping[str, Any]) -> list[Problem]:
     for name, table in data.items():
         if name == "commands":
             problems.extend(_commands(table))
+        elif name == "compat":
+            problems.extend(_compat(table))
         elif name not in SECTIONS:
-            close = difflib.get_close_matches(name, [*SECTIONS, "commands"], n=1)
+            close = difflib.get_close_matches(name, [*SECTIONS, "commands", "compat"], n=1)
             hint = f" (did you mean [{close[0]}]?)" if close else ""
-            allowed = ", ".join(f"[{s}]" for s in sorted([*SECTIONS, "commands.NAME"]))
+            every = [*SECTIONS, "commands.NAME", *(f"compat.{app}" for app in COMPAT)]
+            allowed = ", ".join(f"[{s}]" for s in sorted(every))
             problems.append(f"[{name}]: unknown section{hint}; allowed: {allowed}")
         elif not isinstance(table, dict):
             problems.append(f"{name}: got {shown(table)}; takes a table: [{name}]")
@@ -276,6 +286,31 @@ def validate(data: Mapping[str, Any]) -> list[Problem]:
             if name == "auth" and AUTH.keys["tokens"].kind.accepts(table.get("tokens", [])):
                 for number, token in enumerate(table.get("tokens", []), 1):
                     problems.extend(TOKEN.check(token, f"[[auth.tokens]] #{number}"))
+    return problems
+
+
+def _compat(table: object) -> list[Problem]:
+    if not isinstance(table, dict):
+        return [f"compat: got {shown(table)}; takes tables: [compat.NAME]"]
+    problems = []
+    for name, app in table.items():
+        where = f"[compat.{name}]"
+        if name not in COMPAT:
+            allowed = ", ".join(f"[compat.{known}]" for known in COMPAT)
+            problems.append(f"{where}: unknown drop-in; allowed: {allowed}")
+        elif not isinstance(app, dict):
+            problems.append(f"{where}: got {shown(app)}; takes a table: {where}")
+        else:
+            problems.extend(COMPAT[name].check(app, where))
+            prefix = app.get("prefix")
+            if "prefix" not in app:
+                problems.append(f"{where} prefix: missing; takes a URL prefix such as /{name}")
+            elif isinstance(prefix, str) and not _MOUNT.fullmatch(prefix):
+                example = "/" + name.replace("_", "-")
+                problems.append(
+                    f"{where} prefix: got {prefix!r}; takes a path such as {example}"
+                    " (a leading /, no trailing /)"
+                )
     return problems
 
 
@@ -310,6 +345,12 @@ def json_schema() -> dict[str, Any]:
         "description": "one table per command: [commands.NAME]",
         "propertyNames": {"pattern": f"^{_NAME}$"},
         "additionalProperties": COMMAND.schema(),
+    }
+    properties["compat"] = {
+        "type": "object",
+        "description": "drop-ins for other tools, mounted beside the Gate: [compat.NAME]",
+        "properties": {name: section.schema() for name, section in COMPAT.items()},
+        "additionalProperties": False,
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
