@@ -1378,7 +1378,7 @@ def test_failed_attempts_are_retried_on_the_backoff_schedule(
     time_machine.move_to(time.time(), tick=False)
     store = MemoryStore()
     notifier = Notifier(store, allow=["http://cb.example/"], backoff=10, max_attempts=4)
-    monkeypatch.setattr(notifier, "_post", lambda url, body, delivery: 500)
+    monkeypatch.setattr(notifier, "_post", lambda url, body, delivery, extra=None: 500)
     url = "http://cb.example/hook"
     state = {"url": url, "status": "pending", "attempts": 0, "last_status": None}
     job = finished_job(store, url)
@@ -1478,7 +1478,7 @@ def test_an_attempt_that_never_recorded_its_end_counts_against_the_limit(
         notifier = Notifier(store, allow=["http://cb.example/"], max_attempts=2)
         posts: list[str] = []
         monkeypatch.setattr(
-            notifier, "_post", lambda u, body, d, posts=posts: posts.append(u) or 200
+            notifier, "_post", lambda u, body, d, extra=None, posts=posts: posts.append(u) or 200
         )
         lease = notifier.timeout + notifier.lease_margin
         job = finished_job(store, url)

@@ -125,11 +125,17 @@ MISTAKES = [
     (
         "[sever]\nport = 8000\n",
         "[sever]: unknown section (did you mean [server]?); allowed: [auth], [commands.NAME],"
-        " [compat.subprocess_api], [gate], [run], [runner], [server], [store]",
+        " [compat.http_runner], [compat.subprocess_api], [gate], [run], [runner], [server],"
+        " [store]",
     ),
     (
         '[compat.http_runer]\nprefix = "/x"\n',
-        "[compat.http_runer]: unknown drop-in; allowed: [compat.subprocess_api]",
+        "[compat.http_runer]: unknown drop-in; allowed: [compat.http_runner],"
+        " [compat.subprocess_api]",
+    ),
+    (
+        '[compat.http_runner]\nprefix = "/h"\n',
+        "[compat.http_runner] allow: missing; takes the commands a request may name",
     ),
     (
         '[compat.subprocess_api]\nprefix = "/x/"\n',

@@ -11,7 +11,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -56,15 +56,19 @@ class Delivery:
     attempts: int = 0  # attempts made (counted when claimed, so one under way too)
     last_status: int | None = None  # the HTTP status of the last attempt, if any
     last_error: str | None = None
+    format: str | None = None  # the body's format: procgate's, or a compat app's
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        shown: dict[str, Any] = {
             "url": self.url,
             "status": self.status,
             "attempts": self.attempts,
             "last_status": self.last_status,
             "last_error": self.last_error,
         }
+        if self.format is not None:
+            shown["format"] = self.format
+        return shown
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Delivery:
@@ -74,6 +78,7 @@ class Delivery:
             attempts=int(data.get("attempts", 0)),
             last_status=data.get("last_status"),
             last_error=data.get("last_error"),
+            format=data.get("format"),
         )
 
 
@@ -142,6 +147,9 @@ class Notifier:
         self._connections: set[Connection] = set()
         self._tls: ssl.SSLContext | None = None
         self._closed = False
+        #: Callback formats of the compat apps: ``render(job) -> (body, extra headers)``
+        #: for a ``Delivery`` whose ``format`` names one.
+        self.formats: dict[str, Callable[[Job], tuple[bytes, dict[str, str]]]] = {}
 
     def start(self) -> None:
         """Start polling the outbox (once; never after ``close``)."""
@@ -285,7 +293,9 @@ class Notifier:
         hopeless = False  # no point trying again
         try:
             url = check_callback_url(url, self.allow)
-            status = self._post(url, self.body(job), job.id)
+            render = self.formats.get(claimed.format or "")
+            body, extra = render(job) if render is not None else (self.body(job), {})
+            status = self._post(url, body, job.id, extra)
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
         except InvalidRequest as exc:  # stored by an older version, or another allowlist
@@ -304,6 +314,7 @@ class Notifier:
             attempt,
             status,
             error,
+            claimed.format,
         )
         retry_at = None if final else time.time() + self.backoff * 2 ** (attempt - 1)
         self._record(job, state, retry_at)
@@ -335,7 +346,9 @@ class Notifier:
         except Exception as exc:  # then its lease runs out
             logger.warning("could not hand back the callback of job %s (%s)", job.id, exc)
 
-    def _post(self, url: str, body: bytes, delivery: str) -> int:
+    def _post(
+        self, url: str, body: bytes, delivery: str, extra: Mapping[str, str] | None = None
+    ) -> int:
         """One attempt: POST ``body`` to ``url`` within ``timeout``; the answer's status.
         Raises on any failure, ``TimeoutError`` at the deadline."""
         parts = urlsplit(url)
@@ -348,6 +361,7 @@ class Notifier:
             "User-Agent": "procgate",
             "Connection": "close",
             DELIVERY_HEADER: delivery,
+            **(extra or {}),
         }
         signature = self.signature(body)
         if signature is not None:

@@ -105,6 +105,10 @@ class Config:
                 from procgate.compat.subprocess_api import SubprocessAPI
 
                 gate.mount(str(table["prefix"]), SubprocessAPI(gate))
+            elif name == "http_runner":
+                from procgate.compat.http_runner import HTTPRunner
+
+                gate.mount(str(table["prefix"]), HTTPRunner(gate, table["allow"]))
 
     def _register(self, gate: Gate) -> None:
         """Register every command; ``ConfigError`` lists every command that failed."""

@@ -250,8 +250,19 @@ COMMAND = Section(
 _PREFIX = Key(String(), "the URL prefix it is served at, such as /subprocess-api")
 #: ``[compat.NAME]``: the drop-in apps ``procgate serve`` mounts beside the Gate.
 COMPAT: dict[str, Section] = {
+    "http_runner": Section(
+        {
+            "prefix": _PREFIX,
+            "allow": Key(
+                ListOf(String(), what="command names", nonempty=True),
+                "the commands a request may name (http-runner's -w whitelist)",
+            ),
+        }
+    ),
     "subprocess_api": Section({"prefix": _PREFIX}),
 }
+#: The keys each ``[compat.NAME]`` must have.
+_REQUIRED = {"http_runner": {"prefix", "allow"}, "subprocess_api": {"prefix"}}
 
 SECTIONS: dict[str, Section] = {
     "server": SERVER,
@@ -303,6 +314,8 @@ def _compat(table: object) -> list[Problem]:
         else:
             problems.extend(COMPAT[name].check(app, where))
             prefix = app.get("prefix")
+            if "allow" in _REQUIRED[name] and "allow" not in app:
+                problems.append(f"{where} allow: missing; takes the commands a request may name")
             if "prefix" not in app:
                 problems.append(f"{where} prefix: missing; takes a URL prefix such as /{name}")
             elif isinstance(prefix, str) and not _MOUNT.fullmatch(prefix):
@@ -346,10 +359,16 @@ def json_schema() -> dict[str, Any]:
         "propertyNames": {"pattern": f"^{_NAME}$"},
         "additionalProperties": COMMAND.schema(),
     }
+    compat: dict[str, Any] = {}
+    for name, section in COMPAT.items():
+        table = section.schema()
+        table["required"] = sorted(_REQUIRED[name])
+        table["properties"]["prefix"]["pattern"] = f"^{_MOUNT.pattern}$"
+        compat[name] = table
     properties["compat"] = {
         "type": "object",
         "description": "drop-ins for other tools, mounted beside the Gate: [compat.NAME]",
-        "properties": {name: section.schema() for name, section in COMPAT.items()},
+        "properties": compat,
         "additionalProperties": False,
     }
     return {
