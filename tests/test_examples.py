@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import subprocess
 import sys
@@ -160,3 +161,27 @@ def test_client_example_passes_under_pytest() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert " passed" in result.stdout
+
+
+@pytest.mark.docs("django.md#mounting-the-gate-in-a-django-project")
+def test_the_django_example_mounts_the_gate_under_a_prefix() -> None:
+    """Django answers its own route; the Gate answers under /jobs-api, its job URLs
+    carrying the prefix; an unknown path is Django's 404, not the Gate's."""
+    # Imported by its dotted name, as gunicorn would: Django imports ROOT_URLCONF by name.
+    module = importlib.import_module("examples.django_project")
+    client = Client(module.application)
+    try:
+        home = client.get("/", headers={"Host": "localhost"})
+        assert (home.status_code, home.json) == (200, {"app": "django", "commands": ["echo"]})
+        done = client.post(
+            "/jobs-api/commands/echo", json={"args": ["from django"], "wait": True}
+        )
+        assert (done.status_code, done.json["stdout"]) == (200, "from django\n")
+        assert done.json["url"] == f"http://localhost/jobs-api/jobs/{done.json['id']}"
+        job = client.get(f"/jobs-api/jobs/{done.json['id']}")
+        assert job.json["status"] == "succeeded"
+        missing = client.get("/nowhere", headers={"Host": "localhost"})
+        assert missing.status_code == 404
+        assert "error" not in (missing.get_json(silent=True) or {})  # Django's, not the Gate's
+    finally:
+        module.gate.close()
