@@ -224,3 +224,25 @@ def test_the_example_config() -> None:
         assert ended(client, job["id"])["stdout"] == "hello world\n"
     finally:
         gate.close()
+
+
+@pytest.mark.docs("compat.md#http-runner")
+def test_the_tools_readme_exchange_byte_for_byte(client: Client) -> None:
+    """Its README's curl (a form content type, no trailing slash), and the JSON it shows:
+    the same bytes but for the id."""
+    created = client.post(
+        PREFIX,
+        data=b'{"command":"echo", "args":"foo"}',
+        content_type="application/x-www-form-urlencoded",
+    )
+    job_id = created.json["id"]
+    assert created.status_code == 202
+    assert created.data == (
+        b'{"stderr":"","stdout":"","id":"%s","code":null,"command":"echo","arguments":["foo"]}'
+        % job_id.encode()
+    )
+    ended(client, job_id)
+    assert client.get(f"{PREFIX}/{job_id}").data == (
+        b'{"stderr":"","stdout":"foo\\n","id":"%s","code":0,"command":"echo",'
+        b'"arguments":["foo"],"err":null}' % job_id.encode()
+    )

@@ -86,6 +86,11 @@ def test_failures_are_500_with_a_message(client: Client, body: Any, says: str) -
     assert "Traceback" not in answer["error"]
 
 
+def test_the_body_is_pythons_json_and_a_newline(client: Client) -> None:
+    answer = client.post(PREFIX, data=b'{"args": ["echo", "hi"]}')
+    assert answer.data == b'{"returncode": 0, "stdout": "hi\\n", "stderr": ""}\n'
+
+
 def test_a_body_that_is_not_json_and_other_methods(client: Client) -> None:
     bad = client.post(PREFIX, data=b"{nope", content_type="application/json")
     assert bad.status_code == 500

@@ -80,7 +80,9 @@ class HTTPRunner:
 
     def _answer(self, request: Request) -> Response:
         try:
-            if request.method == "POST" and request.path == "/":
+            # "/": the mount's prefix itself too (``POST http://host/http-runner``), as
+            # the tool's own root took its README's ``curl -d ... http://localhost:9000``.
+            if request.method == "POST" and request.path in ("/", ""):
                 token_id, client = self._caller(request)
                 return self._post(request, token_id, client)
             found = _ID.fullmatch(request.path)
@@ -205,8 +207,13 @@ def render_callback(job: Job) -> tuple[bytes, dict[str, str]]:
     """The tool's callback: the finished job's JSON, with ``Accept`` and
     ``X-Notify-Timestamp`` (milliseconds since the epoch, when sent)."""
     headers = {"Accept": "application/json", "X-Notify-Timestamp": str(int(time.time() * 1000))}
-    return json.dumps(_shape(job)).encode(), headers
+    return json.dumps(_shape(job), separators=(",", ":"), ensure_ascii=False).encode(), headers
 
 
 def _json(payload: Any, status: int) -> Response:
-    return Response(json.dumps(payload), status=status, mimetype="application/json")
+    """JSON as the tool writes it (``JSON.stringify``: no spaces)."""
+    return Response(
+        json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
+        status=status,
+        mimetype="application/json",
+    )

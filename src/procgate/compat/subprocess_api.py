@@ -162,4 +162,5 @@ class SubprocessAPI:
 
 
 def _json(payload: Any, status: int) -> Response:
-    return Response(json.dumps(payload), status=status, mimetype="application/json")
+    """JSON as the original writes it: Python's ``json.dumps``, then a newline."""
+    return Response(json.dumps(payload) + "\n", status=status, mimetype="application/json")
