@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from procgate import ConfigError, Gate, JobStatus, create_app
+from procgate import ConfigError, Gate, JobStatus, SQLiteStore, create_app
 from procgate.auth import hash_token, make_token
 from procgate.compat.http_runner import HTTPRunner
 from tests.conftest import wait_for
@@ -174,7 +174,7 @@ def test_allow_names_programs_that_exist(gate: Gate) -> None:
 @pytest.mark.docs("configuration.md#compathttp_runner", "compat.md#http-runner")
 def test_procgate_serve_serves_it(tmp_path: Path) -> None:
     """Under ``procgate serve`` (granian, 2 workers, SQLite): a job POSTed is read from
-    either worker, each request on a connection of its own."""
+    either worker, each request on a connection of its own, and after a restart."""
     config = '[compat.http_runner]\nprefix = "/http-runner"\nallow = ["echo"]\n'
     server: Server = start_server(tmp_path, config, "--workers", "2")
     try:
@@ -189,10 +189,21 @@ def test_procgate_serve_serves_it(tmp_path: Path) -> None:
 
             wait_for(lambda: "err" in read(), timeout=30)
             assert (read()["stdout"], read()["code"]) == (f"{number}\n", 0)
-        jobs = create_app(str(tmp_path / "server.toml")).store  # the same SQLite file
-        assert {j.status for j in jobs.list().jobs} == {JobStatus.SUCCEEDED}
+        kept = job["id"]
     finally:
         server.stop()
+    # A restart on the same data: the job is still there, ended, with its output.
+    server = start_server(tmp_path, config, "--workers", "2")
+    try:
+        status, again = server.json("GET", f"{PREFIX}/{kept}")
+        assert (status, again["stdout"], again["code"]) == (200, "5\n", 0)
+    finally:
+        server.stop()
+    store = SQLiteStore(str(tmp_path / "procgate-data" / "jobs.db"))
+    try:
+        assert {j.status for j in store.list().jobs} == {JobStatus.SUCCEEDED}
+    finally:
+        store.close()
 
 
 @pytest.mark.docs("compat.md#http-runner")
