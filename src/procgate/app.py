@@ -51,6 +51,7 @@ from procgate.errors import (
     ProcgateError,
     UnknownCommand,
     UriTooLong,
+    error_headers,
 )
 from procgate.hosts import check_host, names, trusted_hosts_of
 from procgate.jobs import MAX_CURSOR, Job, JobStatus, Spec, job_to_json, new_job_id
@@ -309,6 +310,27 @@ class Gate:
                 return app
         return None
 
+    def run_spec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes = b"",
+        timeout: float | None = None,
+    ) -> Spec:
+        """The Spec of a raw (``/run``) job: ``[run]``'s timeout (unless a shorter one is
+        given) and output cap, the child environment; 413 for stdin past ``max_stdin``."""
+        spec = Spec(
+            argv=tuple(argv),
+            env=child_env(dict(env or {})),
+            stdin=stdin,
+            timeout=timeout if timeout is not None else self.run_timeout,
+            max_output=self.run_max_output,
+            kill_grace=DEFAULT_KILL_GRACE,
+        )
+        self._check_stdin(spec)
+        return spec
+
     def allowed_program(self, program: str) -> str:
         """The path ``program`` runs as under ``[run]``'s rules (``allow_programs``,
         ``allow_any_program``): ``Forbidden`` for one not allowed, ``InvalidRequest`` for
@@ -396,12 +418,7 @@ class Gate:
         """
         if isinstance(exc, ProcgateError):
             response = _json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
-            retry_after = getattr(exc, "retry_after", None)
-            if retry_after is not None:
-                response.headers["Retry-After"] = str(retry_after)
-            challenge = getattr(exc, "challenge", None)
-            if challenge is not None:
-                response.headers["WWW-Authenticate"] = challenge
+            response.headers.extend(error_headers(exc))
             return response
         original = exc.get_response(request.environ)
         code = _snake((exc.name or "error").lower())
@@ -500,15 +517,7 @@ class Gate:
                 f"timeout {timeout:g} exceeds the limit of {self.run_timeout:g} s",
                 code="invalid_timeout",
             )
-        spec = Spec(
-            argv=argv,
-            env=child_env(dict(run.env or {})),
-            stdin=run.stdin,
-            timeout=timeout if timeout is not None else self.run_timeout,
-            max_output=self.run_max_output,
-            kill_grace=DEFAULT_KILL_GRACE,
-        )
-        self._check_stdin(spec)
+        spec = self.run_spec(argv, env=run.env, stdin=run.stdin, timeout=timeout)
         job = Job(id=new_job_id(), command=None, args=run.args, spec=spec)
         return self._launch(job, run, request, adapter, None)
 

@@ -112,3 +112,16 @@ class StoreUnavailable(ProcgateError):
     def __init__(self, message: str, *, retry_after: int = 2) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def error_headers(exc: ProcgateError) -> dict[str, str]:
+    """The headers an error's answer carries: ``Retry-After`` (when to try again) and
+    ``WWW-Authenticate`` (the challenge of a 401), for the errors that have them."""
+    headers = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    challenge = getattr(exc, "challenge", None)
+    if challenge is not None:
+        headers["WWW-Authenticate"] = str(challenge)
+    return headers

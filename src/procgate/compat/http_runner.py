@@ -30,12 +30,12 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from procgate.app import Gate
-from procgate.auth import client_address, require_address
 from procgate.callback_url import check_callback_url
 from procgate.callbacks import Delivery
-from procgate.commands import DEFAULT_KILL_GRACE, child_env, resolve_program
-from procgate.errors import ConfigError, Forbidden, JobNotFound, ProcgateError
-from procgate.jobs import Job, JobStatus, Spec
+from procgate.commands import child_env, resolve_program
+from procgate.compat._caller import caller
+from procgate.errors import ConfigError, Forbidden, JobNotFound, ProcgateError, error_headers
+from procgate.jobs import Job, JobStatus
 from procgate.launch import check_capacity, launch
 
 if TYPE_CHECKING:
@@ -98,12 +98,7 @@ class HTTPRunner:
             if exc.status not in _FAULTS:
                 return _json({"message": "Bad Request", "error": exc.message}, 400)
             response = _json({"message": exc.message}, exc.status)
-            for header, value in (
-                ("Retry-After", getattr(exc, "retry_after", None)),
-                ("WWW-Authenticate", getattr(exc, "challenge", None)),
-            ):
-                if value is not None:
-                    response.headers[header] = str(value)
+            response.headers.extend(error_headers(exc))
             return response
         except HTTPException as exc:  # werkzeug's: a body over the Gate's max_body
             return _json({"message": "Bad Request", "error": exc.description or exc.name}, 400)
@@ -111,14 +106,9 @@ class HTTPRunner:
     def _caller(self, request: Request) -> tuple[str | None, str]:
         """The Gate's checks of the caller: ``allow_ips``; with tokens, one that may run
         (each sees only its own jobs, as on the Gate's API)."""
-        gate = self.gate
-        client = client_address(
-            request.remote_addr, request.headers.get("X-Forwarded-For"), gate.trusted_proxies
-        )
-        require_address(client, gate.allow_ips, "this server")
-        if gate.tokens is None:
+        token, client = caller(self.gate, request)
+        if token is None:
             return None, client
-        token = gate.tokens.identify(request.headers.get("Authorization"))
         if request.method == "POST" and token.read_only:
             raise Forbidden(f"token {token.id!r} is read-only")
         return token.id, client
@@ -150,13 +140,7 @@ class HTTPRunner:
             id=secrets.token_hex(20),  # the tool's ids: 40 hex digits
             command=None,
             args=(command, *arguments),
-            spec=Spec(
-                argv=(self.allow[command], *arguments),
-                env=child_env(),
-                timeout=gate.run_timeout,
-                max_output=gate.run_max_output,
-                kill_grace=DEFAULT_KILL_GRACE,
-            ),
+            spec=gate.run_spec((self.allow[command], *arguments)),
             token_id=token_id,
             client=client or None,
             owner=gate.runner.owner if gate.runner.runs_here else None,

@@ -21,10 +21,10 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from procgate.app import Gate
-from procgate.auth import client_address, require_address
-from procgate.commands import DEFAULT_KILL_GRACE, SHELL, child_env
-from procgate.errors import Forbidden, ProcgateError
-from procgate.jobs import Job, JobStatus, Spec, new_job_id
+from procgate.commands import SHELL
+from procgate.compat._caller import caller
+from procgate.errors import Forbidden, ProcgateError, error_headers
+from procgate.jobs import Job, JobStatus, new_job_id
 from procgate.launch import check_capacity, launch
 
 if TYPE_CHECKING:
@@ -64,12 +64,7 @@ class SubprocessAPI:
         except ProcgateError as exc:
             status = exc.status if exc.status in _FAULTS or exc.status in (401, 403) else 500
             response = _json({"error": exc.message}, status)
-            for header, value in (
-                ("Retry-After", getattr(exc, "retry_after", None)),
-                ("WWW-Authenticate", getattr(exc, "challenge", None)),
-            ):
-                if value is not None:
-                    response.headers[header] = str(value)
+            response.headers.extend(error_headers(exc))
             return response
         except HTTPException as exc:  # werkzeug's: a body over its limit
             return _json({"error": exc.description or exc.name}, 500)
@@ -77,14 +72,9 @@ class SubprocessAPI:
     def _caller(self, request: Request) -> tuple[str | None, str]:
         """The Gate's checks of the caller: ``allow_ips``, and with tokens an admin one
         (the command is the caller's to choose, as on ``POST /run``)."""
-        gate = self.gate
-        client = client_address(
-            request.remote_addr, request.headers.get("X-Forwarded-For"), gate.trusted_proxies
-        )
-        require_address(client, gate.allow_ips, "this server")
-        if gate.tokens is None:
+        token, client = caller(self.gate, request)
+        if token is None:
             return None, client
-        token = gate.tokens.identify(request.headers.get("Authorization"))
         if token.read_only or not token.admin:
             raise Forbidden(f"token {token.id!r} may not run programs here (admin only)")
         return token.id, client
@@ -118,18 +108,8 @@ class SubprocessAPI:
                 argv = (gate.allowed_program(args[0]), *args[1:])
             except ProcgateError as exc:  # not allowed, not found: the request's failure
                 raise _Refused(exc.message) from None
-        data = (stdin or "").encode("utf-8")
-        if gate.max_stdin is not None and len(data) > gate.max_stdin:
-            raise _Refused(f"stdin is limited to {gate.max_stdin} bytes")
+        spec = gate.run_spec(argv, stdin=(stdin or "").encode("utf-8"))  # 413: past max_stdin
         check_capacity(gate.store, gate.max_running, None)
-        spec = Spec(
-            argv=argv,
-            env=child_env(),
-            stdin=data,
-            timeout=gate.run_timeout,
-            max_output=gate.run_max_output,
-            kill_grace=DEFAULT_KILL_GRACE,
-        )
         return Job(
             id=new_job_id(), command=None, args=tuple(args), spec=spec, token_id=token_id,
             client=client or None,
